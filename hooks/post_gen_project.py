@@ -1,0 +1,71 @@
+"""Prune what the answers made unneeded, and print the next steps.
+
+The table below is the only place that knows which files belong to which
+answer; everything else in the template is always generated.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+ANSWERS = json.loads(
+    r"""{
+  "auth": {{ cookiecutter.auth | tojson }},
+  "license": {{ cookiecutter.license | tojson }},
+  "package_name": {{ cookiecutter.package_name | tojson }},
+  "project_slug": {{ cookiecutter.project_slug | tojson }}
+}"""
+)
+
+# answer -> value -> paths (relative to the study root) to delete
+PRUNE: dict[str, dict[str, list[str]]] = {
+    "auth": {
+        "none": ["storage/secrets.example"],
+        "token": [],
+        "basic": [],
+    },
+    "license": {"none": ["LICENSE"]},
+}
+# Files that are meant to be empty; any other empty file is a Jinja artefact.
+KEEP_EMPTY = {"__init__.py", "py.typed", ".gitkeep"}
+
+
+def prune(root: Path) -> None:
+    """Delete optional parts the answers do not use, then empty leftovers."""
+    for answer, table in PRUNE.items():
+        for rel in table.get(ANSWERS[answer], []):
+            path = root / rel
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    for path in sorted(root.rglob("*"), reverse=True):
+        if path.is_file() and path.stat().st_size == 0 and path.name not in KEEP_EMPTY:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def next_steps() -> str:
+    """The first commands a new study owner runs."""
+    pkg = ANSWERS["package_name"]
+    return f"""
+Study created in ./{ANSWERS["project_slug"]}
+
+Next steps:
+  cd {ANSWERS["project_slug"]}
+  git init && git add -A && git commit -m "Start study from template"
+  python3 -m venv .venv && . .venv/bin/activate
+  pip install -e ".[etl,train,dev]"
+  {pkg} synth            # synthetic inputs in data/raw (or put your own NetCDF there)
+  {pkg} --help           # every command
+  pytest                 # the study's own tests
+See README.md for the lab-machine (docker compose) and Colab steps.
+"""
+
+
+if __name__ == "__main__":
+    prune(Path.cwd())
+    print(next_steps())

@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Task runner of the template: `python3 tasks.py help` lists the tasks.
+
+Only the standard library is used here, so it runs on a fresh machine with
+Python 3.10+. Every task first makes sure the development environment exists
+(.venv with PyTorch CPU, then requirements-dev.txt; nginx from Debian when
+running as root), so each task is one command from a fresh clone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+# The template's own Python; the Jinja folder is linted after baking (its pyproject.toml
+# is a Jinja template, so ruff must not walk into it).
+OWN_PYTHON = ["tasks.py", "hooks", "tests", "scripts", "benchmarks"]
+VENV = Path(os.environ.get("TEMPLATE_VENV", ROOT / ".venv"))
+BIN = VENV / "bin"
+PYTHON = BIN / "python"
+REQUIREMENTS = ROOT / "requirements-dev.txt"
+# Installed before anything that depends on torch, so pip keeps this CPU build.
+TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+NGINX_INSTALL = "sudo apt-get update && sudo apt-get install -y nginx"
+REQUIRE_ALL = os.environ.get("CI", "").lower() == "true" or os.environ.get("STUDY_REQUIRE_ALL") == "1"
+
+
+def say(message: str) -> None:
+    print(f"[tasks] {message}", flush=True)
+
+
+def run(*cmd: str | Path, **kwargs) -> None:
+    """Run a command, echoing it; stop with its exit status when it fails."""
+    say("$ " + " ".join(str(c) for c in cmd))
+    result = subprocess.run([str(c) for c in cmd], env=tool_env(), **kwargs)
+    if result.returncode:
+        raise SystemExit(result.returncode)
+
+
+def tool_env() -> dict[str, str]:
+    """Environment with the venv's tools and nginx's folder first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(BIN), "/usr/sbin", "/sbin", env.get("PATH", "")])
+    env["VIRTUAL_ENV"] = str(VENV)
+    return env
+
+
+def own_python() -> list[str]:
+    return [p for p in OWN_PYTHON if (ROOT / p).exists()]
+
+
+def ensure_venv() -> None:
+    """Create .venv and install torch (CPU) first, then the pinned dev requirements."""
+    stamp = VENV / ".tasks-stamp"
+    digest = hashlib.sha256(REQUIREMENTS.read_bytes() + TORCH_SPEC.encode()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest and PYTHON.exists():
+        return
+    if not PYTHON.exists():
+        say(f"creating {VENV}")
+        venv.EnvBuilder(with_pip=True, clear=False).create(VENV)
+    pip = (PYTHON, "-m", "pip", "install", "--disable-pip-version-check")
+    run(*pip, "--quiet", "--upgrade", "pip")
+    run(*pip, "--quiet", TORCH_SPEC)
+    run(*pip, "--quiet", "-r", REQUIREMENTS)
+    stamp.write_text(digest)
+
+
+def find_nginx() -> str | None:
+    return shutil.which("nginx", path=os.pathsep.join(["/usr/sbin", "/sbin", os.environ.get("PATH", "")]))
+
+
+def ensure_nginx(required: bool) -> None:
+    """Install Debian's nginx when root and it is missing; otherwise say how, exactly."""
+    if find_nginx():
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        say("nginx is missing: installing Debian's nginx")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx"], check=True, env=env)
+        subprocess.run(["sh", "-c", "service nginx stop >/dev/null 2>&1 || true"], check=False)
+        return
+    message = f"nginx is not installed; install it with:\n    {NGINX_INSTALL}"
+    if required:
+        raise SystemExit(f"[tasks] {message}")
+    say(f"WARNING: {message}\n         tests that need nginx will be skipped")
+
+
+def task_setup(args: list[str]) -> None:
+    """create .venv (PyTorch CPU + pinned dev tools) and install nginx if root"""
+    ensure_venv()
+    ensure_nginx(required=REQUIRE_ALL)
+
+
+def task_test(args: list[str]) -> None:
+    """run the whole template test suite (extra args go to pytest)"""
+    task_setup([])
+    run(PYTHON, "-m", "pytest", *args, cwd=ROOT)
+
+
+def task_demo(args: list[str]) -> None:
+    """bake a study with defaults and run its whole pipeline on the synthetic data"""
+    ensure_venv()
+    ensure_nginx(required=True)
+    run(PYTHON, ROOT / "scripts" / "demo.py", *args, cwd=ROOT)
+
+
+def task_lint(args: list[str]) -> None:
+    """ruff check and format check of the template's own Python, pre-commit config check"""
+    ensure_venv()
+    run(BIN / "ruff", "check", *own_python(), cwd=ROOT)
+    run(BIN / "ruff", "format", "--check", *own_python(), cwd=ROOT)
+    run(BIN / "pre-commit", "validate-config", ".pre-commit-config.yaml", cwd=ROOT)
+
+
+def task_fmt(args: list[str]) -> None:
+    """format and auto-fix the template's Python, including the study package (via a bake)"""
+    import tempfile
+
+    ensure_venv()
+    run(BIN / "ruff", "format", *own_python(), cwd=ROOT)
+    run(BIN / "ruff", "check", "--fix", *own_python(), cwd=ROOT)
+    template_pkg = next((ROOT / "{{cookiecutter.project_slug}}" / "src").iterdir())
+    with tempfile.TemporaryDirectory() as tmp:
+        run(BIN / "cookiecutter", "--no-input", "--output-dir", tmp, ROOT, stdout=subprocess.DEVNULL)
+        study = next(Path(tmp).iterdir())
+        run(BIN / "ruff", "format", ".", cwd=study)
+        run(BIN / "ruff", "check", "--fix", "--exit-zero", ".", cwd=study)
+        baked_pkg = next((study / "src").iterdir())
+        # Study Python holds no Jinja, so formatted files copy back byte for byte.
+        for path in baked_pkg.rglob("*.py"):
+            target = template_pkg / path.relative_to(baked_pkg)
+            if target.exists() and target.read_bytes() != path.read_bytes():
+                target.write_bytes(path.read_bytes())
+                say(f"formatted {target.relative_to(ROOT)}")
+
+
+def task_help(args: list[str]) -> None:
+    """list the tasks"""
+    print("usage: python3 tasks.py TASK [ARGS]\n")
+    for name, func in TASKS.items():
+        print(f"  {name:<7} {func.__doc__}")
+
+
+TASKS = {
+    "demo": task_demo,
+    "test": task_test,
+    "setup": task_setup,
+    "lint": task_lint,
+    "fmt": task_fmt,
+    "help": task_help,
+}
+
+if __name__ == "__main__":
+    name, *rest = sys.argv[1:] or ["help"]
+    if name not in TASKS:
+        task_help([])
+        raise SystemExit(f"\nunknown task {name!r}")
+    TASKS[name](rest)

@@ -1,0 +1,130 @@
+"""Command-line interface: thin shells over the study's functions.
+
+Each subcommand loads study.toml (or --config) and calls one function of the
+package, so the notebook, the tests and the CLI run the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import Config, load_config, reference_markdown
+from .errors import StudyError
+
+
+def _synth(cfg: Config, args: argparse.Namespace) -> int:
+    from .synthetic import SIZES, SyntheticSize, describe, write_synthetic
+
+    preset = SIZES[args.size]
+    size = SyntheticSize(ny=args.ny or preset.ny, nx=args.nx or preset.nx, years=args.years or preset.years)
+    out = Path(args.out) if args.out else cfg.path(cfg.data.raw_dir)
+    print(f"writing synthetic inputs to {out}: {describe(size, cfg.data.variables, args.calendar)}")
+    for path in write_synthetic(
+        out, cfg.data.variables, size, seed=args.seed, calendar=args.calendar, overwrite=args.overwrite
+    ):
+        print(f"  {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _etl(cfg: Config, args: argparse.Namespace) -> int:
+    from .etl.pipeline import run_etl
+
+    run_etl(cfg, overwrite=args.overwrite)
+    return 0
+
+
+def _serve(cfg: Config, args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    data = Path(args.data) if args.data else cfg.path(cfg.data.zarr_dir)
+    return serve(cfg, host=args.host, port=args.port, data_dir=data, limit_rate=args.limit_rate)
+
+
+def _train(cfg: Config, args: argparse.Namespace) -> int:
+    from .train.loop import train
+
+    out = Path(args.out) if args.out else None
+    train(cfg, url=args.url, epochs=args.epochs, out_dir=out)
+    return 0
+
+
+def _config(cfg: Config, args: argparse.Namespace) -> int:
+    if args.reference:
+        print(reference_markdown(), end="")
+    else:
+        print(f"config: {cfg.source}")
+        for section, values in cfg.to_dict().items():
+            print(f"[{section}]")
+            for name, value in values.items():
+                print(f"  {name} = {value!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog=__package__, description="Drought-category study: synth -> etl -> serve -> train."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", help="path to study.toml (default: found from the current folder)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write deterministic synthetic inputs (NetCDF) to data/raw")
+    p.add_argument(
+        "--size",
+        choices=("tiny", "small", "large"),
+        default="small",
+        help="preset size: tiny (tests), small (default, demo/CI), large (benchmarks)",
+    )
+    p.add_argument("--ny", type=int, help="grid rows (overrides the preset)")
+    p.add_argument("--nx", type=int, help="grid columns (overrides the preset)")
+    p.add_argument("--years", type=int, help="years of daily data (overrides the preset)")
+    p.add_argument("--calendar", default="standard", choices=("standard", "noleap", "360_day"))
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    p.add_argument("--out", help="output folder (default: data.raw_dir)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing synthetic files")
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("etl", help="raw inputs -> quantiles -> categories -> lookback samples -> zarr")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.set_defaults(func=_etl)
+
+    p = sub.add_parser("serve", help="serve the zarr folder with the study's nginx config (no Docker)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port (0 = a free port)")
+    p.add_argument("--data", help="folder to serve (default: data.zarr_dir)")
+    p.add_argument("--limit-rate", default=None, help="per-connection bandwidth cap, e.g. 2m")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("train", help="train the LSTM on the served store over HTTP")
+    p.add_argument("--url", help="base URL of the data server (default: $DATA_URL, then study.toml)")
+    p.add_argument("--epochs", type=int, help="number of epochs (default: train.epochs)")
+    p.add_argument("--out", help="results folder (default: train.out_dir)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("config", help="show the configuration, or --reference for every key")
+    p.add_argument("--reference", action="store_true", help="print the key reference (Markdown)")
+    p.set_defaults(func=_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        return args.func(cfg, args)
+    except (StudyError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Storage side: raw gridded inputs to chunked, consolidated zarr stores."""

@@ -1,0 +1,223 @@
+"""Deterministic synthetic inputs: the embedded dataset of the demo, tests and benchmarks.
+
+It exercises the hard cases of real data: skewed, seasonal soil moisture;
+zero-inflated snow water equivalent; an all-NaN land mask; a cell with inputs
+but no labels; leap days (or a cftime calendar). The labels are the US Drought
+Monitor category of a 30-day mean soil-moisture anomaly, so they are learnable
+from a lookback window of the inputs by construction.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .etl.categories import CATEGORIES, MISSING, percentile_to_code
+
+MODEL_FILE = "model_output.nc"
+REFERENCE_FILE = "reference.nc"
+LABEL_WINDOW_DAYS = 30
+
+
+@dataclass(frozen=True)
+class SyntheticSize:
+    """Grid and period of a synthetic dataset."""
+
+    ny: int
+    nx: int
+    years: int
+
+    @property
+    def cells(self) -> int:
+        return self.ny * self.nx
+
+
+SIZES: dict[str, SyntheticSize] = {
+    "tiny": SyntheticSize(ny=3, nx=4, years=3),  # unit tests
+    "small": SyntheticSize(ny=5, nx=8, years=5),  # the default: demo and CI
+    "large": SyntheticSize(ny=20, nx=16, years=5),  # benchmarks: 8x the cells of small
+}
+
+
+def _time_axis(years: int, calendar: str, start_year: int = 2000) -> xr.DataArray:
+    """Daily time axis; standard calendars include leap days, cftime ones their own rules."""
+    index = xr.date_range(
+        f"{start_year}-01-01",
+        f"{start_year + years}-01-01",
+        freq="D",
+        inclusive="left",
+        calendar=calendar,
+        use_cftime=calendar not in ("standard", "gregorian", "proleptic_gregorian"),
+    )
+    return xr.DataArray(index, dims="time", name="time")
+
+
+def _ar1(rng: np.random.Generator, n_time: int, n_cells: int, phi: float) -> np.ndarray:
+    """Unit-variance AR(1) anomalies (time, cells) with a shared regional component."""
+    from scipy.signal import lfilter
+
+    regional = rng.standard_normal((n_time, 1))
+    local = rng.standard_normal((n_time, n_cells))
+    shocks = 0.7 * regional + np.sqrt(1 - 0.7**2) * local
+    series = lfilter([1.0], [1.0, -phi], shocks, axis=0)
+    return series * np.sqrt(1 - phi**2)
+
+
+def _gringorten_percentile(values: np.ndarray) -> np.ndarray:
+    """Per-column empirical percentile with mid-rank ties (Gringorten plotting position)."""
+    from scipy.stats import rankdata
+
+    n = values.shape[0]
+    return (rankdata(values, axis=0) - 0.44) / (n + 0.12)
+
+
+def generate(
+    variables: list[str],
+    size: SyntheticSize = SIZES["small"],
+    *,
+    seed: int = 0,
+    calendar: str = "standard",
+) -> tuple[xr.Dataset, xr.Dataset]:
+    """Model output (the given variables) and reference labels on the same grid.
+
+    The first variable and any whose name mentions "soil" behave like soil
+    moisture; names mentioning "snow" or "swe" are zero-inflated snow water
+    equivalent; others are positive, right-skewed fluxes.
+    """
+    rng = np.random.default_rng(seed)
+    time = _time_axis(size.years, calendar)
+    n_time, n_cells = time.size, size.cells
+    lat = np.round(np.linspace(49.5, 45.5, size.ny), 4)  # north to south, as many products
+    lon = np.round(np.linspace(-123.0, -116.0, size.nx), 4)
+    doy = np.asarray(time.dt.dayofyear)[:, None].astype(np.float64)
+    days_per_year = 360.0 if calendar == "360_day" else 365.25
+    season = np.cos(2 * np.pi * (doy - 30) / days_per_year)  # wet winters, dry late summers
+
+    anomaly = _ar1(rng, n_time, n_cells, phi=0.985)  # slow soil-moisture memory
+    elevation = rng.uniform(0.0, 1.0, n_cells)
+    elevation[0] = 0.0  # one lowland cell: snow-free, an all-zero snow series
+
+    fields: dict[str, np.ndarray] = {}
+    for i, name in enumerate(variables):
+        lowered = name.lower()
+        if "snow" in lowered or "swe" in lowered:
+            accumulation = np.cos(2 * np.pi * (doy - 45) / days_per_year) - 0.2
+            latent = 250 * elevation * accumulation + 40 * (
+                0.6 * anomaly + 0.4 * rng.standard_normal((n_time, n_cells))
+            )
+            fields[name] = np.clip(latent, 0.0, None) * (elevation > 0.15)  # mm, zero in summer
+        elif i == 0 or "soil" in lowered:
+            latent = 0.9 * season + 1.2 * anomaly + 0.15 * rng.standard_normal((n_time, n_cells))
+            fields[name] = 0.05 + 0.40 / (1 + np.exp(-latent)) ** 2  # m3/m3, right-skewed
+        else:
+            own = _ar1(rng, n_time, n_cells, phi=0.9)
+            fields[name] = rng.gamma(2.0, 1.0, (n_time, n_cells)) * np.exp(
+                0.5 * season + 0.5 * own + 0.3 * anomaly
+            )
+
+    # Labels: category of the 30-day trailing mean anomaly's percentile, per cell.
+    cumulative = np.cumsum(anomaly, axis=0)
+    trailing = np.empty_like(anomaly)
+    w = LABEL_WINDOW_DAYS
+    trailing[:w] = cumulative[:w] / np.arange(1, w + 1)[:, None]
+    trailing[w:] = (cumulative[w:] - cumulative[:-w]) / w
+    codes = percentile_to_code(_gringorten_percentile(trailing))
+
+    # Land mask: a corner block of all-NaN cells, and one land cell without labels.
+    masked = np.zeros((size.ny, size.nx), dtype=bool)
+    masked[: max(1, size.ny // 3), : max(1, size.nx // 4)] = True
+    masked = masked.ravel()
+    unlabelled = n_cells - 1
+    for name in fields:
+        fields[name][:, masked] = np.nan
+    codes[:, masked] = MISSING
+    codes[:, unlabelled] = MISSING
+
+    def grid(values: np.ndarray) -> np.ndarray:
+        return values.reshape(n_time, size.ny, size.nx)
+
+    coords = {"time": time, "lat": ("lat", lat), "lon": ("lon", lon)}
+    units = {"soil": "m3 m-3", "snow": "mm", "swe": "mm"}
+    model = xr.Dataset(
+        {
+            name: (
+                ("time", "lat", "lon"),
+                grid(values).astype(np.float32),
+                {"units": next((u for k, u in units.items() if k in name.lower()), "1"), "long_name": name},
+            )
+            for name, values in fields.items()
+        },
+        coords=coords,
+        attrs={"title": "Synthetic model output", "source": f"{__name__} seed={seed}"},
+    )
+    reference = xr.Dataset(
+        {
+            "drought_category": (
+                ("time", "lat", "lon"),
+                grid(codes).astype(np.int8),
+                {
+                    "long_name": "drought category",
+                    "flag_values": list(range(len(CATEGORIES))),
+                    "flag_meanings": " ".join(CATEGORIES),
+                },
+            )
+        },
+        coords=coords,
+        attrs={"title": "Synthetic reference drought categories", "source": f"{__name__} seed={seed}"},
+    )
+    for ds in (model, reference):
+        ds["lat"].attrs.update(units="degrees_north", standard_name="latitude")
+        ds["lon"].attrs.update(units="degrees_east", standard_name="longitude")
+    return model, reference
+
+
+def _write_netcdf(ds: xr.Dataset, path: Path, fill: dict[str, object]) -> None:
+    """Write to a temporary file in the same folder, then rename into place."""
+    encoding = {
+        name: {"zlib": True, "complevel": 1, "_FillValue": fill.get(name, np.float32(np.nan))}
+        for name in ds.data_vars
+    }
+    encoding["time"] = {"units": "days since 2000-01-01", "dtype": "int32"}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_synthetic(
+    out_dir: Path,
+    variables: list[str],
+    size: SyntheticSize = SIZES["small"],
+    *,
+    seed: int = 0,
+    calendar: str = "standard",
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write model output and reference NetCDF files; returns their paths."""
+    out_dir = Path(out_dir)
+    paths = [out_dir / MODEL_FILE, out_dir / REFERENCE_FILE]
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{existing[0]} already exists; pass --overwrite to replace the synthetic inputs"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, reference = generate(variables, size, seed=seed, calendar=calendar)
+    _write_netcdf(model, paths[0], {})
+    _write_netcdf(reference, paths[1], {"drought_category": np.int8(MISSING)})
+    return paths
+
+
+def describe(size: SyntheticSize, variables: list[str], calendar: str = "standard") -> str:
+    """One line about what `write_synthetic` produces."""
+    days = _time_axis(size.years, calendar).size
+    return (
+        f"{size.ny}x{size.nx} grid ({size.cells} cells), {days} days ({calendar}), "
+        f"variables {', '.join(variables)}; labels: {len(CATEGORIES)} categories"
+    )

@@ -1,0 +1,41 @@
+"""Shared fixtures of the study's tests: the study config and tiny synthetic inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ..config import Config, load_config
+from ..synthetic import SIZES, write_synthetic
+
+STUDY_ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="session")
+def study_config() -> Config:
+    """The study's own study.toml, as shipped."""
+    return load_config(STUDY_ROOT / "study.toml")
+
+
+@pytest.fixture
+def tiny_config(study_config: Config, tmp_path: Path) -> Config:
+    """The study config pointed at a temporary folder, with a short lookback and small chunks."""
+    return study_config.override(
+        {
+            "data.raw_dir": str(tmp_path / "raw"),
+            "data.zarr_dir": str(tmp_path / "zarr"),
+            "etl.time_lookback": 20,
+            "etl.split_gap_days": 20,
+            "etl.chunk_samples": 500,
+            "train.out_dir": str(tmp_path / "results"),
+            "train.cache_dir": str(tmp_path / "cache"),
+        }
+    )
+
+
+@pytest.fixture
+def tiny_inputs(tiny_config: Config) -> Config:
+    """`tiny_config` with tiny synthetic inputs written to its raw folder."""
+    write_synthetic(tiny_config.path(tiny_config.data.raw_dir), tiny_config.data.variables, SIZES["tiny"])
+    return tiny_config

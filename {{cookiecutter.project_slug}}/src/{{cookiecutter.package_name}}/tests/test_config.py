@@ -1,0 +1,86 @@
+"""study.toml loading: every key declared once, clear errors for bad files."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from ..config import SECTIONS, Config, ConfigError, load_config, reference_markdown
+from .conftest import STUDY_ROOT
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return path
+
+
+def shipped_text() -> str:
+    return (STUDY_ROOT / "study.toml").read_text()
+
+
+def test_shipped_config_loads_and_resolves_paths(study_config: Config) -> None:
+    assert study_config.root == STUDY_ROOT
+    assert study_config.path(study_config.data.raw_dir) == STUDY_ROOT / "data" / "raw"
+    assert study_config.store_name.endswith(f"_lb{study_config.etl.time_lookback}")
+
+
+def test_every_declared_key_is_in_the_shipped_file_and_the_reference() -> None:
+    raw = tomllib.loads(shipped_text())
+    reference = reference_markdown()
+    for section, cls in SECTIONS.items():
+        for name in cls.__dataclass_fields__:
+            assert name in raw[section], f"{section}.{name} missing from study.toml"
+            assert f"`{section}.{name}`" in reference
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("batch_size = 256", "batch_size = -3", "train.batch_size: -3 is below the minimum 1"),
+        ("batch_size = 256", 'batch_size = "big"', "train.batch_size: expected int"),
+        ('transform = "normal_score"', 'transform = "log"', "allowed: 'normal_score'"),
+        ("batch_size = 256", "batch_size = 256\nbatchsize = 3", "did you mean 'batch_size'"),
+        ("seed = 42\n", "", "train.seed: missing key"),
+        ("[server]", "[servr]", "unknown section [servr]"),
+        ("split_fractions = [0.7, 0.15, 0.15]", "split_fractions = [0.7, 0.2, 0.2]", "sum to 1"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    text = shipped_text()
+    assert old in text
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")) as info:
+        load_config(write(tmp_path, text.replace(old, new, 1)))
+    assert str(tmp_path / "study.toml") in str(info.value)
+
+
+def test_gap_shorter_than_lookback_is_rejected(study_config: Config) -> None:
+    with pytest.raises(ConfigError, match="split_gap_days"):
+        study_config.override({"etl.split_gap_days": study_config.etl.time_lookback - 1})
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[study\nname ="))
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_override_validates_and_rejects_unknown_keys(study_config: Config) -> None:
+    changed = study_config.override({"etl.time_lookback": 20, "etl.split_gap_days": 20})
+    assert changed.etl.time_lookback == 20
+    with pytest.raises(ConfigError, match=r"did you mean 'etl\.time_lookback'"):
+        study_config.override({"etl.time_lookbak": 3})
+
+
+def test_found_from_a_subfolder_and_from_the_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(STUDY_ROOT / "data")
+    monkeypatch.delenv("STUDY_CONFIG", raising=False)
+    assert load_config().root == STUDY_ROOT
+    copy = write(tmp_path, shipped_text())
+    monkeypatch.setenv("STUDY_CONFIG", str(copy))
+    assert load_config().root == tmp_path

@@ -1,0 +1,1 @@
+"""Compute side: stream chunks over HTTP, train an LSTM, report metrics."""
