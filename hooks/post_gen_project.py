@@ -6,8 +6,10 @@ answer; everything else in the template is always generated.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 ANSWERS = json.loads(
@@ -48,6 +50,22 @@ def prune(root: Path) -> None:
             path.rmdir()
 
 
+def write_config_reference(root: Path) -> None:
+    """Fill the README's config reference from config.py, the single source of the keys."""
+    sys.dont_write_bytecode = True  # leave no __pycache__ in the new study
+    sys.path.insert(0, str(root / "src"))
+    try:
+        config = importlib.import_module(f"{ANSWERS['package_name']}.config")
+    finally:
+        sys.path.pop(0)
+    readme = root / "README.md"
+    start, end = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+    text = readme.read_text(encoding="utf-8")
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    readme.write_text(f"{head}{start}\n{config.reference_markdown()}{end}{tail}", encoding="utf-8")
+
+
 def next_steps() -> str:
     """The first commands a new study owner runs."""
     pkg = ANSWERS["package_name"]
@@ -68,4 +86,5 @@ See README.md for the lab-machine (docker compose) and Colab steps.
 
 if __name__ == "__main__":
     prune(Path.cwd())
+    write_config_reference(Path.cwd())
     print(next_steps())

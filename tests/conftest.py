@@ -10,17 +10,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import sysconfig
-import venv
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cookiecutter.main import cookiecutter
 
-TEMPLATE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from bakery import TEMPLATE, bake, install_study, run
+
+__all__ = ["TEMPLATE", "bake", "install_study", "require_tool", "run"]
+
 OPTIONS: dict[str, Any] = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 REQUIRE_ALL = os.environ.get("CI", "").lower() == "true" or os.environ.get("STUDY_REQUIRE_ALL") == "1"
 # Small settings for baked studies whose pipeline actually runs in tests.
@@ -37,52 +37,6 @@ def require_tool(name: str) -> str:
     if REQUIRE_ALL:
         pytest.fail(f"{message}; it is required in CI")
     pytest.skip(message)
-
-
-def run(cmd: list[str | Path], *, cwd: Path | None = None, env: dict[str, str] | None = None,
-        timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    """Run a command and capture text output; on failure show both streams."""
-    full_env = dict(os.environ)
-    full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), "/usr/sbin", full_env["PATH"]])
-    full_env.update(env or {})
-    result = subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"command failed ({result.returncode}): {' '.join(map(str, cmd))}\n"
-            f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
-        )
-    return result
-
-
-def bake(output_dir: Path, **context: Any) -> Path:
-    """Bake the template with defaults overridden by `context`; returns the study folder."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return Path(
-        cookiecutter(
-            str(TEMPLATE),
-            no_input=True,
-            extra_context={k: str(v) for k, v in context.items()},
-            output_dir=str(output_dir),
-        )
-    )
-
-
-def install_study(study: Path, where: Path) -> Path:
-    """A virtual environment that sees the dev environment's packages, with the study
-    installed editable and without dependencies (they are all in the dev env). Returns
-    its python."""
-    env_dir = where / "venv"
-    venv.EnvBuilder(with_pip=False).create(env_dir)
-    python = env_dir / "bin" / "python"
-    site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
-    (site / "_template_dev_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--python", python, "-e", study],
-    )  # fmt: skip
-    return python
 
 
 @pytest.fixture(scope="session")

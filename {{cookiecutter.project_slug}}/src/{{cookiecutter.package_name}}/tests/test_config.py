@@ -84,3 +84,9 @@ def test_found_from_a_subfolder_and_from_the_environment(tmp_path: Path, monkeyp
     copy = write(tmp_path, shipped_text())
     monkeypatch.setenv("STUDY_CONFIG", str(copy))
     assert load_config().root == tmp_path
+
+
+def test_readme_reference_matches_the_declarations() -> None:
+    readme = (STUDY_ROOT / "README.md").read_text()
+    block = readme.split("<!-- config-reference:start -->\n")[1].split("<!-- config-reference:end -->")[0]
+    assert block == reference_markdown(), "README reference is stale: paste `config --reference` into it"

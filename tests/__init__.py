@@ -1,0 +1,1 @@
+"""Template tests: bake the template and exercise the generated study for real."""
