@@ -96,6 +96,8 @@ def validate(a: dict) -> list[str]:
             f"data_url: {url!r} contains credentials; allowed: a URL without user:password@ "
             "(credentials come from DATA_TOKEN or DATA_USER/DATA_PASSWORD)."
         )
+    elif re.search(r"[\"'`<>{}\\^|]", url):
+        errors.append(f"data_url: {url!r} contains characters not allowed in a URL (quotes, braces, ...).")
     elif parts.query or parts.fragment:
         errors.append(f"data_url: {url!r} has a query or fragment; allowed: a plain base URL.")
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", a["dataset_name"]):
