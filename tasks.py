@@ -158,6 +158,12 @@ TASKS = {
 }
 
 if __name__ == "__main__":
+    if sys.version_info < (3, 11):
+        # zarr-python 3 (the only zarr that fails loudly on network errors) needs 3.11+.
+        raise SystemExit(
+            f"tasks.py needs Python 3.11 or newer (this is {sys.version.split()[0]}): "
+            "run it with python3.11 or later, e.g. `python3.12 tasks.py test`"
+        )
     name, *rest = sys.argv[1:] or ["help"]
     if name not in TASKS:
         task_help([])
