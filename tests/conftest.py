@@ -52,3 +52,24 @@ def fast_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     where = tmp_path_factory.mktemp("fast")
     study = bake(where / "bake", **FAST_CONTEXT)
     return study, install_study(study, where)
+
+
+def study_package(study: Path) -> str:
+    """The import name of a baked study's package (the only package in src/)."""
+    (package,) = [p.name for p in (study / "src").iterdir() if (p / "__init__.py").is_file()]
+    return package
+
+
+@pytest.fixture(scope="session")
+def fast_store(fast_study: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A working folder with the fast study's config, tiny synthetic inputs and the ETL's
+    stores: (study.toml copy, data/zarr folder). Run the study's commands with
+    `--config <that study.toml>`; read-only for tests."""
+    study, python = fast_study
+    work = tmp_path_factory.mktemp("store")
+    config = work / "study.toml"
+    shutil.copy(study / "study.toml", config)
+    package = study_package(study)
+    run([python, "-m", package, "--config", config, "synth", "--size", "tiny"], cwd=work)
+    run([python, "-m", package, "--config", config, "etl"], cwd=work, timeout=300)
+    return config, work / "data" / "zarr"

@@ -1,0 +1,246 @@
+"""Write the study's Colab notebook template from the cells below.
+
+The notebook is a Jinja template inside the study folder (it carries the baked
+URL, dataset and repository). Editing JSON by hand is error-prone, so its cells
+live here as Python text; `python scripts/build_notebook.py` rewrites
+`{{cookiecutter.project_slug}}/notebooks/colab_bootstrap.ipynb`, and a fast test
+checks the committed file is up to date.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+TEMPLATE = Path(__file__).resolve().parents[1]
+NOTEBOOK = TEMPLATE / "{{cookiecutter.project_slug}}" / "notebooks" / "colab_bootstrap.ipynb"
+PKG = "{{ cookiecutter.package_name }}"
+
+CELLS: list[tuple[str, str]] = [
+    (
+        "markdown",
+        """# {{ cookiecutter.project_name }}: train in Colab on data served by the lab
+
+This notebook streams the study's zarr store from the lab's data server
+(`{{ cookiecutter.data_url }}`) into this runtime and trains the LSTM baseline.
+Run it top to bottom (*Runtime → Run all*). Only the **configuration** cell is
+meant to be edited.
+
+1. **Setup**: install what Colab lacks (zarr, numcodecs, this study's package).
+2. **Configuration**: the data URL and credentials come from Colab secrets
+   (key icon in the left bar) or, outside Colab, from environment variables.
+3. **The mapper**: open the remote store with fsspec, exactly as the original workflow did.
+4. **Throughput**: how fast this runtime reads from the lab server.
+5. **Training**: the package's chunk-streaming loader, model and training loop.
+6. **Saving**: results to Google Drive, when mounted.""",
+    ),
+    (
+        "markdown",
+        """## Configuration
+
+Secrets to add in Colab (*key icon → Add new secret*, and switch on notebook access):
+`DATA_URL` (optional, defaults below)
+{%- if cookiecutter.auth == 'token' %} and `DATA_TOKEN`
+{%- elif cookiecutter.auth == 'basic' %}, `DATA_USER` and `DATA_PASSWORD`{% endif %}.
+Outside Colab, set the same names as environment variables.""",
+    ),
+    (
+        "code",
+        """# --- configuration: the only cell meant to be edited ---
+import os
+
+DEFAULT_DATA_URL = "{{ cookiecutter.data_url.rstrip('/') }}"
+DATASET_NAME = "{{ cookiecutter.dataset_name }}"
+GITHUB_REPO = "{{ cookiecutter.github_repo }}"
+EPOCHS = int(os.environ.get("STUDY_EPOCHS", "5"))  # training epochs
+SAVE_TO_DRIVE = False  # copy checkpoint and metrics to Google Drive at the end
+RESULTS_DIR = "results\"""",
+    ),
+    ("markdown", "## 1. Setup\nInstalls only what Colab lacks; never reinstalls torch, numpy or fsspec."),
+    (
+        "code",
+        """import importlib
+import subprocess
+import sys
+
+IN_COLAB = "google.colab" in sys.modules
+PIP_SOURCE = os.environ.get("STUDY_PIP_SOURCE") or f"git+https://github.com/{GITHUB_REPO}"
+
+
+def pip_install(*args: str) -> None:
+    \"\"\"pip install quietly; show pip's output only if it fails.\"\"\"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], capture_output=True, text=True)
+    if done.returncode:
+        print(done.stdout[-3000:], done.stderr[-3000:])
+        raise RuntimeError(f"pip install {' '.join(args)} failed (see above)")
+
+
+try:
+    importlib.import_module("{{ cookiecutter.package_name }}")
+except ImportError:
+    pip_install("zarr>=3.0.8", "numcodecs>=0.13")
+    pip_install("--no-deps", PIP_SOURCE)  # --no-deps: keep Colab's own torch, numpy, xarray, fsspec
+    importlib.invalidate_caches()
+
+import fsspec
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+
+versions = {m.__name__: m.__version__ for m in (zarr, xr, fsspec, np, torch)}
+print("  ".join(f"{k} {v}" for k, v in versions.items()), "| GPU:", torch.cuda.is_available())
+if int(zarr.__version__.split(".")[0]) < 3:
+    raise RuntimeError(
+        f"zarr {zarr.__version__} is too old: zarr-python 2 turns network errors into NaN silently. "
+        "Run `pip install -U 'zarr>=3.0.8'` and restart the runtime (Runtime -> Restart session)."
+    )""",
+    ),
+    ("markdown", "## 2. Configuration: URL and credentials\nSecrets are read, never printed."),
+    (
+        "code",
+        f"""from {PKG} import remote
+from {PKG}.config import load_config
+
+
+def secret(name: str) -> str | None:
+    \"\"\"A Colab secret when in Colab, else an environment variable; None when unset.\"\"\"
+    if IN_COLAB:
+        from google.colab import userdata
+
+        try:
+            return userdata.get(name)
+        except (userdata.SecretNotFoundError, userdata.NotebookAccessError):
+            return None
+    return os.environ.get(name) or None
+
+
+cfg = load_config()
+DATA_URL = (secret("DATA_URL") or DEFAULT_DATA_URL).rstrip("/")
+CREDENTIALS = {{"token": secret("DATA_TOKEN"), "user": secret("DATA_USER"), "password": secret("DATA_PASSWORD")}}
+STORE_URL = f"{{DATA_URL}}/{{cfg.store_name}}/train.zarr"
+print("data server:", DATA_URL)
+print("store:", STORE_URL)
+print("credentials:", ", ".join(k for k, v in CREDENTIALS.items() if v) or "none")""",
+    ),
+    (
+        "markdown",
+        """## 3. The mapper: open the remote store with fsspec
+
+The original workflow in four lines: an `HTTPFileSystem`, a mapper on the store's
+URL, and `xr.open_zarr(..., consolidated=True)`, which reads only the consolidated
+metadata (one request) until values are needed. The credentials go in a header,
+never in the URL.""",
+    ),
+    (
+        "code",
+        """import aiohttp
+from fsspec.implementations.http import HTTPFileSystem
+
+headers = {"Authorization": f"Bearer {CREDENTIALS['token']}"} if CREDENTIALS["token"] else {}
+basic = aiohttp.BasicAuth(CREDENTIALS["user"], CREDENTIALS["password"]) if CREDENTIALS["user"] else None
+remote.check_access(STORE_URL, **CREDENTIALS)  # stops here with a clear message on bad credentials
+
+fs = HTTPFileSystem(headers=headers, client_kwargs={"auth": basic} if basic else {})
+http_map = fs.get_mapper(STORE_URL)
+ds = xr.open_zarr(http_map, consolidated=True)[DATASET_NAME]
+ds""",
+    ),
+    (
+        "markdown",
+        """The same through the package's `remote` helper, which adds what a long training
+run needs: read timeouts, retries with backoff for transient errors, a check of the
+store's manifest, and an error (never silent fill values) for a missing chunk.""",
+    ),
+    (
+        "code",
+        """train_ds = remote.open_remote(DATA_URL, split="train", cfg=cfg, **CREDENTIALS)
+train_ds""",
+    ),
+    ("markdown", "## 4. Throughput from this runtime to the lab server"),
+    (
+        "code",
+        """speed = remote.measure_throughput(DATA_URL, cfg=cfg, **CREDENTIALS)
+print(f"{speed['mb_per_s']:.1f} MB/s, {speed['samples_per_s']:,.0f} samples/s over {speed['chunks']} chunks")
+if speed["mb_per_s"] < 20:
+    print(
+        "The link is slow. Keep train.cache = 'memory' (or 'disk') so only the first epoch uses "
+        "the network, raise train.prefetch_chunks, or rebuild the store with larger etl.chunk_samples."
+    )""",
+    ),
+    ("markdown", "## 5. Training\nOn the GPU when the runtime has one (*Runtime → Change runtime type*)."),
+    (
+        "code",
+        """from pathlib import Path
+
+from IPython.display import Image, display
+
+from {{ cookiecutter.package_name }}.train.loop import train
+
+summary = train(cfg, url=DATA_URL, epochs=EPOCHS, out_dir=Path(RESULTS_DIR), **CREDENTIALS)
+for plot in sorted(Path(RESULTS_DIR).glob("*.png")):
+    display(Image(filename=str(plot)))""",
+    ),
+    (
+        "code",
+        """import pandas as pd
+
+metrics = pd.DataFrame(
+    {
+        "test accuracy": [summary["test"]["accuracy"]],
+        "test macro-F1": [summary["test"]["macro_f1"]],
+        "majority-class accuracy": [summary["test"]["majority_baseline_accuracy"]],
+        "epochs run": [summary["epochs_run"]],
+    }
+)
+metrics""",
+    ),
+    ("markdown", "## 6. Saving\nCheckpoint, metrics and plots are in `results/`; in Colab they can go to Drive."),
+    (
+        "code",
+        """import shutil
+
+if IN_COLAB and SAVE_TO_DRIVE:
+    from google.colab import drive
+
+    drive.mount("/content/drive")
+    target = Path("/content/drive/MyDrive") / DATASET_NAME / "results"
+    shutil.copytree(RESULTS_DIR, target, dirs_exist_ok=True)
+    print("copied results to", target)
+else:
+    print("results are in", Path(RESULTS_DIR).resolve())""",
+    ),
+]
+
+
+def build() -> str:
+    """The notebook as JSON text (nbformat 4, no outputs)."""
+    cells = []
+    for number, (kind, source) in enumerate(CELLS):
+        lines = source.splitlines(keepends=True)
+        cell = {"cell_type": kind, "id": f"cell-{number:02d}", "metadata": {}, "source": lines}
+        if kind == "code":
+            cell.update(execution_count=None, outputs=[])
+        cells.append(cell)
+    notebook = {
+        "cells": cells,
+        "metadata": {
+            "accelerator": "GPU",
+            "colab": {"provenance": []},
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    NOTEBOOK.parent.mkdir(parents=True, exist_ok=True)
+    text = build()
+    if "--check" in sys.argv:
+        raise SystemExit(0 if NOTEBOOK.read_text() == text else f"{NOTEBOOK} is stale: run {__file__}")
+    NOTEBOOK.write_text(text)
+    print(f"wrote {NOTEBOOK}")
