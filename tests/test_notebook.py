@@ -12,7 +12,8 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from .colab_env import COLAB_SHIPS, build_colab_like_python, write_kernelspec
+from colab_env import COLAB_SHIPS, build_colab_like_python, write_kernelspec
+
 from .conftest import TEMPLATE, require_tool, run
 from .servers import study_server
 

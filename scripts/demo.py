@@ -1,0 +1,168 @@
+"""The main job: bake a study with the default answers and run its whole pipeline.
+
+bake -> install -> synthetic inputs -> ETL -> the study's nginx on loopback (token auth)
+-> read over HTTP with the fsspec mapper as Colab does -> train -> execute the Colab
+notebook in a Colab-like kernel -> report. Run it with `python3 tasks.py demo`; the
+server it starts is stopped on every exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bakery import TEMPLATE, bake, install_study, run
+from colab_env import build_colab_like_python, write_kernelspec
+from servers import study_package, study_server
+
+READ_AS_COLAB = """
+import json, os, sys, time
+import xarray as xr
+from fsspec.implementations.http import HTTPFileSystem
+
+store_url, name = sys.argv[1:3]
+fs = HTTPFileSystem(headers={"Authorization": "Bearer " + os.environ["DATA_TOKEN"]})
+ds = xr.open_zarr(fs.get_mapper(store_url), consolidated=True)
+print(ds[name])
+from {package}.remote import measure_throughput
+print(json.dumps(measure_throughput(max_chunks=16)))
+"""
+
+
+class Steps:
+    """Numbered, timed steps with one line each."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.times = total, 0, {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.done += 1
+        print(f"\n[{self.done}/{self.total}] {name}", flush=True)
+        start = time.perf_counter()
+        yield
+        self.times[name] = time.perf_counter() - start
+        print(f"      done in {self.times[name]:.1f} s", flush=True)
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def execute_notebook(study: Path, workdir: Path, env: dict[str, str]) -> Path:
+    """Run the study's notebook top to bottom in a Colab-like kernel; returns the executed copy."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    kernel_python = build_colab_like_python(workdir / "colab-env")
+    kernel = write_kernelspec(workdir / "jupyter", kernel_python)
+    saved = dict(os.environ)
+    os.environ.update(env, JUPYTER_PATH=str(workdir / "jupyter"), MPLBACKEND="Agg")
+    try:
+        nb = nbformat.read(study / "notebooks" / "colab_bootstrap.ipynb", as_version=4)
+        content = workdir / "content"  # like Colab's /content
+        content.mkdir()
+        NotebookClient(nb, kernel_name=kernel, timeout=1800, resources={"metadata": {"path": str(content)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    executed = workdir / "colab_bootstrap.executed.ipynb"
+    nbformat.write(nb, executed)
+    return executed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=TEMPLATE / "demo-output", help="output folder (replaced)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs (CLI run)")
+    parser.add_argument("--size", default="small", choices=("tiny", "small", "large"), help="synthetic size")
+    parser.add_argument("--skip-notebook", action="store_true", help="do not execute the notebook")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    out: Path = args.out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    steps = Steps(total=7 if args.skip_notebook else 8)
+
+    with steps.step("bake a study with the default answers"):
+        study = bake(out)
+        package = study_package(study)
+        print(f"      {study}")
+    with steps.step("install it (editable, into its own venv)"):
+        python = install_study(study, out)
+
+    def cli(*argv: str, timeout: float = 1800, env: dict[str, str] | None = None) -> str:
+        result = run([python, "-m", package, *argv], cwd=study, timeout=timeout, env=env)
+        return result.stdout
+
+    with steps.step(f"synthetic inputs ({args.size})"):
+        print("      " + cli("synth", "--size", args.size).strip().replace("\n", "\n      "))
+    with steps.step("ETL: validate, quantiles, categories, lookback windows, zarr"):
+        cli("etl")
+        config = json.loads(run([python, "-c", CONFIG_JSON.format(package=package)], cwd=study).stdout)
+        store_dir = Path(config["store_dir"])
+        print(f"      {store_dir} ({folder_size(store_dir) / 1e6:.1f} MB on disk)")
+
+    token = secrets.token_urlsafe(24)  # this run's secret: never printed, passed by environment only
+    auth = {"DATA_TOKEN": token}
+    with study_server(python, study, study / "data" / "zarr", auth_env=auth) as url:
+        print(f"\n      nginx serves {study / 'data' / 'zarr'} at {url} (token auth)")
+        env = {"DATA_URL": url, **auth}
+        with steps.step("read over HTTP as Colab does (fsspec mapper, xr.open_zarr)"):
+            store_url = f"{url}/{store_dir.name}/train.zarr"
+            snippet = READ_AS_COLAB.format(package=package)
+            lines = run([python, "-c", snippet, store_url, config["dataset_name"]], cwd=study, env=env).stdout
+            *repr_lines, speed_line = lines.strip().splitlines()
+            print("      " + "\n      ".join(repr_lines[:8]))
+            speed = json.loads(speed_line)
+            print(f"      {speed['mb_per_s']:.1f} MB/s, {speed['samples_per_s']:,.0f} samples/s")
+        with steps.step(f"train {args.epochs} epochs over HTTP"):
+            results = out / "results"
+            cli("train", "--url", url, "--epochs", str(args.epochs), "--out", str(results), env=env)
+            summary = json.loads((results / "summary.json").read_text())
+        if not args.skip_notebook:
+            with steps.step("execute the Colab notebook in a Colab-like kernel"):
+                nb_env = {**env, "STUDY_PIP_SOURCE": str(study), "STUDY_EPOCHS": "1"}
+                executed = execute_notebook(study, out / "notebook", nb_env)
+                print(f"      {executed}")
+    print("\n      server stopped; no nginx left running")
+
+    test = summary["test"]
+    print("\n" + "=" * 72)
+    print("Report")
+    print("=" * 72)
+    print(f"study            {study}")
+    print(f"store            {store_dir} ({folder_size(store_dir) / 1e6:.1f} MB)")
+    print(f"throughput       {speed['mb_per_s']:.1f} MB/s, {speed['samples_per_s']:,.0f} samples/s (loopback)")
+    print(
+        f"training         {summary['epochs_run']} epochs on {summary['device']}, {summary['train_samples']:,} samples"
+    )
+    print(
+        f"test metrics     accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} "
+        f"(majority class {test['majority_class']}: {test['majority_baseline_accuracy']:.3f})"
+    )
+    print(f"results          {results} ({', '.join(sorted(p.name for p in results.glob('*.png')))})")
+    if not args.skip_notebook:
+        print(f"notebook         {executed}")
+    print(f"wall time        {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+CONFIG_JSON = """
+import json
+from {package}.config import load_config
+cfg = load_config()
+print(json.dumps({{"store_dir": str(cfg.store_dir), "dataset_name": cfg.study.dataset_name}}))
+"""
+
+if __name__ == "__main__":
+    sys.exit(main())
