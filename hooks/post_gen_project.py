@@ -23,8 +23,11 @@ ANSWERS = json.loads(
 
 # answer -> value -> paths (relative to the study root) to delete
 PRUNE: dict[str, dict[str, list[str]]] = {
+    # The storage stack's auth variants are chosen by Jinja inside compose.yaml, .env.example,
+    # storage/README.md and storage/nginx/templates/study.conf.template: every auth answer
+    # keeps the same files (TLS and the etl profile are optional at run time, not at bake).
     "auth": {
-        "none": ["storage/secrets.example"],
+        "none": [],
         "token": [],
         "basic": [],
     },

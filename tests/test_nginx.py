@@ -1,0 +1,591 @@
+"""Slow tier: the baked nginx configuration on a real nginx, serving real zarr stores.
+
+One baked and installed study per auth mode (token: the shared `fast_study`), zarr v2
+and v3 stores written here with xarray, and the study's own `serve` command on
+127.0.0.1 and a random port. The functional server runs with a high request-rate limit
+(a config copy) so the many small requests of these checks never meet a 429; the
+default limits are exercised by the xarray read (must not be limited) and the burst
+(must be). Cost: about 15 s, most of it the limit_rate measurement and the two bakes.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import http.client
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+import tomllib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import fsspec
+import numpy as np
+import pytest
+import requests
+import xarray as xr
+
+from .conftest import FAST_CONTEXT, bake, install_study, require_tool, run
+from .servers import study_package, study_server
+
+pytestmark = pytest.mark.slow
+
+STORE = "columbia_gridcells_lb30"
+V2, V3 = f"{STORE}/train.zarr", f"{STORE}/valid.zarr"
+SECRET = "TOP-SECRET-CONTENT"
+CORS = ("Access-Control-Allow-Origin", "Access-Control-Allow-Methods", "Access-Control-Allow-Headers")
+# The variables the image's envsubst would see in the container (compose.yaml sets them).
+DOCKER_VARS = {
+    "STUDY_LISTEN": "8080",
+    "STUDY_DATA_ROOT": "/srv/zarr",
+    "STUDY_LIMIT_RATE": "0",
+    "STUDY_REQUESTS_PER_SECOND": "200",
+    "STUDY_BURST": "50",
+    "STUDY_TLS_DIR": "/etc/nginx/study-tls",
+}
+
+
+# ---------------------------------------------------------------- data written here
+
+
+def sample_dataset(seed: int) -> xr.Dataset:
+    """A small dataset shaped like the ETL's samples: (sample, time, feature) and labels."""
+    rng = np.random.default_rng(seed)
+    n, lookback, features = 64, 30, 2
+    return xr.Dataset(
+        {
+            "x": (("sample", "time_lag", "feature"), rng.normal(size=(n, lookback, features)).astype("float32")),
+            "y": (("sample",), rng.integers(0, 11, size=n).astype("int8")),
+        },
+        coords={"sample": np.arange(n), "feature": ["soil_moisture", "snow_water_equivalent"]},
+        attrs={"title": "nginx test store", "notes": "x" * 400},  # > gzip_min_length
+    )
+
+
+def write_store(path: Path, zarr_format: int, seed: int) -> xr.Dataset:
+    ds = sample_dataset(seed)
+    encoding = {"x": {"chunks": (16, 30, 2)}, "y": {"chunks": (16,)}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr 3: consolidated metadata is not in the v3 spec yet
+        ds.to_zarr(path, mode="w", consolidated=True, zarr_format=zarr_format, encoding=encoding)
+    files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+    (path / "manifest.json").write_text(json.dumps({"files": files, "zarr_format": zarr_format}))
+    return ds
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The served folder: a v2 and a v3 store, things that must never be served, symlinks out."""
+    where = tmp_path_factory.mktemp("nginx-data")
+    root = where / "zarr"
+    datasets = {V2: write_store(root / V2, 2, 1), V3: write_store(root / V3, 3, 2)}
+    outside = where / "outside"
+    outside.mkdir()
+    (outside / "secret.json").write_text(json.dumps({"secret": SECRET}))
+    (root / ".htpasswd").write_text(f"admin:{SECRET}\n")
+    (root / ".env").write_text(f"DATA_TOKEN={SECRET}\n")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text(f"[remote]\n url = {SECRET}\n")
+    tmp_store = root / STORE / ".tmp-test.zarr"  # the ETL's temporary folder before the rename
+    tmp_store.mkdir()
+    (tmp_store / ".zarray").write_text(json.dumps({"secret": SECRET}))
+    (tmp_store / "zarr.json").write_text(json.dumps({"secret": SECRET}))
+    (root / "escape.json").symlink_to(outside / "secret.json")
+    (root / "escape_dir").symlink_to(outside, target_is_directory=True)
+    (root / "big.bin").write_bytes(np.random.default_rng(0).bytes(300_000))
+    return {"root": root, "datasets": datasets, "outside": outside}
+
+
+def store_files(root: Path) -> list[str]:
+    """Every file of the stores (what a client may read), as URL paths."""
+    return sorted(
+        str(p.relative_to(root))
+        for p in (root / STORE).rglob("*")
+        if p.is_file() and not any(part.startswith(".tmp") for part in p.relative_to(root).parts)
+    )
+
+
+# ---------------------------------------------------------------- studies and servers
+
+
+@pytest.fixture(scope="module")
+def token_study(fast_study: tuple[Path, Path]) -> tuple[Path, Path]:
+    study, python = fast_study
+    assert tomllib.loads((study / "study.toml").read_text())["server"]["auth"] == "token"
+    return study, python
+
+
+@pytest.fixture(scope="module")
+def basic_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    where = tmp_path_factory.mktemp("basic")
+    study = bake(where / "bake", auth="basic", **FAST_CONTEXT)
+    return study, install_study(study, where)
+
+
+@pytest.fixture(scope="module")
+def none_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    where = tmp_path_factory.mktemp("none")
+    study = bake(where / "bake", auth="none", **FAST_CONTEXT)
+    return study, install_study(study, where)
+
+
+def config_copy(study: Path, where: Path, **server: object) -> Path:
+    """study.toml with [server] keys changed, next to a copy of the templates (serve looks
+    for them beside the config); passed to serve through STUDY_CONFIG."""
+    where.mkdir(parents=True, exist_ok=True)
+    text = (study / "study.toml").read_text()
+    for name, value in server.items():
+        lines = [line for line in text.splitlines() if line.startswith(f"{name} = ")]
+        assert len(lines) == 1, name
+        text = text.replace(lines[0], f"{name} = {json.dumps(value)}")
+    (where / "study.toml").write_text(text)
+    shutil.copytree(study / "storage" / "nginx", where / "storage" / "nginx")
+    return where / "study.toml"
+
+
+@pytest.fixture(scope="module")
+def token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@pytest.fixture(scope="module")
+def srv(token_study, data, token, tmp_path_factory) -> Iterator[str]:
+    """Token-auth server with a request-rate limit high enough for the checks below."""
+    require_tool("nginx")
+    study, python = token_study
+    config = config_copy(study, tmp_path_factory.mktemp("norate"), requests_per_second=100_000, burst=10_000)
+    env = {"DATA_TOKEN": token, "STUDY_CONFIG": str(config)}
+    with study_server(python, study, data["root"], auth_env=env) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def srv_default(token_study, data, token) -> Iterator[str]:
+    """Token-auth server with the study's shipped limits."""
+    require_tool("nginx")
+    study, python = token_study
+    with study_server(python, study, data["root"], auth_env={"DATA_TOKEN": token}) as url:
+        yield url
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def raw_get(url: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """A request with the path sent byte for byte (requests would normalise `..`)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def assert_cors(response: requests.Response) -> None:
+    for header in CORS:
+        assert header in response.headers, f"{response.status_code} {response.url} lacks {header}"
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+# ---------------------------------------------------------------- configuration checks
+
+
+def envsubst_render(template: Path, variables: dict[str, str]) -> str:
+    """Render like the official image: envsubst limited to the defined STUDY_* variables.
+
+    envsubst comes with Debian's gettext-base, which minimal systems lack; there the same
+    substitution (`${NAME}` of the listed names only, anything else untouched) is done here."""
+    envsubst = shutil.which("envsubst")
+    if envsubst is None:
+        text = template.read_text()
+        for name, value in variables.items():
+            text = text.replace(f"${{{name}}}", value)
+        return text
+    env = {"PATH": os.environ["PATH"], **variables}
+    shell_format = " ".join(f"${{{name}}}" for name in variables)
+    return subprocess.run(
+        [envsubst, shell_format], input=template.read_text(), env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def image_like_prefix(where: Path, rendered: str) -> Path:
+    """A prefix laid out like the image: main nginx.conf including conf.d/*.conf in http {}."""
+    (where / "conf.d").mkdir(parents=True)
+    (where / "conf.d" / "study.conf").write_text(rendered)
+    (where / "nginx.conf").write_text(
+        f"worker_processes auto;\nworker_rlimit_nofile 2048;\npid {where}/nginx.pid;\n"
+        "events { worker_connections 1024; }\nhttp {\n"
+        + "".join(f"    {n}_temp_path {where}/{n};\n" for n in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        + "    include /etc/nginx/mime.types;\n    default_type application/octet-stream;\n"
+        f"    sendfile on;\n    keepalive_timeout 65;\n    include {where}/conf.d/*.conf;\n}}\n"
+    )
+    return where / "nginx.conf"
+
+
+def docker_vars(auth: str, where: Path) -> dict[str, str]:
+    """STUDY_* values as in the container, with paths that exist on this machine."""
+    data = where / "srv-zarr"
+    data.mkdir(parents=True, exist_ok=True)
+    values = {**DOCKER_VARS, "STUDY_LISTEN": "127.0.0.1:8080", "STUDY_DATA_ROOT": str(data),
+              "STUDY_TLS_DIR": str(where / "no-tls")}  # fmt: skip
+    if auth == "token":
+        values["STUDY_TOKEN"] = secrets.token_urlsafe(24)
+    elif auth == "basic":
+        htpasswd = where / "htpasswd"
+        htpasswd.write_text("user:{PLAIN}password\n")
+        values["STUDY_HTPASSWD"] = str(htpasswd)
+    return values
+
+
+def gixy_findings(gixy: str, conf: Path) -> list[dict]:
+    """gixy's findings above low severity. Filtered here: gixy-ng 0.2.59's own `-ll` also
+    drops medium findings such as add_header_redefinition."""
+    report = run([gixy, "--format", "json", conf], check=False)
+    assert report.returncode in (0, 1) and report.stdout.strip(), report.stdout + report.stderr
+    findings = [f for f in json.loads(report.stdout) if f["severity"].upper() not in ("LOW", "UNSPECIFIED")]
+    print(json.dumps(findings, indent=1))
+    return findings
+
+
+@pytest.mark.parametrize("auth", ["token", "basic", "none"])
+def test_rendered_config_passes_nginx_t_and_gixy(auth: str, token_study, basic_study, none_study,
+                                                  tmp_path: Path) -> None:  # fmt: skip
+    """Both renderers (the image's envsubst, `serve`) give the same config; nginx -t accepts
+    it and gixy finds nothing above low severity."""
+    nginx, gixy = require_tool("nginx"), require_tool("gixy")
+    study, python = {"token": token_study, "basic": basic_study, "none": none_study}[auth]
+    (template,) = (study / "storage" / "nginx" / "templates").glob("*.template")
+    assert f"# study-auth: {auth}\n" in template.read_text()
+    variables = docker_vars(auth, tmp_path)
+    rendered = envsubst_render(template, variables)
+    assert "${STUDY_" not in rendered and "$uri" in rendered and "$binary_remote_addr" in rendered
+    conf = image_like_prefix(tmp_path / "image", rendered)
+    run([nginx, "-e", "stderr", "-p", tmp_path / "image", "-c", conf, "-t", "-q"])
+
+    # serve's renderer on the same values gives the same file
+    script = (
+        "import sys; from pathlib import Path\n"
+        f"from {study_package(study)}.serve import render\n"
+        "print(render(Path(sys.argv[1]).read_text(), dict(a.split('=', 1) for a in sys.argv[2:])), end='')\n"
+    )
+    by_serve = run([python, "-c", script, template, *(f"{k}={v}" for k, v in variables.items())], cwd=study)
+    assert by_serve.stdout == rendered
+
+    assert not gixy_findings(gixy, conf), "gixy findings above low severity"
+
+
+def test_gixy_would_catch_a_header_dropping_location(token_study, tmp_path: Path) -> None:
+    """The gixy check can fail: an add_header inside a location (dropping the CORS headers)."""
+    gixy = require_tool("gixy")
+    study, _ = token_study
+    (template,) = (study / "storage" / "nginx" / "templates").glob("*.template")
+    last_location = "        try_files $uri =404;\n    }\n}"
+    rendered = envsubst_render(template, docker_vars("token", tmp_path))
+    bad = rendered.replace(last_location, '        add_header X-Bad "1";\n' + last_location)
+    assert 'X-Bad "1"' in bad
+    findings = gixy_findings(gixy, image_like_prefix(tmp_path / "bad", bad))
+    assert [f["plugin"] for f in findings] == ["add_header_redefinition"]
+
+
+def test_tls_profile_config_passes_nginx_t(token_study, tmp_path: Path) -> None:
+    """The tls profile's file, included from STUDY_TLS_DIR with a certificate, is valid."""
+    nginx, openssl = require_tool("nginx"), require_tool("openssl")
+    study, _ = token_study
+    prefix = tmp_path / "image"
+    tls_dir = prefix / "study-tls"  # the tls.conf paths are relative to the nginx.conf folder
+    tls_dir.mkdir(parents=True)
+    shutil.copy(study / "storage" / "nginx" / "tls" / "tls.conf", tls_dir / "tls.conf")
+    run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-keyout", tls_dir / "privkey.pem", "-out", tls_dir / "fullchain.pem"])  # fmt: skip
+    (template,) = (study / "storage" / "nginx" / "templates").glob("*.template")
+    variables = {**docker_vars("token", tmp_path), "STUDY_TLS_DIR": str(tls_dir)}
+    conf = image_like_prefix(prefix, envsubst_render(template, variables))
+    run([nginx, "-e", "stderr", "-p", prefix, "-c", conf, "-t", "-q"])
+    (tls_dir / "privkey.pem").unlink()
+    missing = run([nginx, "-e", "stderr", "-p", prefix, "-c", conf, "-t", "-q"], check=False)
+    assert missing.returncode != 0 and "privkey.pem" in missing.stderr
+
+
+# ---------------------------------------------------------------- the token server
+
+
+def test_healthz_is_open(srv: str) -> None:
+    response = requests.get(f"{srv}/healthz", timeout=5)
+    assert response.status_code == 200 and response.text == "ok\n"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [f"{V2}/.zgroup", f"{V2}/.zattrs", f"{V2}/.zmetadata", f"{V2}/x/.zarray", f"{V2}/x/.zattrs",
+     f"{V2}/manifest.json", f"{V3}/zarr.json", f"{V3}/x/zarr.json", f"{V3}/manifest.json"],
+)  # fmt: skip
+def test_metadata_is_served_as_json(srv: str, data: dict, token: str, path: str) -> None:
+    response = requests.get(f"{srv}/{path}", headers=bearer(token), timeout=5)
+    assert response.status_code == 200, path
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json() == json.loads((data["root"] / path).read_text())
+    assert response.headers["Cache-Control"] == "no-cache" and "ETag" in response.headers
+    assert_cors(response)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/.htpasswd", "/.env", "/.git/config", "/.git/", f"/{STORE}/.tmp-test.zarr/.zarray",
+     f"/{STORE}/.tmp-test.zarr/zarr.json", f"/{V2}/../.env", "/.zarray/../.env"],
+)  # fmt: skip
+def test_other_dotfiles_are_404_even_with_credentials(srv: str, token: str, path: str) -> None:
+    status, body = raw_get(srv, path, bearer(token))
+    assert status == 404, path
+    assert SECRET.encode() not in body
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/../../../../etc/passwd", "/%2e%2e/%2e%2e/%2e%2e/etc/passwd", f"/{STORE}/..%2f..%2f..%2f..%2fetc/passwd",
+     "/%2E%2E%2F%2E%2E%2F%2E%2E%2Fetc%2Fpasswd", "/..%5c..%5cetc/passwd", "/../outside/secret.json",
+     "/%2e%2e/outside/secret.json"],
+)  # fmt: skip
+def test_traversal_is_refused(srv: str, token: str, path: str) -> None:
+    status, body = raw_get(srv, path, bearer(token))
+    assert status in (400, 403, 404), (path, status)
+    assert b"root:" not in body and SECRET.encode() not in body
+
+
+@pytest.mark.parametrize("path", ["/escape.json", "/escape_dir/secret.json"])
+def test_symlinks_out_of_the_root_are_refused(srv: str, data: dict, token: str, path: str) -> None:
+    assert (data["root"] / path.lstrip("/")).read_text(), "the symlink itself resolves on disk"
+    status, body = raw_get(srv, path, bearer(token))
+    assert status in (403, 404), (path, status)
+    assert SECRET.encode() not in body
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST", "DELETE", "PATCH", "PROPFIND"])
+@pytest.mark.parametrize("with_credentials", [True, False])
+def test_write_methods_are_405(srv: str, token: str, method: str, with_credentials: bool) -> None:
+    headers = bearer(token) if with_credentials else {}
+    response = requests.request(method, f"{srv}/{V2}/.zgroup", headers=headers, data=b"{}", timeout=5)
+    assert response.status_code == 405
+    assert_cors(response)
+
+
+def test_preflight_is_204_with_cors_and_needs_no_credentials(srv: str) -> None:
+    response = requests.options(
+        f"{srv}/{V2}/.zmetadata",
+        headers={"Origin": "https://viewer.example", "Access-Control-Request-Method": "GET",
+                 "Access-Control-Request-Headers": "authorization, range"},
+        timeout=5,
+    )  # fmt: skip
+    assert response.status_code == 204
+    assert_cors(response)
+    allowed = response.headers["Access-Control-Allow-Headers"].lower()
+    assert "authorization" in allowed and "range" in allowed
+    assert "GET" in response.headers["Access-Control-Allow-Methods"]
+
+
+def test_errors_carry_cors_headers(srv: str, token: str) -> None:
+    missing = requests.get(f"{srv}/{V2}/nope", headers=bearer(token), timeout=5)
+    assert missing.status_code == 404
+    assert_cors(missing)
+    unauthorized = requests.get(f"{srv}/{V2}/.zmetadata", timeout=5)
+    assert unauthorized.status_code == 401
+    assert_cors(unauthorized)
+    assert unauthorized.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_range_request_is_206(srv: str, data: dict, token: str) -> None:
+    chunk = f"{V2}/x/0.0.0"
+    expected = (data["root"] / chunk).read_bytes()
+    for extra in ({}, {"Accept-Encoding": "gzip"}):  # chunks are never compressed, so Range holds
+        response = requests.get(f"{srv}/{chunk}", headers={**bearer(token), "Range": "bytes=0-9", **extra}, timeout=5)
+        assert response.status_code == 206
+        assert response.content == expected[:10]
+        assert response.headers["Content-Range"] == f"bytes 0-9/{len(expected)}"
+        assert "Content-Encoding" not in response.headers
+
+
+def test_json_is_compressed_and_chunks_are_not(srv: str, token: str) -> None:
+    headers = {**bearer(token), "Accept-Encoding": "gzip"}
+    meta = requests.get(f"{srv}/{V2}/.zmetadata", headers=headers, timeout=5)
+    assert meta.headers.get("Content-Encoding") == "gzip" and meta.json()["zarr_consolidated_format"] == 1
+    chunk = requests.get(f"{srv}/{V2}/x/0.0.0", headers=headers, timeout=5)
+    assert chunk.status_code == 200 and "Content-Encoding" not in chunk.headers
+    assert chunk.headers["Content-Type"] == "application/octet-stream"
+
+
+def test_head_gives_content_length(srv: str, data: dict, token: str) -> None:
+    chunk = f"{V3}/x/c/0/0/0"
+    response = requests.head(f"{srv}/{chunk}", headers=bearer(token), timeout=5)
+    assert response.status_code == 200 and response.content == b""
+    assert int(response.headers["Content-Length"]) == (data["root"] / chunk).stat().st_size
+
+
+def test_if_none_match_gives_304(srv: str, token: str) -> None:
+    url = f"{srv}/{V2}/x/0.0.0"
+    etag = requests.get(url, headers=bearer(token), timeout=5).headers["ETag"]
+    again = requests.get(url, headers={**bearer(token), "If-None-Match": etag}, timeout=5)
+    assert again.status_code == 304 and again.content == b""
+    other = requests.get(url, headers={**bearer(token), "If-None-Match": '"other"'}, timeout=5)
+    assert other.status_code == 200
+
+
+def test_folders_are_not_listed(srv: str, token: str) -> None:
+    for path in ("/", f"/{STORE}/", f"/{V2}/", f"/{V2}"):
+        assert requests.get(f"{srv}{path}", headers=bearer(token), timeout=5).status_code == 404, path
+
+
+def test_every_path_needs_the_right_token(srv: str, data: dict, token: str) -> None:
+    paths = store_files(data["root"])
+    assert any(p.endswith("/.zarray") for p in paths) and any(p.endswith("zarr.json") for p in paths)
+    assert len(paths) > 20
+    wrong = [{}, bearer("x" * len(token)), bearer(token.swapcase()), bearer(token + "x"),
+             {"Authorization": f"Basic {token}"}, {"Authorization": token}]  # fmt: skip
+    with requests.Session() as session:
+        for path in paths:
+            for headers in wrong:
+                response = session.get(f"{srv}/{path}", headers=headers, timeout=5)
+                assert response.status_code == 401, (path, headers)
+                assert response.content.find(b"zarr") < 0
+            assert session.get(f"{srv}/{path}", headers=bearer(token), timeout=5).status_code == 200, path
+
+
+# ---------------------------------------------------------------- default limits, xarray
+
+
+def open_remote(url: str, headers: dict[str, str]) -> xr.Dataset:
+    mapper = fsspec.get_mapper(url, headers=headers)
+    return xr.open_zarr(mapper, consolidated=True)
+
+
+@pytest.mark.parametrize("store", [V2, V3])
+def test_xarray_reads_exactly_the_stored_values(srv_default: str, data: dict, token: str, store: str) -> None:
+    """Through fsspec's HTTP mapper, with the shipped rate limit (a normal read is not limited)."""
+    remote = open_remote(f"{srv_default}/{store}", bearer(token)).load()
+    xr.testing.assert_identical(remote.drop_encoding(), data["datasets"][store])
+    with pytest.raises(Exception, match="401"):
+        open_remote(f"{srv_default}/{store}", bearer("wrong" * 5)).load()
+
+
+def test_a_burst_above_the_rate_limit_gets_429(srv_default: str, token: str) -> None:
+    url = f"{srv_default}/{V2}/.zgroup"
+    with requests.Session() as session:
+        session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=32))
+
+        def fetch(_: int) -> requests.Response:
+            return session.get(url, headers=bearer(token), timeout=10)
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            responses = list(pool.map(fetch, range(400)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 429}, set(statuses)
+    assert statuses.count(429) > 0 and statuses.count(200) > 0, (statuses.count(200), statuses.count(429))
+    assert_cors(next(r for r in responses if r.status_code == 429))
+    time.sleep(0.5)  # let the bucket refill for whoever comes next
+
+
+# ---------------------------------------------------------------- limit_rate
+
+
+def test_limit_rate_slows_reading(token_study, data: dict, token: str, srv_default: str) -> None:
+    """300 kB at 100 kB/s: nginx sends the first second's worth at once, the rest is paced,
+    so it cannot take less than about 2 s; the unlimited server is the baseline."""
+    study, python = token_study
+    url_path = "/big.bin"
+    size = (data["root"] / "big.bin").stat().st_size
+
+    def timed(base: str) -> float:
+        start = time.perf_counter()
+        response = requests.get(f"{base}{url_path}", headers=bearer(token), timeout=30)
+        assert response.status_code == 200 and len(response.content) == size
+        return time.perf_counter() - start
+
+    baseline = timed(srv_default)
+    with study_server(python, study, data["root"], auth_env={"DATA_TOKEN": token}, limit_rate="100k") as slow:
+        limited = timed(slow)
+    print(f"\nlimit_rate 100k: {size / 1e3:.0f} kB in {limited:.2f} s vs {baseline * 1e3:.1f} ms unlimited "
+          f"(x{limited / baseline:.0f} slower)")  # fmt: skip
+    assert limited >= 1.5, limited  # a lower bound set by the cap, not a speed goal
+    assert limited > 10 * baseline
+
+
+# ---------------------------------------------------------------- basic and none
+
+
+def test_basic_auth_on_every_path(basic_study, data: dict, tmp_path: Path) -> None:
+    require_tool("nginx")
+    study, python = basic_study
+    config = config_copy(study, tmp_path / "norate", requests_per_second=100_000, burst=10_000)
+    user, password = "reader", secrets.token_urlsafe(12)
+    good = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    bad = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}x".encode()).decode()}
+    env = {"DATA_USER": user, "DATA_PASSWORD": password, "STUDY_CONFIG": str(config)}
+    with study_server(python, study, data["root"], auth_env=env) as url:
+        assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+        for path in store_files(data["root"])[:40]:
+            for headers in ({}, bad):
+                response = requests.get(f"{url}/{path}", headers=headers, timeout=5)
+                assert response.status_code == 401, path
+                assert response.headers["WWW-Authenticate"].startswith("Basic")
+                assert_cors(response)
+            assert requests.get(f"{url}/{path}", headers=good, timeout=5).status_code == 200, path
+        assert requests.options(f"{url}/{V2}/.zgroup", timeout=5).status_code == 204
+        assert raw_get(url, "/.htpasswd", good)[0] == 404
+        remote = open_remote(f"{url}/{V3}", good).load()
+        xr.testing.assert_identical(remote.drop_encoding(), data["datasets"][V3])
+
+
+def test_basic_auth_with_an_htpasswd_made_as_the_readme_says(basic_study, data: dict, tmp_path: Path) -> None:
+    """storage/README.md makes the Docker htpasswd with `openssl passwd -6` (SHA-512 crypt)."""
+    require_tool("nginx")
+    openssl = require_tool("openssl")
+    study, python = basic_study
+    readme = (study / "storage" / "README.md").read_text()
+    assert "openssl passwd -6" in readme
+    password = secrets.token_urlsafe(12)
+    digest = subprocess.run(
+        [openssl, "passwd", "-6", "-stdin"], input=password, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"lab:{digest}\n")
+    good = {"Authorization": "Basic " + base64.b64encode(f"lab:{password}".encode()).decode()}
+    with study_server(python, study, data["root"], auth_env={"DATA_HTPASSWD_FILE": str(htpasswd)}) as url:
+        assert requests.get(f"{url}/{V2}/.zgroup", headers=good, timeout=5).status_code == 200
+        assert requests.get(f"{url}/{V2}/.zgroup", timeout=5).status_code == 401
+
+
+def test_no_auth_serves_data_and_still_hides_dotfiles(none_study, data: dict) -> None:
+    require_tool("nginx")
+    study, python = none_study
+    with study_server(python, study, data["root"], auth_env={}) as url:
+        response = requests.get(f"{url}/{V2}/.zmetadata", timeout=5)
+        assert response.status_code == 200 and response.headers["Content-Type"] == "application/json"
+        assert "WWW-Authenticate" not in response.headers
+        for path in ("/.env", "/.htpasswd", "/.git/config", f"/{STORE}/.tmp-test.zarr/.zarray"):
+            assert raw_get(url, path)[0] == 404, path
+        assert requests.delete(f"{url}/{V2}/.zgroup", timeout=5).status_code == 405
+        xr.testing.assert_identical(open_remote(f"{url}/{V2}", {}).load().drop_encoding(), data["datasets"][V2])
+
+
+def test_serve_refuses_to_start_without_credentials(token_study, data: dict) -> None:
+    require_tool("nginx")  # checked before the credentials
+    study, python = token_study
+    package = study_package(study)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATA_")}
+    result = subprocess.run([python, "-m", package, "serve", "--data", data["root"]], cwd=study, env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "DATA_TOKEN" in result.stderr and "Traceback" not in result.stderr
+    env["DATA_TOKEN"] = "short"
+    result = subprocess.run([python, "-m", package, "serve", "--data", data["root"]], cwd=study, env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "at least 16" in result.stderr
