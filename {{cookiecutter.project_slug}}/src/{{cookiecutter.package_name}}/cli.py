@@ -52,6 +52,15 @@ def _train(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _lock(cfg: Config, args: argparse.Namespace) -> int:
+    from .lock import write_lock
+
+    out = Path(args.out) if args.out else cfg.root / "requirements.lock"
+    versions = write_lock(out)
+    print(f"pinned {len(versions)} packages in {out}")
+    return 0
+
+
 def _config(cfg: Config, args: argparse.Namespace) -> int:
     if args.reference:
         print(reference_markdown(), end="")
@@ -105,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="number of epochs (default: train.epochs)")
     p.add_argument("--out", help="results folder (default: train.out_dir)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("lock", help="record the exact installed dependency versions (requirements.lock)")
+    p.add_argument("--out", help="output file (default: requirements.lock next to study.toml)")
+    p.set_defaults(func=_lock)
 
     p = sub.add_parser("config", help="show the configuration, or --reference for every key")
     p.add_argument("--reference", action="store_true", help="print the key reference (Markdown)")
