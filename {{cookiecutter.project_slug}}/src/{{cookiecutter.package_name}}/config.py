@@ -79,6 +79,9 @@ class EtlSection:
     split_gap_days: int = key("Gap between splits in days (at least time_lookback).", low=0)
     zarr_format: int = key("Zarr format of the stores.", choices=(2, 3))
     compression_level: int = key("Zstandard compression level of the chunks.", low=1, high=22)
+    block_mb: int = key(
+        "Working memory (MB) of one block of cells; peak memory stays near it whatever the grid size.", low=1
+    )
     dask_scheduler: str = key("dask.distributed scheduler address; empty for local threads.")
 
 
@@ -88,7 +91,14 @@ class ServerSection:
     auth: str = key("Authentication of the data server.", choices=("token", "basic", "none"))
     port: int = key("Port nginx listens on (compose publishes it).", low=1, high=65535)
     limit_rate: str = key("Per-connection bandwidth cap, nginx syntax (e.g. 2m); 0 = off.")
-    requests_per_second: int = key("Per-client request-rate limit; above it nginx answers 429.", low=1)
+    requests_per_second: int = key(
+        "Per-client request rate nginx sustains; above it (and the burst) it answers 429.", low=1
+    )
+    burst: int = key(
+        "Requests a client may send at once above the rate (a loader has about "
+        "train.prefetch_chunks chunk requests in flight, plus a few metadata requests).",
+        low=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -100,8 +110,15 @@ class TrainSection:
     num_layers: int = key("Stacked LSTM layers.", low=1, high=16)
     dropout: float = key("Dropout between LSTM layers and before the head.", low=0, high=1)
     seed: int = key("Random seed (chunk order, shuffle buffer, initial weights).")
+    class_weights: str = key(
+        "Loss weights of the imbalanced categories: inverse frequency, its square root, or none.",
+        choices=("balanced", "sqrt", "none"),
+    )
     patience: int = key("Epochs without validation improvement before early stopping.", low=1)
-    num_workers: int = key("Loader worker threads decoding chunks (0 = one background thread).", low=0)
+    num_workers: int = key(
+        "Loader worker processes, each reading its own chunks (0 = in-process, background I/O threads).",
+        low=0,
+    )
     prefetch_chunks: int = key("Chunk requests in flight at once.", low=1)
     shuffle_buffer_chunks: int = key("Chunks mixed in the shuffle buffer.", low=1)
     cache: str = key("Local chunk cache between epochs.", choices=("none", "memory", "disk"))

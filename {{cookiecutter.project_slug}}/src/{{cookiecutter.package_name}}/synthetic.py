@@ -21,6 +21,7 @@ from .etl.categories import CATEGORIES, MISSING, percentile_to_code
 MODEL_FILE = "model_output.nc"
 REFERENCE_FILE = "reference.nc"
 LABEL_WINDOW_DAYS = 30
+SOIL_MEMORY = 0.985  # lag-1 autocorrelation of daily soil-moisture anomalies
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,20 @@ def _ar1(rng: np.random.Generator, n_time: int, n_cells: int, phi: float) -> np.
     return series * np.sqrt(1 - phi**2)
 
 
-def _gringorten_percentile(values: np.ndarray) -> np.ndarray:
-    """Per-column empirical percentile with mid-rank ties (Gringorten plotting position)."""
-    from scipy.stats import rankdata
+def _trailing_mean_percentile(anomaly: np.ndarray, phi: float, window: int) -> np.ndarray:
+    """Percentile of the trailing `window`-day mean of unit-variance AR(1) anomalies, from the
+    process's known distribution (not an empirical ranking of a short record): the labels then
+    say exactly how unusual a period is, which a model can learn from the inputs."""
+    from scipy.stats import norm
 
-    n = values.shape[0]
-    return (rankdata(values, axis=0) - 0.44) / (n + 0.12)
+    cumulative = np.cumsum(anomaly, axis=0)
+    counts = np.minimum(np.arange(1, len(anomaly) + 1), window)[:, None]
+    trailing = cumulative.copy()
+    trailing[window:] -= cumulative[:-window]
+    trailing /= counts
+    lags = np.arange(window)
+    sd = np.array([np.sqrt(np.sum(phi ** np.abs(lags[:n, None] - lags[None, :n]))) / n for n in range(1, window + 1)])
+    return norm.cdf(trailing / sd[counts - 1])
 
 
 def generate(
@@ -97,7 +106,7 @@ def generate(
     days_per_year = 360.0 if calendar == "360_day" else 365.25
     season = np.cos(2 * np.pi * (doy - 30) / days_per_year)  # wet winters, dry late summers
 
-    anomaly = _ar1(rng, n_time, n_cells, phi=0.985)  # slow soil-moisture memory
+    anomaly = _ar1(rng, n_time, n_cells, phi=SOIL_MEMORY)  # slow soil-moisture memory
     elevation = rng.uniform(0.0, 1.0, n_cells)
     elevation[0] = 0.0  # one lowland cell: snow-free, an all-zero snow series
 
@@ -119,13 +128,8 @@ def generate(
                 0.5 * season + 0.5 * own + 0.3 * anomaly
             )
 
-    # Labels: category of the 30-day trailing mean anomaly's percentile, per cell.
-    cumulative = np.cumsum(anomaly, axis=0)
-    trailing = np.empty_like(anomaly)
-    w = LABEL_WINDOW_DAYS
-    trailing[:w] = cumulative[:w] / np.arange(1, w + 1)[:, None]
-    trailing[w:] = (cumulative[w:] - cumulative[:-w]) / w
-    codes = percentile_to_code(_gringorten_percentile(trailing))
+    # Labels: the drought category of the 30-day mean soil-moisture anomaly.
+    codes = percentile_to_code(_trailing_mean_percentile(anomaly, SOIL_MEMORY, LABEL_WINDOW_DAYS))
 
     # Land mask: a corner block of all-NaN cells, and one land cell without labels.
     masked = np.zeros((size.ny, size.nx), dtype=bool)

@@ -1,0 +1,77 @@
+"""End to end, as the three roles do it: bake -> synth -> ETL (twice: byte-identical chunks)
+-> the study's real nginx with token auth -> the notebook's fsspec mapper read (exact values)
+-> train over HTTP -> metrics that beat the majority-class baseline."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from fsspec.implementations.http import HTTPFileSystem
+
+from .conftest import require_tool, run, study_package
+from .servers import study_server
+
+pytestmark = pytest.mark.slow
+METADATA = {".zattrs", ".zmetadata", ".zgroup", ".zarray", "zarr.json"}
+
+
+def chunk_files(store_dir: Path) -> dict[str, bytes]:
+    """Every data file of the stores (metadata holds the run's provenance time, so it differs)."""
+    return {
+        str(p.relative_to(store_dir)): p.read_bytes()
+        for p in sorted(store_dir.rglob("*"))
+        if p.is_file() and p.name not in METADATA
+    }
+
+
+def pipeline(python: Path, study: Path, work: Path) -> list[str | Path]:
+    """A working copy of the study's config under `work`, with synthetic inputs and the ETL run."""
+    work.mkdir()
+    shutil.copy(study / "study.toml", work / "study.toml")
+    cli = [python, "-m", study_package(study), "--config", work / "study.toml"]
+    run([*cli, "synth", "--size", "small", "--years", "3"], cwd=work)
+    run([*cli, "etl"], cwd=work, timeout=600)
+    return cli
+
+
+def test_bake_to_trained_model_over_http(fast_study: tuple[Path, Path], tmp_path: Path) -> None:
+    require_tool("nginx")
+    study, python = fast_study
+    cli = pipeline(python, study, tmp_path / "a")
+    pipeline(python, study, tmp_path / "b")
+    (store_dir,) = [p for p in (tmp_path / "a" / "data" / "zarr").iterdir() if p.is_dir()]
+    first, second = chunk_files(store_dir), chunk_files(tmp_path / "b" / "data" / "zarr" / store_dir.name)
+    assert first.keys() == second.keys() and len(first) > 20
+    assert [k for k in first if first[k] != second[k]] == [], "chunk files differ between two ETL runs"
+
+    token = secrets.token_urlsafe(32)
+    with study_server(python, study, tmp_path / "a" / "data" / "zarr", auth_env={"DATA_TOKEN": token}) as url:
+        # The notebook's mapper code, with the token in a header.
+        fs = HTTPFileSystem(headers={"Authorization": f"Bearer {token}"})
+        remote = xr.open_zarr(fs.get_mapper(f"{url}/{store_dir.name}/train.zarr"), consolidated=True)
+        local = xr.open_zarr(store_dir / "train.zarr", consolidated=True)
+        name = "columbia_gridcells"
+        assert remote[name].dims == ("samples", "time_lookback", "features")
+        np.testing.assert_array_equal(remote[name].values, local[name].values)
+        np.testing.assert_array_equal(remote["category"].values, local["category"].values)
+
+        out = tmp_path / "results"
+        train = [*cli, "train", "--url", url, "--epochs", "3", "--out", out]
+        run(train, cwd=tmp_path / "a", env={"DATA_TOKEN": token}, timeout=900)
+
+    summary = json.loads((out / "summary.json").read_text())
+    test = summary["test"]
+    assert test["samples"] > 1000
+    majority = test["majority_baseline_accuracy"]
+    # Always predicting the majority class scores F1 = 2p/(1+p) on that class and 0 elsewhere.
+    majority_macro_f1 = 2 * majority / (1 + majority) / len(test["confusion_matrix"])
+    assert test["accuracy"] > majority, test
+    assert test["macro_f1"] > 2 * majority_macro_f1, test
+    for name in ("loss.png", "confusion_matrix.png", "checkpoints/best.pt"):
+        assert (out / name).is_file(), name

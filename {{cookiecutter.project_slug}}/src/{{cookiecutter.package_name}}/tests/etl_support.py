@@ -1,0 +1,54 @@
+"""Helpers of the ETL tests: write (possibly broken) inputs, read a finished store back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..config import Config
+from ..synthetic import MODEL_FILE, REFERENCE_FILE, SIZES, generate
+
+
+def tiny_datasets(cfg: Config, **kwargs: Any) -> tuple[xr.Dataset, xr.Dataset]:
+    """The tiny synthetic model output and reference, in memory, to be modified by a test."""
+    return generate(cfg.data.variables, SIZES["tiny"], **kwargs)
+
+
+def write_inputs(cfg: Config, model: xr.Dataset | None, reference: xr.Dataset | None) -> Path:
+    """Write model output and reference NetCDF files into the config's raw folder."""
+    raw = cfg.path(cfg.data.raw_dir)
+    raw.mkdir(parents=True, exist_ok=True)
+    for ds, name in ((model, MODEL_FILE), (reference, REFERENCE_FILE)):
+        if ds is not None:
+            encoding = {"time": {"units": "days since 2000-01-01", "dtype": "int32"}} if "time" in ds else {}
+            ds.to_netcdf(raw / name, engine="netcdf4", encoding=encoding)
+    return raw
+
+
+def leftovers(cfg: Config) -> list[str]:
+    """Everything in the zarr folder (a failed run must leave nothing, hidden or not)."""
+    folder = cfg.path(cfg.data.zarr_dir)
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def manifest(store: Path) -> dict[str, Any]:
+    return json.loads((store / "manifest.json").read_text())
+
+
+def checksums(store: Path) -> dict[str, str]:
+    """Chunk key -> sha256 over every array of a store (from its manifest)."""
+    return {k: v for entry in manifest(store)["arrays"].values() for k, v in entry["checksums"].items()}
+
+
+def open_split(cfg: Config, split: str) -> xr.Dataset:
+    return xr.open_zarr(cfg.store_dir / f"{split}.zarr", consolidated=True).load()
+
+
+def codes_to_percentile(codes: np.ndarray) -> np.ndarray:
+    """A percentile in the middle of each code's bin (NaN for missing): a percentile-kind reference."""
+    middles = np.array([0.99, 0.965, 0.925, 0.85, 0.75, 0.5, 0.25, 0.15, 0.075, 0.035, 0.01])
+    return np.where(codes < 0, np.nan, middles[np.clip(codes, 0, 10)])
