@@ -158,7 +158,7 @@ TASKS = {
 }
 
 if __name__ == "__main__":
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - the check that tells older Pythons why
         # zarr-python 3 (the only zarr that fails loudly on network errors) needs 3.11+.
         raise SystemExit(
             f"tasks.py needs Python 3.11 or newer (this is {sys.version.split()[0]}): "

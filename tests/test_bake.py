@@ -14,7 +14,9 @@ import yaml
 
 from .conftest import OPTIONS, TEMPLATE, bake, require_tool, run
 
-CHOICE_OPTIONS = {name: values for name, values in OPTIONS.items() if isinstance(values, list)}
+CHOICE_OPTIONS = {
+    name: values for name, values in OPTIONS.items() if isinstance(values, list) and not name.startswith("_")
+}
 N_BAKES = max(len(values) for values in CHOICE_OPTIONS.values())
 # Bake i takes choice i (mod its count) of every option, so every choice is baked at least once.
 MATRIX = [{name: values[i % len(values)] for name, values in CHOICE_OPTIONS.items()} for i in range(N_BAKES)]

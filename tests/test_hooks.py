@@ -21,7 +21,7 @@ BAD_ANSWERS = [
     ({"package_name": "class"}, ["package_name", "keyword"]),
     ({"data_url": "ftp://data.example.edu/zarr"}, ["data_url", "ftp://data.example.edu/zarr", "http"]),
     ({"data_url": "data.example.edu"}, ["data_url", "http"]),
-    ({"data_url": "https://x.edu/\"quoted\""}, ["data_url", "not allowed"]),
+    ({"data_url": 'https://x.edu/"quoted"'}, ["data_url", "not allowed"]),
     ({"data_url": "https://me:secret@data.example.edu/"}, ["data_url", "credentials"]),
     ({"time_lookback": "0"}, ["time_lookback", "0", "1 to 3660"]),
     ({"time_lookback": "-5"}, ["time_lookback", "-5"]),

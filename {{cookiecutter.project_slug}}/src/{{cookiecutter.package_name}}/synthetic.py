@@ -80,7 +80,9 @@ def _trailing_mean_percentile(anomaly: np.ndarray, phi: float, window: int) -> n
     trailing[window:] -= cumulative[:-window]
     trailing /= counts
     lags = np.arange(window)
-    sd = np.array([np.sqrt(np.sum(phi ** np.abs(lags[:n, None] - lags[None, :n]))) / n for n in range(1, window + 1)])
+    sd = np.array(
+        [np.sqrt(np.sum(phi ** np.abs(lags[:n, None] - lags[None, :n]))) / n for n in range(1, window + 1)]
+    )
     return norm.cdf(trailing / sd[counts - 1])
 
 
