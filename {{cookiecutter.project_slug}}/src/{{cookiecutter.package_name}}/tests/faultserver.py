@@ -1,0 +1,119 @@
+"""A real HTTP server (aiohttp, 127.0.0.1, free port) serving a folder, with injected faults.
+
+Tests use it to see the client's behaviour on real sockets: each request is
+counted per path, and a fault rule (a glob on the path) can answer with a
+status code, drop the connection in the middle of the body, or stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import threading
+from collections import Counter
+from pathlib import Path
+
+from aiohttp import web
+
+STALL_S = 60.0
+
+
+class FaultServer:
+    """Serves `root` over HTTP in a background thread; use as a context manager.
+
+    `fail(pattern, *actions)` queues actions for the next requests whose path
+    matches `pattern` (one action per request, then normal service);
+    `always(pattern, action)` applies an action to every matching request.
+    Actions: an HTTP status (int), "drop" (half the body, then close), "stall"
+    (half the body, then silence). `token` requires `Authorization: Bearer <token>`.
+    """
+
+    def __init__(self, root: Path, token: str | None = None) -> None:
+        self.root = Path(root)
+        self.token = token
+        self.requests: Counter[str] = Counter()
+        self._queued: list[tuple[str, list[int | str]]] = []
+        self._always: list[tuple[str, int | str]] = []
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail(self, pattern: str, *actions: int | str) -> None:
+        with self._lock:
+            self._queued.append((pattern, list(actions)))
+
+    def always(self, pattern: str, action: int | str) -> None:
+        with self._lock:
+            self._always.append((pattern, action))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queued.clear()
+            self._always.clear()
+            self.requests.clear()
+
+    def count(self, pattern: str = "*") -> int:
+        with self._lock:
+            return sum(n for path, n in self.requests.items() if fnmatch.fnmatch(path, pattern))
+
+    def _action(self, path: str) -> int | str | None:
+        with self._lock:
+            self.requests[path] += 1
+            for pattern, actions in self._queued:
+                if actions and fnmatch.fnmatch(path, pattern):
+                    return actions.pop(0)
+            for pattern, action in self._always:
+                if fnmatch.fnmatch(path, pattern):
+                    return action
+        return None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["tail"]
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            with self._lock:
+                self.requests[path] += 1
+            return web.Response(status=401, text="unauthorized")
+        action = self._action(path)
+        if isinstance(action, int):
+            return web.Response(status=action, text=f"injected {action}")
+        file = (self.root / path).resolve()
+        if not file.is_relative_to(self.root.resolve()) or not file.is_file():
+            return web.Response(status=404, text="not found")
+        data = file.read_bytes()
+        if action in ("drop", "stall"):
+            response = web.StreamResponse(headers={"Content-Length": str(len(data))})
+            await response.prepare(request)
+            await response.write(data[: len(data) // 2])
+            if action == "stall":
+                await asyncio.sleep(STALL_S)
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def __enter__(self) -> FaultServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()

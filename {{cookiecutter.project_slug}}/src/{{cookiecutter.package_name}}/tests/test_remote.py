@@ -1,0 +1,206 @@
+"""Opening served stores over real HTTP: URL and credentials, retries, and loud failures.
+
+A real aiohttp server on 127.0.0.1 serves small stores and injects faults
+(503, 500, 403, 404, dropped connections, stalls); the client must retry what
+is transient, fail clearly on the rest, and never return fill values.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from ..config import Config
+from ..remote import (
+    ChecksumError,
+    Credentials,
+    ManifestError,
+    MissingChunkError,
+    RemoteAuthError,
+    RemoteError,
+    RemoteReadError,
+    StoreNotFoundError,
+    check_access,
+    connect,
+    credentials_from,
+    open_remote,
+    resolve_base_url,
+)
+from .faultserver import FaultServer
+from .stores import synthetic_samples, write_split
+
+N, LOOKBACK, CHUNK = 600, 20, 100
+SECRET = "s3cr3t-token-value"
+
+
+@pytest.fixture(autouse=True)
+def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DATA_URL", "DATA_TOKEN", "DATA_USER", "DATA_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def cfg(tiny_config: Config) -> Config:
+    return tiny_config.override({"train.timeout_s": 1.0, "train.retries": 2})
+
+
+@pytest.fixture
+def data_root(cfg: Config, tmp_path: Path) -> Path:
+    """<root>/<store_name>/train.zarr (zarr v2) with its manifest."""
+    x, y = synthetic_samples(N, LOOKBACK, seed=1)
+    write_split(tmp_path / "srv" / cfg.store_name / "train.zarr", x, y, name=cfg.study.dataset_name,
+                chunk_samples=CHUNK)  # fmt: skip
+    return tmp_path / "srv"
+
+
+def local(data_root: Path, cfg: Config) -> xr.Dataset:
+    return xr.open_zarr(data_root / cfg.store_name / "train.zarr", consolidated=True).load()
+
+
+def store_path(cfg: Config) -> str:
+    return f"{cfg.store_name}/train.zarr"
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_open_remote_reads_exact_data(cfg: Config, tmp_path: Path, zarr_format: int, monkeypatch) -> None:
+    x, y = synthetic_samples(N, LOOKBACK, seed=2)
+    root = tmp_path / "srv"
+    write_split(root / cfg.store_name / "train.zarr", x, y, name=cfg.study.dataset_name, chunk_samples=CHUNK,
+                zarr_format=zarr_format)  # fmt: skip
+    with FaultServer(root) as server:
+        monkeypatch.setenv("DATA_URL", server.url + "/")  # the environment wins over study.toml
+        ds = open_remote(cfg=cfg)
+        np.testing.assert_array_equal(ds[cfg.study.dataset_name].values, x)
+        np.testing.assert_array_equal(ds["category"].values, y)
+        assert ds.attrs["source_url"] == f"{server.url}/{store_path(cfg)}"
+
+
+def test_url_resolution_order(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_base_url(None, cfg) == cfg.server.url
+    monkeypatch.setenv("DATA_URL", "http://env.example:1/zarr/")
+    assert resolve_base_url(None, cfg) == "http://env.example:1/zarr"
+    assert resolve_base_url("https://arg.example/z", cfg) == "https://arg.example/z"
+    with pytest.raises(RemoteError, match="not an http"):
+        resolve_base_url("ftp://x.example/z", cfg)
+    with pytest.raises(RemoteError, match="credentials") as info:
+        resolve_base_url(f"https://user:{SECRET}@x.example/z", cfg)
+    assert SECRET not in str(info.value)
+
+
+def test_credentials_from_arguments_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert credentials_from() is None
+    monkeypatch.setenv("DATA_USER", "ann")
+    monkeypatch.setenv("DATA_PASSWORD", SECRET)
+    monkeypatch.setenv("DATA_TOKEN", SECRET)
+    assert credentials_from().kind == "token"
+    assert credentials_from(prefer="basic").headers()["Authorization"].startswith("Basic ")
+    assert credentials_from(token="t").headers() == {"Authorization": "Bearer t"}
+    creds = Credentials(token=SECRET)
+    assert SECRET not in repr(creds) and SECRET not in str(creds)
+
+
+def test_token_auth_and_secret_never_shown(cfg: Config, data_root: Path, monkeypatch) -> None:
+    with FaultServer(data_root, token=SECRET) as server:
+        with pytest.raises(RemoteAuthError, match="DATA_TOKEN") as info:
+            open_remote(server.url, cfg=cfg)
+        assert "401" in str(info.value) and "sent no credentials" in str(info.value)
+        with pytest.raises(RemoteAuthError) as info:
+            open_remote(server.url, cfg=cfg, token="wrong-" + SECRET)
+        assert SECRET not in str(info.value) and info.value.__cause__ is None
+        with pytest.raises(RemoteAuthError):
+            check_access(f"{server.url}/{store_path(cfg)}")
+        monkeypatch.setenv("DATA_TOKEN", SECRET)
+        check_access(f"{server.url}/{store_path(cfg)}", token=SECRET)
+        remote = connect(server.url, cfg=cfg)
+        ds = remote.open_dataset()
+        assert ds[cfg.study.dataset_name].shape == (N, LOOKBACK, 2)
+        assert SECRET not in repr(remote) + repr(remote.store) + str(remote.store) + repr(ds)
+        remote.close()
+
+
+def test_transient_503_is_retried_and_data_are_exact(cfg: Config, data_root: Path) -> None:
+    expected = local(data_root, cfg)
+    with FaultServer(data_root) as server:
+        server.fail(f"{store_path(cfg)}/{cfg.study.dataset_name}/2.0.0", 503, 503)
+        server.fail(f"{store_path(cfg)}/.zmetadata", 503)
+        remote = connect(server.url, cfg=cfg, backoff_s=0.01)
+        ds = remote.open_dataset()
+        np.testing.assert_array_equal(
+            ds[cfg.study.dataset_name].values, expected[cfg.study.dataset_name].values
+        )
+        assert remote.stats.retries == 3
+        assert server.count(f"*/{cfg.study.dataset_name}/2.0.0") == 3
+        remote.close()
+
+
+@pytest.mark.parametrize(
+    ("action", "error", "message"),
+    [
+        (500, RemoteReadError, "HTTP 500"),
+        (403, RemoteAuthError, "HTTP 403"),
+        (404, MissingChunkError, "missing on the server"),
+        ("drop", RemoteReadError, "after 3 attempts"),
+        ("stall", RemoteReadError, "read timeout"),
+    ],
+)
+def test_failed_chunk_raises_clear_error_never_fill_values(
+    cfg: Config, data_root: Path, action: int | str, error: type[Exception], message: str
+) -> None:
+    with FaultServer(data_root) as server:
+        remote = connect(server.url, cfg=cfg, backoff_s=0.05)
+        ds = remote.open_dataset()
+        server.always(f"{store_path(cfg)}/{cfg.study.dataset_name}/3.0.0", action)
+        started = time.monotonic()
+        with pytest.raises(error, match=message) as info:
+            ds[cfg.study.dataset_name].isel(samples=slice(300, 400)).values  # noqa: B018
+        elapsed = time.monotonic() - started
+        assert f"{cfg.study.dataset_name}/3.0.0" in str(info.value)
+        # Bounded: (retries + 1) reads of at most timeout_s each, plus backoff.
+        assert elapsed < (cfg.train.retries + 1) * cfg.train.timeout_s + 3
+        attempts = 1 if action in (403, 404) else cfg.train.retries + 1
+        assert server.count(f"*/{cfg.study.dataset_name}/3.0.0") == attempts
+        remote.close()
+
+
+def test_missing_manifest_and_wrong_url(cfg: Config, data_root: Path) -> None:
+    (data_root / store_path(cfg) / "manifest.json").unlink()
+    with FaultServer(data_root) as server:
+        with pytest.raises(StoreNotFoundError, match=r"manifest\.json not found"):
+            open_remote(server.url, cfg=cfg)
+        with pytest.raises(StoreNotFoundError):
+            open_remote(server.url + "/elsewhere", cfg=cfg)
+        with pytest.raises(RemoteError, match="no zarr store"):
+            check_access(f"{server.url}/elsewhere/train.zarr")
+        ds = open_remote(server.url, cfg=cfg, require_manifest=False)
+        assert ds[cfg.study.dataset_name].shape == (N, LOOKBACK, 2)
+
+
+def test_manifest_mismatch_is_caught_at_open(cfg: Config, data_root: Path) -> None:
+    path = data_root / store_path(cfg) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    entry = manifest["arrays"][cfg.study.dataset_name]
+    entry["chunk_count"] -= 1
+    entry["checksums"].pop(next(iter(entry["checksums"])))
+    path.write_text(json.dumps(manifest))
+    with FaultServer(data_root) as server, pytest.raises(ManifestError, match="expected 6"):
+        open_remote(server.url, cfg=cfg)
+
+
+def test_deleted_or_corrupted_chunk_is_an_error(cfg: Config, data_root: Path) -> None:
+    store = data_root / store_path(cfg)
+    name = cfg.study.dataset_name
+    (store / name / "1.0.0").unlink()  # as if the server lost it: zarr alone would return fill values
+    shutil.copy(store / name / "4.0.0", store / name / "5.0.0")  # valid bytes, wrong chunk
+    with FaultServer(data_root) as server:
+        ds = open_remote(server.url, cfg=cfg)
+        with pytest.raises(MissingChunkError, match=f"{name}/1.0.0"):
+            ds[name].isel(samples=slice(100, 200)).values  # noqa: B018
+        with pytest.raises(ChecksumError, match=f"{name}/5.0.0"):
+            ds[name].isel(samples=slice(500, 600)).values  # noqa: B018
+        assert ds[name].isel(samples=slice(0, 100)).values.shape == (100, LOOKBACK, 2)

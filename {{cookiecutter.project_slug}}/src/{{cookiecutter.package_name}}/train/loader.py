@@ -1,0 +1,792 @@
+"""A training loader built for zarr over HTTP: whole chunks, concurrent, shuffled, batched.
+
+Why not `Dataset.__getitem__` + `DataLoader(shuffle=True)`: each sample would
+download and decode the whole chunk it lives in (thousands of times slower, see
+benchmarks/bench_loader.py in the template). Instead:
+
+* **whole chunks**: one request per chunk per array (features, labels);
+  `prefetch_chunks` chunks are in flight at once, fetched on zarr's I/O loop
+  and decoded (numcodecs, GIL released) by reader threads; a "batcher" thread
+  assembles the batches, so the main thread only trains;
+* **shuffling** by a random chunk order per epoch plus a shuffle buffer that
+  mixes the samples of `shuffle_buffer_chunks` chunks, seeded by
+  (seed, epoch, shard): same seed, same batches; each epoch a new order;
+* **batches** are gathered with `np.take` straight into one array per batch
+  and returned as tensors (each sample is copied once; no per-sample collate);
+* **workers and ranks**: with `num_workers=0` (the default) everything runs in
+  this process with background I/O threads. With `num_workers > 0`, worker
+  processes are *spawned* (fsspec/aiohttp are not fork-safe) and each opens
+  its own filesystem; chunks are split into disjoint shards across
+  `world_size` ranks x `num_workers` workers, fixed across epochs so each
+  shard's chunk cache stays useful;
+* **cache**: the store-level chunk cache (train/cache.py) makes the second
+  epoch read nothing from the network;
+* **reporting**: a tqdm bar and `LoaderStats` (samples/s, MB/s, seconds spent
+  waiting for data).
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numcodecs
+import numpy as np
+import torch
+import zarr.core.sync
+from tqdm.auto import tqdm
+from zarr.core.buffer import default_buffer_prototype
+
+from ..errors import StudyError
+from ..remote import (
+    Credentials,
+    RemoteSplit,
+    connect,
+    credentials_from,
+    resolve_base_url,
+    split_url,
+)
+from .cache import make_cache
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+# Names the ETL may give the label array; the features array is named after the dataset.
+LABEL_NAMES = ("category", "label", "labels", "categories", "target", "drought_category")
+SAMPLE_DIM = "samples"
+READ_WINDOW = 2  # chunks queued for reading, in units of prefetch_chunks (see iterate_chunks)
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class LoaderError(StudyError):
+    """The store does not have the layout the loader needs."""
+
+
+@dataclass
+class LoaderStats:
+    """Throughput of one pass: what a slow epoch is waiting for.
+
+    `wait_s` is the time the consumer spent blocked on data; if it is close to
+    `elapsed_s` the network (or server) is the bottleneck, if it is small the
+    model is.
+    """
+
+    samples: int = 0
+    batches: int = 0
+    chunks: int = 0
+    elapsed_s: float = 0.0
+    wait_s: float = 0.0
+    network_bytes: int = 0
+    requests: int = 0
+    retries: int = 0
+    cache_hits: int = 0
+    cache_bytes: int = 0
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        """Network megabytes (stored, compressed bytes) per second."""
+        return self.network_bytes / 1e6 / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        out: dict[str, float] = asdict(self)
+        out.update(samples_per_s=self.samples_per_s, mb_per_s=self.mb_per_s)
+        return out
+
+    def __str__(self) -> str:
+        return (
+            f"{self.samples:,} samples in {self.elapsed_s:.1f} s ({self.samples_per_s:,.0f} samples/s), "
+            f"{self.network_bytes / 1e6:.2f} MB over the network ({self.mb_per_s:.1f} MB/s, "
+            f"{self.requests} requests, {self.cache_hits} cache hits), waiting {self.wait_s:.1f} s"
+        )
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """A picklable recipe to open one split store in any process (workers open their own).
+
+    Build it with `SplitSource.from_config(cfg, split, url=...)`.
+    """
+
+    store_url: str
+    credentials: Credentials | None = None
+    timeout_s: float = 30.0
+    retries: int = 4
+    backoff_s: float = 0.5
+    cache: str = "memory"
+    cache_dir: str | None = None
+    cache_max_mb: float = 4096
+    features: str | None = None
+    labels: str | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Config,
+        split: str,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        cache: str | None = None,
+    ) -> SplitSource:
+        """The split's store as configured: URL from `url`/$DATA_URL/study.toml, [train] settings."""
+        t = cfg.train
+        return cls(
+            store_url=split_url(resolve_base_url(url, cfg), cfg, split),
+            credentials=credentials_from(token, user, password, prefer=cfg.server.auth),
+            timeout_s=t.timeout_s,
+            retries=t.retries,
+            cache=cache or t.cache,
+            cache_dir=str(cfg.path(t.cache_dir)),
+            cache_max_mb=t.cache_max_mb,
+            features=cfg.study.dataset_name,
+        )
+
+    def connect(self) -> RemoteSplit:
+        """Open the store (manifest checked) with this process's own filesystem and cache."""
+        chunk_cache = make_cache(self.cache, max_mb=self.cache_max_mb, cache_dir=self.cache_dir)
+        creds = self.credentials
+        return connect(
+            store_url=self.store_url,
+            token=creds.token if creds else None,
+            user=creds.user if creds else None,
+            password=creds.password if creds else None,
+            timeout_s=self.timeout_s,
+            retries=self.retries,
+            backoff_s=self.backoff_s,
+            cache=chunk_cache,
+        )
+
+
+def _dims(array: Any) -> tuple[str, ...] | None:
+    names = getattr(array.metadata, "dimension_names", None)
+    if names is None:
+        names = array.attrs.get("_ARRAY_DIMENSIONS")
+    return tuple(names) if names is not None else None
+
+
+def find_arrays(group: Any, features: str | None = None, labels: str | None = None) -> tuple[str, str]:
+    """Names of the features array (samples, time_lookback, features) and the label array.
+
+    The features array is named after the dataset (`study.dataset_name`); the
+    labels are an integer array along `samples` (codes 0..10, -1 = missing),
+    found by name (see LABEL_NAMES) or as the only such array.
+    """
+    arrays = {name: array for name, array in group.arrays()}
+    along = {n: a for n, a in arrays.items() if (_dims(a) or ("",))[0] == SAMPLE_DIM}
+    if features is None or features not in arrays:
+        candidates = [n for n, a in along.items() if a.ndim == 3 and a.dtype.kind == "f"]
+        if features is not None or len(candidates) != 1:
+            raise LoaderError(
+                f"no features array {features!r} of dims (samples, time_lookback, features) in the store; "
+                f"arrays: {sorted(arrays)}; is study.dataset_name the name the ETL used?"
+            )
+        features = candidates[0]
+    if labels is None:
+        named = [n for n in LABEL_NAMES if n in along]
+        ints = [n for n, a in along.items() if a.ndim == 1 and a.dtype.kind in "iu"]
+        if named:
+            labels = named[0]
+        elif len(ints) == 1:
+            labels = ints[0]
+        else:
+            raise LoaderError(
+                f"cannot tell the label array among {sorted(along)}: expected one of {LABEL_NAMES} "
+                "or a single integer array along samples"
+            )
+    x, y = arrays[features], arrays.get(labels)
+    if y is None:
+        raise LoaderError(f"no label array {labels!r} in the store; arrays: {sorted(arrays)}")
+    if x.ndim != 3 or y.ndim not in (1, 2) or x.shape[0] != y.shape[0]:
+        raise LoaderError(
+            f"expected {features}(samples, time_lookback, features) and {labels}(samples) with the same "
+            f"number of samples; got shapes {x.shape} and {y.shape}"
+        )
+    return features, labels
+
+
+def chunk_decoder(array: Any) -> Callable[[Any], np.ndarray] | None:
+    """A direct numcodecs decoder of one stored chunk, for the layouts the ETL writes.
+
+    zarr's own read path decodes a chunk and then copies it into a new output
+    array; for whole-chunk reads that copy is pure overhead (about as costly as
+    the decompression itself). The fast path covers zarr 2 arrays with a single
+    compressor (no filters, C order) and zarr 3 arrays with a little-endian
+    `bytes` codec plus optional Zstd; anything else returns None and is read
+    through zarr. tests/test_loader.py checks both paths give the same arrays.
+    """
+    md = array.metadata
+    if sys.byteorder != "little" or any(
+        c < s for c, s in zip(array.chunks[1:], array.shape[1:], strict=True)
+    ):
+        return None
+    if md.zarr_format == 2:
+        if md.filters or md.order != "C":
+            return None
+        codec = md.compressor
+        dtype = md.dtype.to_native_dtype()
+    else:
+        from zarr.codecs import BytesCodec, ZstdCodec
+
+        first, *rest = md.codecs
+        endian = getattr(getattr(first, "endian", None), "value", None)
+        if not isinstance(first, BytesCodec) or endian not in ("little", None) or len(rest) > 1:
+            return None
+        if rest and not isinstance(rest[0], ZstdCodec):
+            return None
+        codec = numcodecs.Zstd(level=rest[0].level, checksum=rest[0].checksum) if rest else None
+        dtype = md.data_type.to_native_dtype()
+    if np.dtype(dtype).byteorder == ">":
+        return None
+    shape = tuple(array.chunks)
+
+    def decode(stored: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """The full (padded) chunk; decompressed into `out` when given (a recycled buffer)."""
+        if codec is None:
+            return np.frombuffer(stored, dtype=dtype).reshape(shape)
+        if out is not None:
+            codec.decode(stored, out=out)
+            return out
+        return np.frombuffer(codec.decode(stored), dtype=dtype).reshape(shape)
+
+    return decode
+
+
+class ChunkReader:
+    """Reads sample-aligned chunks (features and labels) of one opened split store.
+
+    One GET per chunk per array through the resilient store (retries,
+    checksum, cache), decoded in the calling (reader) thread. Feature chunks
+    are decompressed into recycled buffers (`release` hands one back): fresh
+    multi-megabyte allocations per chunk cost page faults and allocator churn
+    comparable to the decompression itself.
+    """
+
+    def __init__(self, remote: RemoteSplit, features: str | None = None, labels: str | None = None) -> None:
+        self.remote = remote
+        group = remote.open_group()
+        self.features, self.labels = find_arrays(group, features, labels)
+        self._x = group[self.features]
+        self._y = group[self.labels]
+        self.n_samples = int(self._x.shape[0])
+        self.chunk_samples = int(self._x.chunks[0])
+        if self._y.chunks[0] != self.chunk_samples:
+            raise LoaderError(
+                f"{self.features} and {self.labels} are chunked differently along samples "
+                f"({self.chunk_samples} vs {self._y.chunks[0]}); re-run the ETL"
+            )
+        self.sample_shape = tuple(int(s) for s in self._x.shape[1:])
+        self.n_chunks = math.ceil(self.n_samples / self.chunk_samples) if self.n_samples else 0
+        decoders = (chunk_decoder(self._x), chunk_decoder(self._y))
+        self._decoders = decoders if None not in decoders else None
+        self._full_shape = tuple(int(c) for c in self._x.chunks)
+        self._free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+        self.max_free = 8
+
+    def release(self, x: np.ndarray) -> None:
+        """Give back the buffer behind a chunk returned by `read` (no longer used)."""
+        base = x if x.base is None else x.base
+        if (
+            isinstance(base, np.ndarray)
+            and base.shape == self._full_shape
+            and base.dtype == np.float32
+            and base.flags.writeable
+            and self._free.qsize() < self.max_free
+        ):
+            self._free.put(base)
+
+    def _buffer(self) -> np.ndarray | None:
+        if self._x.dtype != np.float32:
+            return None
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            return np.empty(self._full_shape, dtype=np.float32)
+
+    def _key(self, array: Any, chunk: int) -> str:
+        return f"{array.path}/{array.metadata.encode_chunk_key((chunk,) + (0,) * (array.ndim - 1))}"
+
+    def bounds(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_samples
+        return start, min(start + self.chunk_samples, self.n_samples)
+
+    def chunk_len(self, chunk: int) -> int:
+        start, stop = self.bounds(chunk)
+        return stop - start
+
+    async def _read(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        import asyncio
+
+        region = (slice(*self.bounds(chunk)),)
+        x, y = await asyncio.gather(self._x.async_array.getitem(region), self._y.async_array.getitem(region))
+        return np.ascontiguousarray(x, dtype=np.float32), _codes(np.asarray(y))
+
+    def read_labels(self) -> np.ndarray:
+        """All labels of the split (small: one int per sample), e.g. for class weights."""
+        return _codes(np.asarray(self._y[:]))
+
+    async def _fetch(self, chunk: int) -> tuple[Any, Any]:
+        import asyncio
+
+        proto = default_buffer_prototype()
+        store = self.remote.store
+        return await asyncio.gather(
+            store.get(self._key(self._x, chunk), proto), store.get(self._key(self._y, chunk), proto)
+        )
+
+    def read(self, chunk: int, *, fast: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Features (float32) and labels (int64, -1 = missing) of one chunk: one request each."""
+        if not fast or self._decoders is None:
+            return zarr.core.sync.sync(self._read(chunk))
+        stored_x, stored_y = zarr.core.sync.sync(self._fetch(chunk))
+        n = self.chunk_len(chunk)
+        x = self._decoders[0](stored_x.as_numpy_array(), out=self._buffer())[:n]
+        y = self._decoders[1](stored_y.as_numpy_array())[:n]
+        return np.asarray(x, dtype=np.float32), _codes(y)
+
+
+def _codes(y: np.ndarray) -> np.ndarray:
+    """Integer class codes; one-hot labels become codes, all-zero rows -1 (missing)."""
+    if y.ndim == 2:
+        codes = y.argmax(axis=1).astype(np.int64)
+        codes[y.sum(axis=1) == 0] = -1
+        return codes
+    return y.astype(np.int64)
+
+
+def shard_chunks(n_chunks: int, shard: int, n_shards: int) -> np.ndarray:
+    """The chunks one shard (rank x worker) reads: every n_shards-th, disjoint across shards."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} is outside 0..{n_shards - 1}")
+    return np.arange(shard, n_chunks, n_shards)
+
+
+class ShuffleBuffer:
+    """Mixes the samples of several chunks and hands them out as batches.
+
+    Rows of up to `capacity` chunks are pooled; once the pool is full, a
+    random selection of about one chunk's worth of rows is emitted as batches,
+    gathered by fancy indexing into one new array per batch.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        capacity: int,
+        rng: np.random.Generator,
+        shuffle: bool = True,
+        release: Callable[[np.ndarray], None] | None = None,
+    ) -> None:
+        self.release = release
+        self.batch_size = batch_size
+        self.capacity = max(1, capacity)
+        self.rng = rng
+        self.shuffle = shuffle
+        self._chunks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._left: dict[int, int] = {}
+        self._rows_c = np.empty(0, dtype=np.int64)
+        self._rows_r = np.empty(0, dtype=np.int64)
+        self._next_id = 0
+        self._nominal = 0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Add one chunk; yield the batches that became ready (exhaust before the next `add`)."""
+        cid = self._next_id
+        self._next_id += 1
+        self._nominal = max(self._nominal, len(y))
+        self._chunks[cid] = (x, y)
+        self._left[cid] = len(y)
+        self._rows_c = np.concatenate([self._rows_c, np.full(len(y), cid, dtype=np.int64)])
+        self._rows_r = np.concatenate([self._rows_r, np.arange(len(y), dtype=np.int64)])
+        if not self.shuffle:
+            yield from self._emit(len(self._rows_c) // self.batch_size * self.batch_size)
+        elif len(self._chunks) >= self.capacity:
+            keep = (self.capacity - 1) * self._nominal
+            yield from self._emit(max(0, len(self._rows_c) - keep) // self.batch_size * self.batch_size)
+
+    def flush(self, drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield everything left (a last, smaller batch unless `drop_last`)."""
+        n = len(self._rows_c)
+        yield from self._emit(n if not drop_last else n // self.batch_size * self.batch_size)
+        self._chunks.clear()
+        self._left.clear()
+        self._rows_c = self._rows_r = np.empty(0, dtype=np.int64)
+
+    def _emit(self, n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if n <= 0:
+            return
+        if self.shuffle:
+            order = self.rng.permutation(len(self._rows_c))
+            self._rows_c, self._rows_r = self._rows_c[order], self._rows_r[order]
+        take_c, take_r = self._rows_c[:n], self._rows_r[:n]
+        self._rows_c, self._rows_r = self._rows_c[n:], self._rows_r[n:]
+        for start in range(0, n, self.batch_size):
+            yield self._gather(
+                take_c[start : start + self.batch_size], take_r[start : start + self.batch_size]
+            )
+        for cid, used in zip(*np.unique(take_c, return_counts=True), strict=True):
+            self._left[int(cid)] -= int(used)
+            if self._left[int(cid)] == 0:
+                del self._left[int(cid)]
+                x, _ = self._chunks.pop(int(cid))
+                if self.release is not None:
+                    self.release(x)
+
+    def _gather(self, cs: np.ndarray, rs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One batch, each sample copied once: rows grouped by chunk (their order inside a
+        batch does not matter to the loss), each group taken straight into its slice."""
+        order = np.argsort(cs, kind="stable")
+        cs, rs = cs[order], rs[order]
+        first_x, _ = self._chunks[int(cs[0])]
+        xb = np.empty((len(cs), *first_x.shape[1:]), dtype=first_x.dtype)
+        yb = np.empty(len(cs), dtype=np.int64)
+        ids, starts = np.unique(cs, return_index=True)
+        for cid, start, stop in zip(ids, starts, [*starts[1:], len(cs)], strict=True):
+            x, y = self._chunks[int(cid)]
+            np.take(x, rs[start:stop], axis=0, out=xb[start:stop])
+            np.take(y, rs[start:stop], axis=0, out=yb[start:stop])
+        return xb, yb
+
+
+def iterate_chunks(
+    reader: ChunkReader, order: np.ndarray, prefetch: int, stats: LoaderStats | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Chunks in `order`, with up to `prefetch` read concurrently ahead of the consumer.
+
+    Chunks are handed out in order (for reproducible batches), but the window
+    of queued reads is twice `prefetch`, so a slow chunk at its head does not
+    leave the connections idle. A failed read raises here (after the store's
+    retries): a chunk is never skipped or replaced by fill values.
+    """
+    prefetch = max(1, prefetch)
+    pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="chunk-reader")
+    pending: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
+    todo = iter(order.tolist())
+    try:
+        for chunk in todo:
+            pending.append(pool.submit(reader.read, chunk))
+            if len(pending) >= READ_WINDOW * prefetch:
+                break
+        while pending:
+            x, y = pending.popleft().result()
+            if stats is not None:
+                stats.chunks += 1
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(reader.read, nxt))
+            yield x, y
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+_DONE = object()
+
+
+def in_background(items: Iterator[Any], capacity: int) -> Iterator[Any]:
+    """Run a generator in a daemon thread, `capacity` items ahead of the consumer.
+
+    Batches are assembled (and chunks decoded) while the main thread trains;
+    an exception in the producer is raised here, in the consumer. Stopping
+    early (break, close) tells the producer to stop at its next item.
+    """
+    out: queue.Queue[Any] = queue.Queue(maxsize=max(1, capacity))
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="batcher", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class ChunkLoader:
+    """Iterable of `(x, y)` tensor batches over one split: x (batch, time, features) float32,
+    y (batch,) int64 codes (-1 = missing label, to be ignored by the loss).
+
+    Each `iter()` is one epoch; the epoch number (0, 1, ...) seeds the chunk order
+    and the shuffle buffer, so the same seed gives the same batches. Use
+    `start_epoch` to resume. `stats` describes the last pass.
+
+    With `world_size > 1` (DistributedDataParallel), rank r reads chunks
+    r, r + world_size, ...; ranks can differ by up to one chunk of samples, so
+    stop each epoch at the smallest rank's `len()` (or pass `drop_last=True`
+    and equal-sized chunks) to keep collective operations in step.
+    """
+
+    def __init__(
+        self,
+        source: SplitSource,
+        *,
+        batch_size: int = 256,
+        shuffle: bool = True,
+        seed: int = 0,
+        prefetch_chunks: int = 4,
+        shuffle_buffer_chunks: int = 3,
+        num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        progress: bool = False,
+        desc: str = "",
+        start_epoch: int = 0,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.source = source
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.prefetch_chunks = prefetch_chunks
+        self.shuffle_buffer_chunks = shuffle_buffer_chunks
+        self.num_workers = num_workers
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        self.progress = progress
+        self.desc = desc
+        self.epoch = start_epoch
+        self.stats = LoaderStats()
+        self._remote: RemoteSplit | None = None
+        self._reader: ChunkReader | None = None
+        self._worker_loader: torch.utils.data.DataLoader | None = None
+
+    # -- the store, opened lazily in whichever process iterates -------------------------
+    @property
+    def reader(self) -> ChunkReader:
+        if self._reader is None:
+            self._remote = self.source.connect()
+            try:
+                self._reader = ChunkReader(self._remote, self.source.features, self.source.labels)
+            except BaseException:
+                self._remote.close()
+                raise
+        return self._reader
+
+    @property
+    def remote(self) -> RemoteSplit:
+        _ = self.reader
+        assert self._remote is not None
+        return self._remote
+
+    def close(self) -> None:
+        """Close the HTTP session (and stop worker processes)."""
+        if self._remote is not None:
+            self._remote.close()
+        self._worker_loader = None
+
+    def __getstate__(self) -> dict[str, Any]:  # workers get the recipe, not the open store
+        state = self.__dict__.copy()
+        state.update(_remote=None, _reader=None, _worker_loader=None, progress=False)
+        return state
+
+    # -- sizes -----------------------------------------------------------------------
+    @property
+    def n_shards(self) -> int:
+        return self.world_size * max(1, self.num_workers)
+
+    def _shard_samples(self, shard: int) -> int:
+        reader = self.reader
+        return sum(reader.chunk_len(int(c)) for c in shard_chunks(reader.n_chunks, shard, self.n_shards))
+
+    def _shard_batches(self, shard: int) -> int:
+        n = self._shard_samples(shard)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    @property
+    def n_samples(self) -> int:
+        """Samples this rank reads per epoch (all its workers together)."""
+        workers = max(1, self.num_workers)
+        return sum(self._shard_samples(self.rank * workers + w) for w in range(workers))
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch."""
+        workers = max(1, self.num_workers)
+        return sum(self._shard_batches(self.rank * workers + w) for w in range(workers))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch of the next pass (like DistributedSampler.set_epoch)."""
+        if self._worker_loader is not None:
+            raise StudyError("set_epoch must be called before the first pass when num_workers > 0")
+        self.epoch = epoch
+
+    # -- iteration ---------------------------------------------------------------------
+    def chunk_order(self, epoch: int, shard: int) -> np.ndarray:
+        """The chunks of `shard`, in the (seeded) order of `epoch`."""
+        chunks = shard_chunks(self.reader.n_chunks, shard, self.n_shards)
+        if not self.shuffle:
+            return chunks
+        return np.random.default_rng([self.seed, epoch, shard, 0]).permutation(chunks)
+
+    def _numpy_batches(
+        self, epoch: int, shard: int, stats: LoaderStats | None
+    ) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
+        """Batches in groups, one group per chunk added (one thread hand-off per group)."""
+        reader = self.reader
+        rng = np.random.default_rng([self.seed, epoch, shard, 1])
+        capacity = self.shuffle_buffer_chunks if self.shuffle else 1
+        buffer = ShuffleBuffer(self.batch_size, capacity, rng, shuffle=self.shuffle, release=reader.release)
+        reader.max_free = READ_WINDOW * self.prefetch_chunks + capacity + 2
+        for x, y in iterate_chunks(reader, self.chunk_order(epoch, shard), self.prefetch_chunks, stats):
+            if group := list(buffer.add(x, y)):
+                yield group
+        yield list(buffer.flush(self.drop_last))
+
+    def iter_shard(self, epoch: int, shard: int, stats: LoaderStats | None = None) -> Iterator[Batch]:
+        """Batches of one shard in one epoch, read and assembled by background threads."""
+        _ = self.reader  # open the store here, so errors surface in the caller's thread
+        for group in in_background(self._numpy_batches(epoch, shard, stats), capacity=2):
+            for xb, yb in group:
+                yield torch.from_numpy(xb), torch.from_numpy(yb)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
+        self.epoch += 1
+        info = torch.utils.data.get_worker_info()
+        if info is not None:  # inside a worker process: one shard of this rank
+            shard = self.rank * info.num_workers + info.id
+            yield from self.iter_shard(epoch, shard)
+            return
+        yield from self._main_pass(epoch)
+
+    def _main_pass(self, epoch: int) -> Iterator[Batch]:
+        stats = LoaderStats()
+        self.stats = stats
+        before = self.remote.stats.snapshot() if self.num_workers == 0 else None
+        bar = tqdm(
+            total=len(self),
+            desc=self.desc or f"epoch {epoch}",
+            unit="batch",
+            disable=not self.progress,
+            leave=False,
+        )
+        start = time.perf_counter()
+        if self.num_workers == 0:
+            batches: Iterator[Batch] = self.iter_shard(epoch, self.rank, stats)
+        else:
+            batches = self._from_workers(stats)
+        try:
+            while True:
+                waited = time.perf_counter()
+                try:
+                    xb, yb = next(batches)
+                except StopIteration:
+                    break
+                stats.wait_s += time.perf_counter() - waited
+                stats.samples += len(yb)
+                stats.batches += 1
+                bar.update(1)
+                yield xb, yb
+        finally:
+            stats.elapsed_s = time.perf_counter() - start
+            if before is not None:
+                after = self.remote.stats.snapshot()
+                stats.network_bytes = after["bytes"] - before["bytes"]
+                stats.requests = after["requests"] - before["requests"]
+                stats.retries = after["retries"] - before["retries"]
+                stats.cache_hits = after["cache_hits"] - before["cache_hits"]
+                stats.cache_bytes = after["cache_bytes"] - before["cache_bytes"]
+            bar.close()
+
+    def _from_workers(self, stats: LoaderStats) -> Iterator[Batch]:
+        """Batches from spawned worker processes, each reading its own shard."""
+        if self._worker_loader is None:
+            self._worker_loader = torch.utils.data.DataLoader(
+                _WorkerDataset(self),
+                batch_size=None,
+                num_workers=self.num_workers,
+                multiprocessing_context="spawn",
+                persistent_workers=True,
+                prefetch_factor=2,
+            )
+        yield from self._worker_loader
+
+
+class _WorkerDataset(torch.utils.data.IterableDataset):
+    """What DataLoader workers run: the loader's `__iter__` (which picks the worker's shard)."""
+
+    def __init__(self, loader: ChunkLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.loader)
+
+
+def make_loader(
+    cfg: Config,
+    split: str,
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    shuffle: bool | None = None,
+    progress: bool = True,
+    start_epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    cache: str | None = None,
+) -> ChunkLoader:
+    """The loader of one split as configured in [train] (training data shuffled, others not)."""
+    t = cfg.train
+    shuffle = split == "train" if shuffle is None else shuffle
+    source = SplitSource.from_config(
+        cfg, split, url=url, token=token, user=user, password=password, cache=cache
+    )
+    return ChunkLoader(
+        source,
+        batch_size=t.batch_size,
+        shuffle=shuffle,
+        seed=t.seed,
+        prefetch_chunks=t.prefetch_chunks,
+        shuffle_buffer_chunks=t.shuffle_buffer_chunks,
+        num_workers=t.num_workers,
+        rank=rank,
+        world_size=world_size,
+        progress=progress,
+        desc=split,
+        start_epoch=start_epoch,
+    )

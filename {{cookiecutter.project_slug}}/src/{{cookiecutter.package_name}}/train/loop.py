@@ -1,0 +1,439 @@
+"""The training loop: epochs over the streamed store, validation, early stopping, results.
+
+`train(cfg, url=..., epochs=..., out_dir=...)` is what the CLI (`<package> train`)
+and the notebook call. It writes to the results folder:
+
+* `checkpoints/last.pt` (every epoch; a new call resumes from it) and `checkpoints/best.pt`;
+* `summary.json`: settings, per-epoch history, loader throughput, and for the
+  validation and test splits accuracy, macro-F1, the majority-class baseline,
+  per-class report and confusion matrix (scikit-learn);
+* `history.csv`, `classification_report.txt`, `loss.png`, `confusion_matrix.png`.
+
+Determinism: on CPU the same seed gives the same metrics (seeded weights, seeded
+chunk order and shuffle buffer per epoch, RNG state saved in checkpoints, so a
+resumed run matches an uninterrupted one). On CUDA, mixed precision and cuDNN
+kernels make results close but not bit-identical.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import StudyError
+from ..etl.categories import CATEGORIES, N_CLASSES
+from ..remote import StoreNotFoundError
+from .loader import LoaderStats, make_loader
+from .model import build_model
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+CHECKPOINT_VERSION = 1
+
+
+class TrainError(StudyError):
+    """Training cannot start or continue (e.g. an incompatible checkpoint)."""
+
+
+def select_device(preferred: str | None = None) -> torch.device:
+    """`preferred` if given, else CUDA when available, else CPU."""
+    if preferred:
+        return torch.device(preferred)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int, *, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; on request, ask torch for deterministic kernels
+    (warn-only: used on CPU, where it costs nothing; CUDA kernels are left fast)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def class_weights(labels: np.ndarray, mode: str, n_classes: int = N_CLASSES) -> torch.Tensor:
+    """Loss weights for imbalanced categories: 'balanced' (n / (k * count)), its square root
+    'sqrt' (gentler, keeps accuracy), or 'none'. Absent classes get weight 1."""
+    valid = labels[labels >= 0]
+    counts = np.bincount(valid, minlength=n_classes).astype(np.float64)
+    weights = np.ones(n_classes)
+    present = counts > 0
+    if mode != "none" and present.any():
+        balanced = counts[present].sum() / (present.sum() * counts[present])
+        weights[present] = balanced if mode == "balanced" else np.sqrt(balanced)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write via a temporary file renamed into place: never a half-written result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are ordinary, readable files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def run_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: nn.Module,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """One pass: trains when an optimizer is given, else evaluates.
+
+    Returns the mean loss over labelled samples, and the true and predicted
+    codes of those samples (label -1 = missing is ignored).
+    """
+    training = optimizer is not None
+    model.train(training)
+    amp = device.type == "cuda"
+    total, count = 0.0, 0
+    y_true: list[np.ndarray] = []
+    y_pred: list[np.ndarray] = []
+    with torch.set_grad_enabled(training):
+        for xb, yb in batches:
+            labelled = yb >= 0
+            n = int(labelled.sum())
+            if n == 0:
+                continue
+            xb = xb.to(device, non_blocking=True)
+            yb = yb.to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                logits = model(xb)
+                loss = loss_fn(logits.float(), yb)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None and scaler.is_enabled():
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+            total += float(loss.detach()) * n
+            count += n
+            keep = labelled.to(device)
+            y_true.append(yb[keep].cpu().numpy())
+            y_pred.append(logits.detach()[keep].argmax(dim=1).cpu().numpy())
+    if count == 0:
+        raise TrainError("no labelled samples in this split (all labels are -1); check the ETL output")
+    return total / count, np.concatenate(y_true), np.concatenate(y_pred)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, majority_class: int) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class report and confusion matrix (scikit-learn), plus the
+    accuracy of always predicting the training split's most frequent class."""
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+    labels = list(range(N_CLASSES))
+    return {
+        "samples": len(y_true),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "majority_class": CATEGORIES[majority_class],
+        "majority_baseline_accuracy": float(np.mean(y_true == majority_class)),
+        "per_class": classification_report(
+            y_true, y_pred, labels=labels, target_names=list(CATEGORIES), zero_division=0, output_dict=True
+        ),
+        "report": classification_report(
+            y_true, y_pred, labels=labels, target_names=list(CATEGORIES), zero_division=0
+        ),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    """Training and validation loss per epoch (PNG). Uses Figure directly: no pyplot
+    backend switch, so it is safe inside a notebook."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
+    ax.set(xlabel="epoch", ylabel="weighted cross-entropy", title="Loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
+    """Row-normalised confusion matrix over the 11 categories (PNG), counts in the cells."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(matrix, dtype=float)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    fig = Figure(figsize=(7, 6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="share of true class")
+    ticks = range(len(CATEGORIES))
+    ax.set_xticks(ticks, CATEGORIES)
+    ax.set_yticks(ticks, CATEGORIES)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    for i in ticks:
+        for j in ticks:
+            if counts[i, j]:
+                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")  # fmt: skip
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def _model_settings(cfg: Config, n_features: int, lookback: int) -> dict[str, Any]:
+    t = cfg.train
+    return {
+        "n_features": n_features,
+        "time_lookback": lookback,
+        "hidden_size": t.hidden_size,
+        "num_layers": t.num_layers,
+        "dropout": t.dropout,
+        "learning_rate": t.learning_rate,
+        "batch_size": t.batch_size,
+        "seed": t.seed,
+        "class_weights": t.class_weights,
+        "store": cfg.store_name,
+    }
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainError(f"cannot read checkpoint {path} ({exc}); delete it to start over") from None
+    if state.get("version") != CHECKPOINT_VERSION or state.get("settings") != settings:
+        differ = {
+            k: (state.get("settings", {}).get(k), v)
+            for k, v in settings.items()
+            if state.get("settings", {}).get(k) != v
+        }
+        raise TrainError(
+            f"checkpoint {path} was made with other settings {differ} (checkpoint, now); "
+            "use another --out folder, or delete the checkpoints to start over"
+        )
+    return state
+
+
+def _evaluate_split(
+    cfg: Config, split: str, model: nn.Module, loss_fn: nn.Module, device: torch.device,
+    majority: int, loader_args: dict[str, Any],
+) -> dict[str, Any] | None:  # fmt: skip
+    try:
+        loader = make_loader(cfg, split, shuffle=False, **loader_args)
+        _ = loader.reader
+    except StoreNotFoundError:
+        tqdm.write(f"no {split} split on the server; skipping its evaluation")
+        return None
+    try:
+        loss, y_true, y_pred = run_epoch(model, loader, loss_fn, device)
+    finally:
+        loader.close()
+    return {"loss": loss, **classification_metrics(y_true, y_pred, majority)}
+
+
+def train(
+    cfg: Config,
+    *,
+    url: str | None = None,
+    epochs: int | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    resume: bool = True,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the model on the served `train` split, validate on `valid`, report on `test`.
+
+    `url` is the data server's base URL (default $DATA_URL, then study.toml);
+    credentials come from the arguments or $DATA_TOKEN / $DATA_USER+$DATA_PASSWORD.
+    `epochs` is the total number of epochs (default `train.epochs`); with
+    `resume`, an existing `checkpoints/last.pt` in `out_dir` is continued.
+    Returns the summary also written to `out_dir/summary.json`.
+    """
+    t = cfg.train
+    epochs = epochs if epochs is not None else t.epochs
+    if epochs < 1:
+        raise TrainError(f"epochs must be at least 1, got {epochs}")
+    out = Path(out_dir) if out_dir is not None else cfg.path(t.out_dir)
+    ckpt_dir = out / "checkpoints"
+    dev = select_device(device)
+    seed_everything(t.seed, deterministic=dev.type == "cpu")
+    loader_args = {"url": url, "token": token, "user": user, "password": password, "progress": progress}
+
+    train_loader = make_loader(cfg, "train", **loader_args)
+    valid_loader = make_loader(cfg, "valid", shuffle=False, **loader_args)
+    try:
+        reader = train_loader.reader
+        lookback, n_features = reader.sample_shape
+        settings = _model_settings(cfg, n_features, lookback)
+        train_labels = reader.read_labels()
+        weights = class_weights(train_labels, t.class_weights)
+        counts = np.bincount(train_labels[train_labels >= 0], minlength=N_CLASSES)
+        majority = int(counts.argmax())
+
+        model = build_model(
+            n_features, N_CLASSES, hidden_size=t.hidden_size, num_layers=t.num_layers, dropout=t.dropout
+        ).to(dev)
+        optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
+        scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
+        loss_fn = nn.CrossEntropyLoss(weight=weights.to(dev), ignore_index=-1)
+
+        state: dict[str, Any] = {
+            "epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": None, "bad_epochs": 0,
+            "stopped_early": False,
+        }  # fmt: skip
+        last = ckpt_dir / "last.pt"
+        if resume and last.exists():
+            saved = _load_checkpoint(last, settings)
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scaler.load_state_dict(saved["scaler"])
+            torch.set_rng_state(saved["torch_rng"])
+            state = saved["progress"]
+            tqdm.write(f"resuming from {last} after epoch {state['epoch']}")
+        train_loader.set_epoch(state["epoch"])
+
+        loader_stats: list[dict[str, float]] = []
+        while state["epoch"] < epochs and not state["stopped_early"]:
+            epoch = state["epoch"]
+            started = time.perf_counter()
+            train_loader.desc = f"train {epoch + 1}/{epochs}"
+            train_loss, _, _ = run_epoch(model, train_loader, loss_fn, dev, optimizer, scaler)
+            stats: LoaderStats = train_loader.stats
+            valid_loader.desc = f"valid {epoch + 1}/{epochs}"
+            val_loss, y_true, y_pred = run_epoch(model, valid_loader, loss_fn, dev)
+            metrics = classification_metrics(y_true, y_pred, majority)
+            state["history"].append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "val_accuracy": metrics["accuracy"],
+                    "val_macro_f1": metrics["macro_f1"],
+                }
+            )
+            loader_stats.append(
+                {"epoch": epoch + 1, **stats.as_dict(), "epoch_s": time.perf_counter() - started}
+            )
+            improved = val_loss < state["best_val_loss"] - 1e-6
+            if improved:
+                state.update(best_val_loss=val_loss, best_epoch=epoch + 1, bad_epochs=0)
+                _save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "settings": settings})
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = epoch + 1
+            state["stopped_early"] = state["bad_epochs"] >= t.patience
+            _save_checkpoint(
+                last,
+                {
+                    "version": CHECKPOINT_VERSION,
+                    "settings": settings,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "progress": state,
+                },
+            )
+            tqdm.write(
+                f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                f"val accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
+                f"{' (best)' if improved else ''} | loader: {stats}"
+            )
+            if state["stopped_early"]:
+                tqdm.write(f"early stopping: no validation improvement for {t.patience} epochs")
+
+        best = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(best["model"])
+        results = {
+            split: _evaluate_split(cfg, split, model, loss_fn, dev, majority, loader_args)
+            for split in ("valid", "test")
+        }
+    finally:
+        train_loader.close()
+        valid_loader.close()
+
+    summary = {
+        "device": str(dev),
+        "mixed_precision": dev.type == "cuda",
+        "settings": settings,
+        "epochs_requested": epochs,
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "stopped_early": state["stopped_early"],
+        "class_weights": [round(float(w), 6) for w in weights],
+        "train_samples": int((train_labels >= 0).sum()),
+        "history": state["history"],
+        "loader": loader_stats,
+        **{split: _public(m) for split, m in results.items()},
+    }
+    write_results(out, summary, results)
+    return summary
+
+
+def _public(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Metrics without the plain-text report (it goes to its own file)."""
+    return None if metrics is None else {k: v for k, v in metrics.items() if k != "report"}
+
+
+def write_results(out: Path, summary: dict[str, Any], results: dict[str, dict[str, Any] | None]) -> None:
+    """summary.json, history.csv, classification_report.txt and the PNG plots."""
+    _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+    def history_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(summary["history"][0]))
+            writer.writeheader()
+            writer.writerows(summary["history"])
+
+    if summary["history"]:
+        _atomic_write(out / "history.csv", history_csv)
+        plot_history(summary["history"], out / "loss.png")
+    reports = [f"== {split} ==\n{m['report']}" for split, m in results.items() if m is not None]
+    _write_text(out / "classification_report.txt", "\n".join(reports))
+    split = "test" if results.get("test") is not None else "valid"
+    if results.get(split) is not None:
+        plot_confusion(
+            results[split]["confusion_matrix"], f"Confusion matrix ({split})", out / "confusion_matrix.png"
+        )
