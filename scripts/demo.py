@@ -108,7 +108,7 @@ def main() -> int:
         print("      " + cli("synth", "--size", args.size).strip().replace("\n", "\n      "))
     with steps.step("ETL: validate, quantiles, categories, lookback windows, zarr"):
         cli("etl")
-        config = json.loads(run([python, "-c", CONFIG_JSON.format(package=package)], cwd=study).stdout)
+        config = json.loads(run([python, "-c", CONFIG_JSON.replace("{package}", package)], cwd=study).stdout)
         store_dir = Path(config["store_dir"])
         print(f"      {store_dir} ({folder_size(store_dir) / 1e6:.1f} MB on disk)")
 
@@ -119,7 +119,7 @@ def main() -> int:
         env = {"DATA_URL": url, **auth}
         with steps.step("read over HTTP as Colab does (fsspec mapper, xr.open_zarr)"):
             store_url = f"{url}/{store_dir.name}/train.zarr"
-            snippet = READ_AS_COLAB.format(package=package)
+            snippet = READ_AS_COLAB.replace("{package}", package)
             lines = run([python, "-c", snippet, store_url, config["dataset_name"]], cwd=study, env=env).stdout
             *repr_lines, speed_line = lines.strip().splitlines()
             print("      " + "\n      ".join(repr_lines[:8]))
@@ -161,7 +161,7 @@ CONFIG_JSON = """
 import json
 from {package}.config import load_config
 cfg = load_config()
-print(json.dumps({{"store_dir": str(cfg.store_dir), "dataset_name": cfg.study.dataset_name}}))
+print(json.dumps({"store_dir": str(cfg.store_dir), "dataset_name": cfg.study.dataset_name}))
 """
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from bakery import TEMPLATE, bake, install_study, run
+from servers import study_package
 
-__all__ = ["TEMPLATE", "bake", "install_study", "require_tool", "run"]
+__all__ = ["TEMPLATE", "bake", "install_study", "require_tool", "run", "study_package"]
 
 OPTIONS: dict[str, Any] = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 REQUIRE_ALL = os.environ.get("CI", "").lower() == "true" or os.environ.get("STUDY_REQUIRE_ALL") == "1"
@@ -52,12 +53,6 @@ def fast_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     where = tmp_path_factory.mktemp("fast")
     study = bake(where / "bake", **FAST_CONTEXT)
     return study, install_study(study, where)
-
-
-def study_package(study: Path) -> str:
-    """The import name of a baked study's package (the only package in src/)."""
-    (package,) = [p.name for p in (study / "src").iterdir() if (p / "__init__.py").is_file()]
-    return package
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,9 @@ import pytest
 import xarray as xr
 from fsspec.implementations.http import HTTPFileSystem
 
-from .conftest import require_tool, run, study_package
-from .servers import study_server
+from servers import study_package, study_server
+
+from .conftest import require_tool, run
 
 pytestmark = pytest.mark.slow
 METADATA = {".zattrs", ".zmetadata", ".zgroup", ".zarray", "zarr.json"}

@@ -31,8 +31,9 @@ import pytest
 import requests
 import xarray as xr
 
+from servers import study_package, study_server
+
 from .conftest import FAST_CONTEXT, bake, install_study, require_tool, run
-from .servers import study_package, study_server
 
 pytestmark = pytest.mark.slow
 

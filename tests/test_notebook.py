@@ -13,9 +13,9 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from colab_env import COLAB_SHIPS, build_colab_like_python, write_kernelspec
+from servers import study_server
 
 from .conftest import TEMPLATE, require_tool, run
-from .servers import study_server
 
 NOTEBOOK = Path("notebooks") / "colab_bootstrap.ipynb"
 

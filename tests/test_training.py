@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from servers import study_package, study_server
+
 from .conftest import require_tool, run
-from .servers import study_package, study_server
 
 pytestmark = pytest.mark.slow
 
