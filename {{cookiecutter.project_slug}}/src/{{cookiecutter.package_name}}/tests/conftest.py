@@ -12,6 +12,13 @@ from ..synthetic import SIZES, write_synthetic
 STUDY_ROOT = Path(__file__).resolve().parents[3]
 
 
+@pytest.fixture(autouse=True)
+def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests decide credentials and URLs themselves, whatever the developer has exported."""
+    for name in ("DATA_URL", "DATA_TOKEN", "DATA_USER", "DATA_PASSWORD", "STUDY_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 def study_config() -> Config:
     """The study's own study.toml, as shipped."""

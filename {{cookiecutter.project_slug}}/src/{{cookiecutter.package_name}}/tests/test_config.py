@@ -79,7 +79,6 @@ def test_override_validates_and_rejects_unknown_keys(study_config: Config) -> No
 
 def test_found_from_a_subfolder_and_from_the_environment(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(STUDY_ROOT / "data")
-    monkeypatch.delenv("STUDY_CONFIG", raising=False)
     assert load_config().root == STUDY_ROOT
     copy = write(tmp_path, shipped_text())
     monkeypatch.setenv("STUDY_CONFIG", str(copy))

@@ -21,12 +21,6 @@ from .stores import indexed_samples, synthetic_samples, write_split
 N, LOOKBACK, CHUNK, BATCH = 1030, 8, 100, 64  # 11 chunks, the last one short
 
 
-@pytest.fixture(autouse=True)
-def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DATA_URL", "DATA_TOKEN", "DATA_USER", "DATA_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def cfg(tiny_config: Config) -> Config:
     return tiny_config.override(

@@ -39,12 +39,6 @@ N, LOOKBACK, CHUNK = 600, 20, 100
 SECRET = "s3cr3t-token-value"
 
 
-@pytest.fixture(autouse=True)
-def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DATA_URL", "DATA_TOKEN", "DATA_USER", "DATA_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def cfg(tiny_config: Config) -> Config:
     return tiny_config.override({"train.timeout_s": 1.0, "train.retries": 2})

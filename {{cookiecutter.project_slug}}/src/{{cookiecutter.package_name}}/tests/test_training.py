@@ -27,12 +27,6 @@ RESULT_FILES = (
 )
 
 
-@pytest.fixture(autouse=True)
-def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DATA_URL", "DATA_TOKEN", "DATA_USER", "DATA_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def cfg(tiny_config: Config) -> Config:
     return tiny_config.override(
