@@ -345,35 +345,55 @@ class ResilientStore(WrapperStore):
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
+        value, checked = await self.get_unchecked(key, prototype, byte_range)
+        if value is not None and not checked:
+            big = len(value) > INLINE_HASH_BYTES
+            await self._maybe_in_thread(big or self._blocking_cache, self.verify, key, value)
+        return value
+
+    @property
+    def _blocking_cache(self) -> bool:
+        return self.cache is not None and self.cache.blocking
+
+    async def get_unchecked(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> tuple[Buffer | None, bool]:
+        """`(value, checked)`: the value read with retries, never a missing chunk, and whether
+        it is already trusted (a cache hit, or no checksum to check). An unchecked value must
+        go through `verify` before use: the training loader does that in its decoding thread,
+        which keeps the hashing off the I/O loop (`get` does it here)."""
         digest = self.digests.get(key) if byte_range is None else None
         if digest is not None and self.cache is not None:
             cached = await self._maybe_in_thread(self.cache.blocking, self.cache.get, digest)
             if cached is not None:
                 self.stats.add(cache_hits=1, cache_bytes=len(cached))
-                return prototype.buffer.from_bytes(cached)
+                return prototype.buffer.from_bytes(cached), True
         value = await self._fetch(key, prototype, byte_range)
         if value is None:
             if _is_metadata(key):
-                return None
+                return None, True
             raise MissingChunkError(
                 f"chunk {key!r} of {self.url} is missing on the server (HTTP 404), but every chunk "
                 "must exist; the store is incomplete: re-run the ETL on the server, or check that "
                 "the server serves the right folder"
             )
-        if digest is not None:
-            data = value.as_numpy_array()  # a view: no copy of the chunk for hashing
-            big = len(data) > INLINE_HASH_BYTES
-            actual = await self._maybe_in_thread(big, lambda: hashlib.sha256(data).hexdigest())
-            if actual != digest:
-                raise ChecksumError(
-                    f"chunk {key!r} of {self.url} does not match its manifest checksum (got "
-                    f"{len(data)} bytes); the store may have been rewritten while reading, or is "
-                    "corrupted: reopen it, or re-run the ETL"
-                )
-            if self.cache is not None:
-                # a view of immutable bytes: the memory cache keeps it without a copy
-                await self._maybe_in_thread(self.cache.blocking, self.cache.put, digest, data)
-        return value
+        return value, digest is None
+
+    def verify(self, key: str, value: Buffer) -> None:
+        """Check a downloaded chunk against its manifest sha256 (`ChecksumError` if it differs),
+        then cache it. Blocking; safe in any thread (hashlib releases the GIL on big buffers)."""
+        digest = self.digests.get(key)
+        if digest is None:
+            return
+        data = value.as_numpy_array()  # a view: no copy of the chunk for hashing
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ChecksumError(
+                f"chunk {key!r} of {self.url} does not match its manifest checksum (got "
+                f"{len(data)} bytes); the store may have been rewritten while reading, or is "
+                "corrupted: reopen it, or re-run the ETL"
+            )
+        if self.cache is not None:
+            self.cache.put(digest, data)  # a view of immutable bytes: the memory cache keeps it as is
 
     @staticmethod
     async def _maybe_in_thread(blocking: bool, func: Any, *args: Any) -> Any:

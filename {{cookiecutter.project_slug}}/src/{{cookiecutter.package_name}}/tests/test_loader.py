@@ -206,6 +206,23 @@ def test_shuffle_buffer_keeps_every_row_once() -> None:
     assert all(len(b) == 7 for b in out[:-1])
 
 
+def test_shuffle_buffer_releases_each_chunk_within_capacity_additions() -> None:
+    """The memory bound the loader's speed depends on: a chunk leaves after `capacity` adds."""
+    capacity = 3
+    released: list[int] = []
+    buffer = ShuffleBuffer(
+        batch_size=8,
+        capacity=capacity,
+        rng=np.random.default_rng(1),
+        release=lambda x: released.append(int(x[0, 0, 0])),
+    )
+    for i in range(10):
+        chunk = np.full((40, 1, 1), i, dtype=np.float32)
+        list(buffer.add(chunk, np.full(40, i)))
+        assert all(old in released for old in range(i - capacity)), (i, released)
+    list(buffer.flush())
+
+
 def test_caches_are_size_capped_and_verified(tmp_path: Path) -> None:
     import hashlib
 

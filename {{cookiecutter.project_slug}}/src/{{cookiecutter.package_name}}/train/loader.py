@@ -5,9 +5,10 @@ download and decode the whole chunk it lives in (thousands of times slower, see
 benchmarks/bench_loader.py in the template). Instead:
 
 * **whole chunks**: one request per chunk per array (features, labels);
-  `prefetch_chunks` chunks are in flight at once, fetched on zarr's I/O loop
-  and decoded (numcodecs, GIL released) by reader threads; a "batcher" thread
-  assembles the batches, so the main thread only trains;
+  `prefetch_chunks` chunks are in flight at once, fetched on zarr's I/O loop,
+  then checksum-verified and decoded (hashlib, numcodecs: GIL released) by two
+  decoder threads just ahead of use; a "batcher" thread assembles the
+  batches, so the main thread only trains;
 * **shuffling** by a random chunk order per epoch plus a shuffle buffer that
   mixes the samples of `shuffle_buffer_chunks` chunks, seeded by
   (seed, epoch, shard): same seed, same batches; each epoch a new order;
@@ -27,6 +28,8 @@ benchmarks/bench_loader.py in the template). Instead:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import queue
 import sys
@@ -62,7 +65,8 @@ if TYPE_CHECKING:
 # Names the ETL may give the label array; the features array is named after the dataset.
 LABEL_NAMES = ("category", "label", "labels", "categories", "target", "drought_category")
 SAMPLE_DIM = "samples"
-READ_WINDOW = 2  # chunks queued for reading, in units of prefetch_chunks (see iterate_chunks)
+READ_WINDOW = 2  # chunks downloaded ahead, in units of prefetch_chunks (see iterate_chunks)
+DECODERS = 2  # threads verifying and decoding chunks, and chunks decoded ahead of the consumer
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -269,7 +273,7 @@ class ChunkReader:
     """Reads sample-aligned chunks (features and labels) of one opened split store.
 
     One GET per chunk per array through the resilient store (retries,
-    checksum, cache), decoded in the calling (reader) thread. Feature chunks
+    cache), checksum-verified and decoded in the calling (decoder) thread. Feature chunks
     are decompressed into recycled buffers (`release` hands one back): fresh
     multi-megabyte allocations per chunk cost page faults and allocator churn
     comparable to the decompression itself.
@@ -328,8 +332,6 @@ class ChunkReader:
         return stop - start
 
     async def _read(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-        import asyncio
-
         region = (slice(*self.bounds(chunk)),)
         x, y = await asyncio.gather(self._x.async_array.getitem(region), self._y.async_array.getitem(region))
         return np.ascontiguousarray(x, dtype=np.float32), _codes(np.asarray(y))
@@ -338,24 +340,46 @@ class ChunkReader:
         """All labels of the split (small: one int per sample), e.g. for class weights."""
         return _codes(np.asarray(self._y[:]))
 
-    async def _fetch(self, chunk: int) -> tuple[Any, Any]:
-        import asyncio
-
+    async def _fetch(self, chunk: int, limit: asyncio.Semaphore | None = None) -> tuple[Any, Any]:
+        """Stored bytes of the chunk's features and labels, not yet checked (see `finish`)."""
         proto = default_buffer_prototype()
         store = self.remote.store
-        return await asyncio.gather(
-            store.get(self._key(self._x, chunk), proto), store.get(self._key(self._y, chunk), proto)
-        )
+        keys = (self._key(self._x, chunk), self._key(self._y, chunk))
+        async with limit if limit is not None else contextlib.nullcontext():
+            (x, x_ok), (y, y_ok) = await asyncio.gather(*(store.get_unchecked(k, proto) for k in keys))
+        return (x, x_ok, keys[0]), (y, y_ok, keys[1])
+
+    def start_fetch(self, chunk: int, limit: asyncio.Semaphore | None = None) -> Future[Any] | None:
+        """Start downloading a chunk on zarr's I/O loop; `finish` it in any thread.
+
+        No thread waits on the network: the requests run as tasks of the loop,
+        at most `limit` chunks at once. None on the slow (zarr) path.
+        """
+        if self._decoders is None:
+            return None
+        return asyncio.run_coroutine_threadsafe(self._fetch(chunk, limit), zarr.core.sync._get_loop())
+
+    def finish(self, chunk: int, fetch: Future[Any] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Features and labels of a chunk started with `start_fetch`: checksums verified (and
+        cached) here, in the calling thread, then decoded. Blocking; raises what the read raised."""
+        if fetch is None:
+            return self.read(chunk, fast=False)
+        stored = fetch.result()
+        for value, checked, key in stored:
+            if not checked:
+                self.remote.store.verify(key, value)
+        (x, _, _), (y, _, _) = stored
+        n = self.chunk_len(chunk)
+        assert self._decoders is not None
+        xs = self._decoders[0](x.as_numpy_array(), out=self._buffer())[:n]
+        ys = self._decoders[1](y.as_numpy_array())[:n]
+        return np.asarray(xs, dtype=np.float32), _codes(ys)
 
     def read(self, chunk: int, *, fast: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Features (float32) and labels (int64, -1 = missing) of one chunk: one request each."""
         if not fast or self._decoders is None:
             return zarr.core.sync.sync(self._read(chunk))
-        stored_x, stored_y = zarr.core.sync.sync(self._fetch(chunk))
-        n = self.chunk_len(chunk)
-        x = self._decoders[0](stored_x.as_numpy_array(), out=self._buffer())[:n]
-        y = self._decoders[1](stored_y.as_numpy_array())[:n]
-        return np.asarray(x, dtype=np.float32), _codes(y)
+        return self.finish(chunk, self.start_fetch(chunk))
 
 
 def _codes(y: np.ndarray) -> np.ndarray:
@@ -377,9 +401,15 @@ def shard_chunks(n_chunks: int, shard: int, n_shards: int) -> np.ndarray:
 class ShuffleBuffer:
     """Mixes the samples of several chunks and hands them out as batches.
 
-    Rows of up to `capacity` chunks are pooled; once the pool is full, a
-    random selection of about one chunk's worth of rows is emitted as batches,
-    gathered by fancy indexing into one new array per batch.
+    Each chunk that comes in is split at random into `capacity` parts; every
+    `add` (once `capacity` chunks are pooled) emits, shuffled together, part
+    0 of the newest chunk, part 1 of the one before, ... and the last part of
+    the oldest, which then leaves the buffer. So every batch mixes up to
+    `capacity` chunks, and a chunk is held for `capacity` additions only (a
+    pool that keeps random survivors instead holds on to nearly every chunk
+    of the epoch, which costs memory and fresh pages). Batches are gathered
+    by `np.take` straight into one new array per batch; rows that do not
+    fill a whole batch wait for the next emission.
     """
 
     def __init__(
@@ -397,40 +427,58 @@ class ShuffleBuffer:
         self.shuffle = shuffle
         self._chunks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._left: dict[int, int] = {}
-        self._rows_c = np.empty(0, dtype=np.int64)
+        self._parts: deque[tuple[int, list[np.ndarray]]] = deque()  # newest last; parts not yet emitted
+        self._rows_c = np.empty(0, dtype=np.int64)  # rows waiting to fill a batch
         self._rows_r = np.empty(0, dtype=np.int64)
         self._next_id = 0
-        self._nominal = 0
 
     def add(self, x: np.ndarray, y: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Add one chunk; yield the batches that became ready (exhaust before the next `add`)."""
         cid = self._next_id
         self._next_id += 1
-        self._nominal = max(self._nominal, len(y))
         self._chunks[cid] = (x, y)
         self._left[cid] = len(y)
-        self._rows_c = np.concatenate([self._rows_c, np.full(len(y), cid, dtype=np.int64)])
-        self._rows_r = np.concatenate([self._rows_r, np.arange(len(y), dtype=np.int64)])
         if not self.shuffle:
+            self._queue([(cid, np.arange(len(y), dtype=np.int64))])
             yield from self._emit(len(self._rows_c) // self.batch_size * self.batch_size)
-        elif len(self._chunks) >= self.capacity:
-            keep = (self.capacity - 1) * self._nominal
-            yield from self._emit(max(0, len(self._rows_c) - keep) // self.batch_size * self.batch_size)
+            return
+        self._parts.append((cid, np.array_split(self.rng.permutation(len(y)), self.capacity)[::-1]))
+        if len(self._parts) >= self.capacity:
+            due = []
+            for age, (pid, parts) in enumerate(reversed(self._parts)):  # age 0: the newest chunk
+                while len(parts) > self.capacity - 1 - age:  # parts 0..age are due by now
+                    due.append((pid, parts.pop()))
+            while self._parts and not self._parts[0][1]:
+                self._parts.popleft()
+            self._queue(due)
+            yield from self._emit(len(self._rows_c) // self.batch_size * self.batch_size)
 
     def flush(self, drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield everything left (a last, smaller batch unless `drop_last`)."""
+        self._queue([(pid, part) for pid, parts in self._parts for part in parts])
+        self._parts.clear()
         n = len(self._rows_c)
         yield from self._emit(n if not drop_last else n // self.batch_size * self.batch_size)
         self._chunks.clear()
         self._left.clear()
         self._rows_c = self._rows_r = np.empty(0, dtype=np.int64)
 
+    def _queue(self, rows: list[tuple[int, np.ndarray]]) -> None:
+        """Append rows (chunk id, row indices) after the waiting ones; shuffled, if shuffling,
+        with each other (the waiting rows are already in random order)."""
+        if not rows:
+            return
+        new_c = np.concatenate([np.full(len(r), cid, dtype=np.int64) for cid, r in rows])
+        new_r = np.concatenate([r for _, r in rows])
+        if self.shuffle:
+            order = self.rng.permutation(len(new_c))
+            new_c, new_r = new_c[order], new_r[order]
+        self._rows_c = np.concatenate([self._rows_c, new_c])
+        self._rows_r = np.concatenate([self._rows_r, new_r])
+
     def _emit(self, n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if n <= 0:
             return
-        if self.shuffle:
-            order = self.rng.permutation(len(self._rows_c))
-            self._rows_c, self._rows_r = self._rows_c[order], self._rows_r[order]
         take_c, take_r = self._rows_c[:n], self._rows_r[:n]
         self._rows_c, self._rows_r = self._rows_c[n:], self._rows_r[n:]
         for start in range(0, n, self.batch_size):
@@ -464,32 +512,43 @@ class ShuffleBuffer:
 def iterate_chunks(
     reader: ChunkReader, order: np.ndarray, prefetch: int, stats: LoaderStats | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Chunks in `order`, with up to `prefetch` read concurrently ahead of the consumer.
+    """Chunks in `order`: `prefetch` downloading at once, a few decoded ahead of the consumer.
 
-    Chunks are handed out in order (for reproducible batches), but the window
-    of queued reads is twice `prefetch`, so a slow chunk at its head does not
-    leave the connections idle. A failed read raises here (after the store's
-    retries): a chunk is never skipped or replaced by fill values.
+    Chunks are handed out in order (for reproducible batches). Downloads run
+    on zarr's I/O loop, up to `READ_WINDOW * prefetch` chunks ahead (so a slow
+    chunk at the head does not leave the connections idle); their checksums
+    are verified and they are decoded by `DECODERS` threads, only
+    `DECODERS` chunks ahead: decoded chunks are ~3x larger than the stored
+    bytes, and touching fresh memory for them (page faults) cost as much as
+    the decompression. A failed read raises here (after the store's retries):
+    a chunk is never skipped or replaced by fill values.
     """
     prefetch = max(1, prefetch)
-    pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="chunk-reader")
-    pending: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
+    limit = asyncio.Semaphore(prefetch)  # bound to zarr's loop at first use, used only there
+    pool = ThreadPoolExecutor(max_workers=DECODERS, thread_name_prefix="chunk-decoder")
+    fetching: deque[tuple[int, Future[Any] | None]] = deque()
+    decoding: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
     todo = iter(order.tolist())
-    try:
-        for chunk in todo:
-            pending.append(pool.submit(reader.read, chunk))
-            if len(pending) >= READ_WINDOW * prefetch:
+
+    def refill() -> None:
+        while len(fetching) + len(decoding) < READ_WINDOW * prefetch + DECODERS:
+            chunk = next(todo, None)
+            if chunk is None:
                 break
-        while pending:
-            x, y = pending.popleft().result()
+            fetching.append((chunk, reader.start_fetch(chunk, limit)))
+        while fetching and len(decoding) < DECODERS:
+            decoding.append(pool.submit(reader.finish, *fetching.popleft()))
+
+    try:
+        refill()
+        while decoding:
+            x, y = decoding.popleft().result()
+            refill()
             if stats is not None:
                 stats.chunks += 1
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(pool.submit(reader.read, nxt))
             yield x, y
     finally:
-        for future in pending:
+        for future in [*decoding, *(f for _, f in fetching if f is not None)]:
             future.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -669,7 +728,7 @@ class ChunkLoader:
         rng = np.random.default_rng([self.seed, epoch, shard, 1])
         capacity = self.shuffle_buffer_chunks if self.shuffle else 1
         buffer = ShuffleBuffer(self.batch_size, capacity, rng, shuffle=self.shuffle, release=reader.release)
-        reader.max_free = READ_WINDOW * self.prefetch_chunks + capacity + 2
+        reader.max_free = capacity + DECODERS + 2  # chunks alive at once: see iterate_chunks
         for x, y in iterate_chunks(reader, self.chunk_order(epoch, shard), self.prefetch_chunks, stats):
             if group := list(buffer.add(x, y)):
                 yield group
