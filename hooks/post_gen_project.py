@@ -14,7 +14,6 @@ from pathlib import Path
 
 ANSWERS = json.loads(
     r"""{
-  "auth": {{ cookiecutter.auth | tojson }},
   "license": {{ cookiecutter.license | tojson }},
   "package_name": {{ cookiecutter.package_name | tojson }},
   "project_slug": {{ cookiecutter.project_slug | tojson }}
@@ -22,15 +21,10 @@ ANSWERS = json.loads(
 )
 
 # answer -> value -> paths (relative to the study root) to delete
+# The storage stack's auth variants are chosen by Jinja inside compose.yaml, .env.example,
+# storage/README.md and the nginx template, so every auth answer keeps the same files
+# (TLS and the etl profile are optional at run time, not at bake time).
 PRUNE: dict[str, dict[str, list[str]]] = {
-    # The storage stack's auth variants are chosen by Jinja inside compose.yaml, .env.example,
-    # storage/README.md and storage/nginx/templates/study.conf.template: every auth answer
-    # keeps the same files (TLS and the etl profile are optional at run time, not at bake).
-    "auth": {
-        "none": [],
-        "token": [],
-        "basic": [],
-    },
     "license": {"none": ["LICENSE"]},
 }
 # Files that are meant to be empty; any other empty file is a Jinja artefact.
