@@ -12,7 +12,7 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from colab_env import COLAB_SHIPS, build_colab_like_python, write_kernelspec
+from colab_env import build_colab_like_python, write_kernelspec
 from servers import study_server
 
 from .conftest import TEMPLATE, require_tool, run
@@ -96,6 +96,3 @@ def test_notebook_trains_end_to_end_and_stops_cleanly_on_a_wrong_token(
         ]
         assert failed and "check_access" in nb.cells[failed[0]].source, "stops at the open step"
 
-
-def test_colab_package_list_is_documented() -> None:
-    assert {"torch", "xarray", "fsspec", "numpy"} <= set(COLAB_SHIPS)
