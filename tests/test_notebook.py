@@ -95,4 +95,3 @@ def test_notebook_trains_end_to_end_and_stops_cleanly_on_a_wrong_token(
             i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))
         ]
         assert failed and "check_access" in nb.cells[failed[0]].source, "stops at the open step"
-
