@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
 import urllib.error
 import urllib.request
@@ -103,7 +104,10 @@ def test_serving_a_folder_with_the_real_nginx(
     study_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin") is None and shutil.which("nginx") is None:
-        pytest.skip("nginx is not installed (sudo apt-get install -y nginx)")
+        message = "nginx is not installed (sudo apt-get install -y nginx)"
+        if os.environ.get("STUDY_REQUIRE_ALL") == "1":  # CI: a missing server is a failure
+            pytest.fail(message)
+        pytest.skip(message)
     headers = credentials(study_config, monkeypatch)
     (tmp_path / "s.zarr").mkdir()
     (tmp_path / "s.zarr" / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
