@@ -12,7 +12,8 @@ what fsspec's HTTP filesystem does not do by itself (see DESIGN.md):
   5xx answers; 401/403 fail at once with a message about credentials;
 * **no silent fill values**: zarr turns a "not found" chunk into fill values,
   so `ResilientStore` treats any missing key other than metadata as an error,
-  verifies each downloaded chunk against the ETL's `manifest.json` checksums,
+  verifies each downloaded chunk against the ETL's `manifest.json` checksum
+  (its CRC32, the check zarr 3's crc32c codec makes; sha256 for manifests without one),
   and `connect` checks shapes and chunk counts against the manifest at open;
 * an optional **chunk cache** (memory or disk; fsspec's `simplecache::` is
   ignored by zarr 3), keyed by the manifest's checksum so it can never serve a
@@ -35,6 +36,7 @@ import os
 import threading
 import warnings
 import weakref
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -271,7 +273,8 @@ class ResilientStore(WrapperStore):
 
     Only metadata keys may be missing (zarr probes for them); any other
     missing key is a lost chunk and raises `MissingChunkError`. Whole-chunk
-    reads are checked against the manifest's sha256 and cached by it.
+    reads are checked against the manifest's CRC32 (or sha256, for manifests
+    without CRC32s) and cached under the sha256.
     """
 
     def __init__(
@@ -283,6 +286,7 @@ class ResilientStore(WrapperStore):
         retries: int = 4,
         backoff_s: float = 0.5,
         digests: dict[str, str] | None = None,
+        crc32s: dict[str, int] | None = None,
         cache: ChunkCache | None = None,
         stats: TransferStats | None = None,
     ) -> None:
@@ -291,6 +295,7 @@ class ResilientStore(WrapperStore):
         self.retries = retries
         self.backoff_s = backoff_s
         self.digests = dict(digests or {})
+        self.crc32s = dict(crc32s or {})
         self.cache = cache
         self.stats = stats if stats is not None else TransferStats()
         self._credentials = credentials
@@ -303,6 +308,7 @@ class ResilientStore(WrapperStore):
             retries=self.retries,
             backoff_s=self.backoff_s,
             digests=self.digests,
+            crc32s=self.crc32s,
             cache=self.cache,
             stats=self.stats,
         )
@@ -380,13 +386,16 @@ class ResilientStore(WrapperStore):
         return value, digest is None
 
     def verify(self, key: str, value: Buffer) -> None:
-        """Check a downloaded chunk against its manifest sha256 (`ChecksumError` if it differs),
-        then cache it. Blocking; safe in any thread (hashlib releases the GIL on big buffers)."""
+        """Check a downloaded chunk against its manifest CRC32, or sha256 if the manifest has no
+        CRC32s (`ChecksumError` if it differs), then cache it. CRC32 detects corruption and a
+        chunk of another store version alike, at 5x the speed of sha256 (which remains the
+        cache key). Blocking; safe in any thread (zlib and hashlib release the GIL)."""
         digest = self.digests.get(key)
         if digest is None:
             return
         data = value.as_numpy_array()  # a view: no copy of the chunk for hashing
-        if hashlib.sha256(data).hexdigest() != digest:
+        crc = self.crc32s.get(key)
+        if (zlib.crc32(data) != crc) if crc is not None else (hashlib.sha256(data).hexdigest() != digest):
             raise ChecksumError(
                 f"chunk {key!r} of {self.url} does not match its manifest checksum (got "
                 f"{len(data)} bytes); the store may have been rewritten while reading, or is "
@@ -409,13 +418,14 @@ class ResilientStore(WrapperStore):
 
 @dataclass(frozen=True)
 class ArrayManifest:
-    """What the ETL recorded about one array: shape, chunk shape, every chunk's sha256."""
+    """What the ETL recorded about one array: shape, chunk shape, every chunk's sha256 and CRC32."""
 
     shape: tuple[int, ...]
     chunk_shape: tuple[int, ...]
     dtype: str
     chunk_count: int
     checksums: dict[str, str]
+    crc32: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -430,12 +440,18 @@ class Manifest:
         """Chunk key (relative to the store) -> sha256 of its stored bytes."""
         return {key: digest for entry in self.arrays.values() for key, digest in entry.checksums.items()}
 
+    @property
+    def crc32s(self) -> dict[str, int]:
+        """Chunk key -> CRC32 of its stored bytes (empty for manifests written before CRC32s)."""
+        return {key: crc for entry in self.arrays.values() for key, crc in entry.crc32.items()}
+
 
 def parse_manifest(raw: bytes, where: str) -> Manifest:
     """Parse and sanity-check `manifest.json`.
 
     The chunk shape may be given as `chunk_shape` or as a list under `chunks`;
-    the checksums as a mapping under `checksums` or under `chunks`.
+    the checksums as a mapping under `checksums` or under `chunks`; CRC32s (8 hex digits)
+    under `crc32`, optional.
     """
     try:
         data = json.loads(raw)
@@ -457,6 +473,7 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
                 dtype=str(entry.get("dtype", "")),
                 chunk_count=int(entry["chunk_count"]),
                 checksums={str(k): str(v) for k, v in checksums.items()},
+                crc32={str(k): int(v, 16) for k, v in entry.get("crc32", {}).items()},
             )
         fmt = data.get("zarr_format")
         return Manifest(zarr_format=int(fmt) if fmt is not None else None, arrays=arrays)
@@ -601,6 +618,7 @@ def connect(
             manifest = parse_manifest(raw.to_bytes(), f"{store_url}/{MANIFEST}")
             check_manifest(split_handle.open_group(), manifest, store_url)
             store.digests = manifest.digests
+            store.crc32s = manifest.crc32s
             store.cache = cache
             split_handle.manifest = manifest
     except BaseException:

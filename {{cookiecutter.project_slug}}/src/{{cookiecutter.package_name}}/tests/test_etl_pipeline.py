@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +80,10 @@ def test_manifest_lists_every_chunk_with_its_checksum(built: Config) -> None:
             array = group[name]
             expected = math.prod(math.ceil(s / c) for s, c in zip(array.shape, array.chunks, strict=True))
             assert entry["shape"] == list(array.shape) and entry["chunks"] == list(array.chunks)
-            assert entry["chunk_count"] == expected == len(entry["checksums"])
+            assert entry["chunk_count"] == expected == len(entry["checksums"]) == len(entry["crc32"])
             for key, digest in entry["checksums"].items():
                 assert sha256_file(path / key) == digest
+                assert int(entry["crc32"][key], 16) == zlib.crc32((path / key).read_bytes())
 
 
 def test_samples_round_trip_exactly_and_trace_back_to_the_inputs(built: Config) -> None:

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from ..config import Config
-from ..remote import MissingChunkError, RemoteReadError
+from ..remote import ChecksumError, MissingChunkError, RemoteReadError
 from ..train.cache import make_cache
-from ..train.loader import ChunkLoader, ShuffleBuffer, SplitSource, make_loader, shard_chunks
+from ..train.loader import BatchMemory, ChunkLoader, ShuffleBuffer, SplitSource, make_loader, shard_chunks
 from .faultserver import FaultServer
 from .stores import indexed_samples, synthetic_samples, write_split
 
@@ -165,6 +165,35 @@ def test_failed_chunk_stops_the_epoch_without_fill_values(cfg: Config, server: F
             seen.extend(ids_of([batch]))
     ids = np.concatenate(seen) if seen else np.empty(0, dtype=np.int64)
     assert len(np.unique(ids)) == len(ids) and not np.isin(np.arange(700, 800), ids).any()
+
+
+def test_chunk_of_wrong_content_stops_the_epoch(cfg: Config, server: FaultServer, tmp_path: Path) -> None:
+    """Valid zarr bytes of another chunk (as after a rewrite of the store) fail the manifest check."""
+    store = tmp_path / "srv" / cfg.store_name / "train.zarr" / cfg.study.dataset_name
+    store.joinpath("7.0.0").write_bytes(store.joinpath("2.0.0").read_bytes())
+    seen: list[np.ndarray] = []
+    with pytest.raises(ChecksumError, match=f"{cfg.study.dataset_name}/7.0.0"):
+        for batch in loader(cfg, server):
+            seen.extend(ids_of([batch]))
+    ids = np.concatenate(seen) if seen else np.empty(0, dtype=np.int64)
+    assert len(np.unique(ids)) == len(ids)  # chunk 2's samples never came twice
+
+
+def test_batch_memory_is_reused_only_once_nothing_refers_to_a_batch() -> None:
+    memory = BatchMemory()
+    shape = (1024, 1024)  # 4 MiB: one buffer per block, so reuse is observable
+    first = memory.empty(shape, np.float32)
+    address = first.__array_interface__["data"][0]
+    del first
+    second = memory.empty(shape, np.float32)
+    assert second.__array_interface__["data"][0] == address  # recycled once dropped
+    second[:] = 1
+    held = torch.from_numpy(second)[10:20]  # a view of the tensor keeps the memory in use
+    del second
+    third = memory.empty(shape, np.float32)
+    assert third.__array_interface__["data"][0] != address
+    third[:] = 2
+    assert (held == 1).all()
 
 
 def test_stalled_chunk_fails_within_the_timeout(cfg: Config, server: FaultServer) -> None:

@@ -186,9 +186,16 @@ def test_manifest_mismatch_is_caught_at_open(cfg: Config, data_root: Path) -> No
         open_remote(server.url, cfg=cfg)
 
 
-def test_deleted_or_corrupted_chunk_is_an_error(cfg: Config, data_root: Path) -> None:
+@pytest.mark.parametrize("check", ["crc32", "sha256"])
+def test_deleted_or_corrupted_chunk_is_an_error(cfg: Config, data_root: Path, check: str) -> None:
+    """Checked by CRC32, or by sha256 with a manifest written before CRC32s were recorded."""
     store = data_root / store_path(cfg)
     name = cfg.study.dataset_name
+    if check == "sha256":
+        manifest = json.loads((store / "manifest.json").read_text())
+        for entry in manifest["arrays"].values():
+            del entry["crc32"]
+        (store / "manifest.json").write_text(json.dumps(manifest))
     (store / name / "1.0.0").unlink()  # as if the server lost it: zarr alone would return fill values
     shutil.copy(store / name / "4.0.0", store / name / "5.0.0")  # valid bytes, wrong chunk
     with FaultServer(data_root) as server:

@@ -14,6 +14,8 @@ benchmarks/bench_loader.py in the template). Instead:
   (seed, epoch, shard): same seed, same batches; each epoch a new order;
 * **batches** are gathered with `np.take` straight into one array per batch
   and returned as tensors (each sample is copied once; no per-sample collate);
+  a batch's memory is recycled once the training step has dropped it
+  (`BatchMemory`): fresh pages per batch cost as much CPU as the copy;
 * **workers and ranks**: with `num_workers=0` (the default) everything runs in
   this process with background I/O threads. With `num_workers > 0`, worker
   processes are *spawned* (fsspec/aiohttp are not fork-safe) and each opens
@@ -35,6 +37,7 @@ import queue
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -398,6 +401,47 @@ def shard_chunks(n_chunks: int, shard: int, n_shards: int) -> np.ndarray:
     return np.arange(shard, n_chunks, n_shards)
 
 
+class BatchMemory:
+    """Recycles the memory of batch arrays once nothing refers to a batch any more.
+
+    A fresh array per batch costs one page fault per 4 kB page on first touch:
+    as much CPU as copying the samples in (more in a VM). Instead each batch is a
+    view of a pooled buffer; when the last reference to that view goes (the
+    training step dropped the tensor made from it, and every view of it), a
+    finalizer puts the buffer back. Memory is reused only when no Python
+    object can still see it. At most `keep` idle buffers per shape are kept.
+    New buffers come in blocks of at least `BLOCK_BYTES`, which numpy backs
+    with transparent huge pages where the kernel offers them (one fault per
+    2 MB instead of per 4 kB).
+    """
+
+    BLOCK_BYTES = 4 * 2**20  # numpy advises huge pages from this size up
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._free: dict[tuple[tuple[int, ...], str], queue.SimpleQueue[np.ndarray]] = {}
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        """An uninitialised array, on recycled memory when some is idle."""
+        key = (tuple(shape), np.dtype(dtype).str)
+        free = self._free.get(key) or self._free.setdefault(key, queue.SimpleQueue())
+        try:
+            base = free.get_nowait()
+        except queue.Empty:
+            size = max(1, math.prod(shape) * np.dtype(dtype).itemsize)
+            block = np.empty((max(1, -(-self.BLOCK_BYTES // size)), *shape), dtype=dtype)
+            base = block[0]
+            for spare in block[1 : self.keep + 1]:
+                free.put(spare)
+        view = base[...]
+        weakref.finalize(view, self._give_back, free, base).atexit = False
+        return view
+
+    def _give_back(self, free: queue.SimpleQueue[np.ndarray], base: np.ndarray) -> None:
+        if free.qsize() < self.keep:
+            free.put(base)
+
+
 class ShuffleBuffer:
     """Mixes the samples of several chunks and hands them out as batches.
 
@@ -408,8 +452,9 @@ class ShuffleBuffer:
     `capacity` chunks, and a chunk is held for `capacity` additions only (a
     pool that keeps random survivors instead holds on to nearly every chunk
     of the epoch, which costs memory and fresh pages). Batches are gathered
-    by `np.take` straight into one new array per batch; rows that do not
-    fill a whole batch wait for the next emission.
+    by `np.take` straight into one array per batch (recycled memory from
+    `memory`, if given); rows that do not fill a whole batch wait for the
+    next emission.
     """
 
     def __init__(
@@ -419,8 +464,10 @@ class ShuffleBuffer:
         rng: np.random.Generator,
         shuffle: bool = True,
         release: Callable[[np.ndarray], None] | None = None,
+        memory: BatchMemory | None = None,
     ) -> None:
         self.release = release
+        self.memory = memory
         self.batch_size = batch_size
         self.capacity = max(1, capacity)
         self.rng = rng
@@ -499,13 +546,17 @@ class ShuffleBuffer:
         order = np.argsort(cs, kind="stable")
         cs, rs = cs[order], rs[order]
         first_x, _ = self._chunks[int(cs[0])]
-        xb = np.empty((len(cs), *first_x.shape[1:]), dtype=first_x.dtype)
+        shape = (len(cs), *first_x.shape[1:])
+        memory = self.memory if len(cs) == self.batch_size else None  # a short last batch: not pooled
+        xb = memory.empty(shape, first_x.dtype) if memory is not None else np.empty(shape, first_x.dtype)
         yb = np.empty(len(cs), dtype=np.int64)
         ids, starts = np.unique(cs, return_index=True)
         for cid, start, stop in zip(ids, starts, [*starts[1:], len(cs)], strict=True):
             x, y = self._chunks[int(cid)]
-            np.take(x, rs[start:stop], axis=0, out=xb[start:stop])
-            np.take(y, rs[start:stop], axis=0, out=yb[start:stop])
+            # mode="clip": rows come from permutations of each chunk's range, always valid;
+            # the default mode="raise" would gather into a temporary and copy it over
+            np.take(x, rs[start:stop], axis=0, out=xb[start:stop], mode="clip")
+            np.take(y, rs[start:stop], axis=0, out=yb[start:stop], mode="clip")
         return xb, yb
 
 
@@ -652,6 +703,7 @@ class ChunkLoader:
         self._remote: RemoteSplit | None = None
         self._reader: ChunkReader | None = None
         self._worker_loader: torch.utils.data.DataLoader | None = None
+        self._memory = BatchMemory()
 
     # -- the store, opened lazily in whichever process iterates -------------------------
     @property
@@ -679,7 +731,7 @@ class ChunkLoader:
 
     def __getstate__(self) -> dict[str, Any]:  # workers get the recipe, not the open store
         state = self.__dict__.copy()
-        state.update(_remote=None, _reader=None, _worker_loader=None, progress=False)
+        state.update(_remote=None, _reader=None, _worker_loader=None, _memory=BatchMemory(), progress=False)
         return state
 
     # -- sizes -----------------------------------------------------------------------
@@ -727,8 +779,12 @@ class ChunkLoader:
         reader = self.reader
         rng = np.random.default_rng([self.seed, epoch, shard, 1])
         capacity = self.shuffle_buffer_chunks if self.shuffle else 1
-        buffer = ShuffleBuffer(self.batch_size, capacity, rng, shuffle=self.shuffle, release=reader.release)
+        buffer = ShuffleBuffer(
+            self.batch_size, capacity, rng, shuffle=self.shuffle, release=reader.release, memory=self._memory
+        )
         reader.max_free = capacity + DECODERS + 2  # chunks alive at once: see iterate_chunks
+        # batches alive at once: groups queued by in_background (2), in use, being built
+        self._memory.keep = 4 * math.ceil(reader.chunk_samples / self.batch_size) + 4
         for x, y in iterate_chunks(reader, self.chunk_order(epoch, shard), self.prefetch_chunks, stats):
             if group := list(buffer.add(x, y)):
                 yield group
@@ -738,7 +794,9 @@ class ChunkLoader:
         """Batches of one shard in one epoch, read and assembled by background threads."""
         _ = self.reader  # open the store here, so errors surface in the caller's thread
         for group in in_background(self._numpy_batches(epoch, shard, stats), capacity=2):
-            for xb, yb in group:
+            group.reverse()
+            while group:  # popped, so a batch's memory is recycled once the caller drops it
+                xb, yb = group.pop()
                 yield torch.from_numpy(xb), torch.from_numpy(yb)
 
     def __iter__(self) -> Iterator[Batch]:
