@@ -388,7 +388,7 @@ class ResilientStore(WrapperStore):
     def verify(self, key: str, value: Buffer) -> None:
         """Check a downloaded chunk against its manifest CRC32, or sha256 if the manifest has no
         CRC32s (`ChecksumError` if it differs), then cache it. CRC32 detects corruption and a
-        chunk of another store version alike, at 5x the speed of sha256 (which remains the
+        chunk of another store version alike, at 4-5x the speed of sha256 (which remains the
         cache key). Blocking; safe in any thread (zlib and hashlib release the GIL)."""
         digest = self.digests.get(key)
         if digest is None:

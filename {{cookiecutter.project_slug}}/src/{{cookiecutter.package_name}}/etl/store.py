@@ -23,7 +23,7 @@ Why it is written this way:
   dtype, chunk count and the sha256 and CRC32 of every stored (compressed)
   chunk, keyed by its path relative to the store (`<array>/0.0.0` in zarr 2,
   `<array>/c/0/0/0` in zarr 3), so a reader can tell a missing chunk from an
-  empty one and verify each download (the loader checks the CRC32, five times
+  empty one and verify each download (the loader checks the CRC32, 4-5 times
   cheaper than sha256; the sha256 names the chunk in caches);
 * **reproducible bytes**: chunk contents depend only on inputs and config
   (fixed time units, deterministic Zstd); the time of the run lives only in the
