@@ -70,6 +70,9 @@ LABEL_NAMES = ("category", "label", "labels", "categories", "target", "drought_c
 SAMPLE_DIM = "samples"
 READ_WINDOW = 2  # chunks downloaded ahead, in units of prefetch_chunks (see iterate_chunks)
 DECODERS = 2  # threads verifying and decoding chunks, and chunks decoded ahead of the consumer
+# Batches assembled ahead of the training step, handed over one by one: few batches
+# alive at once keeps their (recycled) memory small and the first batch early.
+BATCHES_AHEAD = 16
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -410,12 +413,11 @@ class BatchMemory:
     training step dropped the tensor made from it, and every view of it), a
     finalizer puts the buffer back. Memory is reused only when no Python
     object can still see it. At most `keep` idle buffers per shape are kept.
-    New buffers come in blocks of at least `BLOCK_BYTES`, which numpy backs
-    with transparent huge pages where the kernel offers them (one fault per
-    2 MB instead of per 4 kB).
+    Buffers are allocated one per batch: numpy advises huge pages for blocks
+    of 4 MiB and more, and on a kernel that compacts memory for them on fault
+    (THP defrag "madvise") that cost more system time than it saved
+    (up to 45 ms per 200k-sample epoch of benchmarks/bench_loader.py).
     """
-
-    BLOCK_BYTES = 4 * 2**20  # numpy advises huge pages from this size up
 
     def __init__(self, keep: int = 64) -> None:
         self.keep = keep
@@ -428,11 +430,7 @@ class BatchMemory:
         try:
             base = free.get_nowait()
         except queue.Empty:
-            size = max(1, math.prod(shape) * np.dtype(dtype).itemsize)
-            block = np.empty((max(1, -(-self.BLOCK_BYTES // size)), *shape), dtype=dtype)
-            base = block[0]
-            for spare in block[1 : self.keep + 1]:
-                free.put(spare)
+            base = np.empty(shape, dtype=dtype)
         view = base[...]
         weakref.finalize(view, self._give_back, free, base).atexit = False
         return view
@@ -524,40 +522,45 @@ class ShuffleBuffer:
         self._rows_r = np.concatenate([self._rows_r, new_r])
 
     def _emit(self, n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The next `n` waiting rows as batches, each sample copied once.
+
+        Inside each batch the rows are grouped by chunk (their order inside a
+        batch does not matter to the loss), so a batch is a few `np.take`s
+        straight into its memory; the grouping is planned for all `n` rows at
+        once, not batch by batch.
+        """
         if n <= 0:
             return
-        take_c, take_r = self._rows_c[:n], self._rows_r[:n]
+        bs = self.batch_size
+        position = np.arange(n)
+        order = np.lexsort((self._rows_c[:n], position // bs))  # by batch, then chunk
+        cs, rs = self._rows_c[:n][order], self._rows_r[:n][order]
         self._rows_c, self._rows_r = self._rows_c[n:], self._rows_r[n:]
-        for start in range(0, n, self.batch_size):
-            yield self._gather(
-                take_c[start : start + self.batch_size], take_r[start : start + self.batch_size]
-            )
-        for cid, used in zip(*np.unique(take_c, return_counts=True), strict=True):
+        starts = np.flatnonzero(np.r_[True, (cs[1:] != cs[:-1]) | (position[1:] % bs == 0)])
+        runs = list(zip(starts.tolist(), [*starts[1:].tolist(), n], cs[starts].tolist(), strict=True))
+        labels = np.empty(n, dtype=np.int64)
+        for start, stop, cid in runs:  # mode="clip": rows are valid by construction (no temporary)
+            np.take(self._chunks[cid][1], rs[start:stop], out=labels[start:stop], mode="clip")
+        run = 0
+        for b0 in range(0, n, bs):
+            b1 = min(b0 + bs, n)
+            sample = self._chunks[runs[run][2]][0]
+            shape = (b1 - b0, *sample.shape[1:])
+            memory = self.memory if b1 - b0 == bs else None  # a short last batch: not pooled
+            xb = memory.empty(shape, sample.dtype) if memory is not None else np.empty(shape, sample.dtype)
+            while run < len(runs) and runs[run][0] < b1:
+                start, stop, cid = runs[run]
+                x = self._chunks[cid][0]
+                np.take(x, rs[start:stop], axis=0, out=xb[start - b0 : stop - b0], mode="clip")
+                run += 1
+            yield xb, labels[b0:b1]
+        for cid, used in zip(*np.unique(cs, return_counts=True), strict=True):
             self._left[int(cid)] -= int(used)
             if self._left[int(cid)] == 0:
                 del self._left[int(cid)]
                 x, _ = self._chunks.pop(int(cid))
                 if self.release is not None:
                     self.release(x)
-
-    def _gather(self, cs: np.ndarray, rs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One batch, each sample copied once: rows grouped by chunk (their order inside a
-        batch does not matter to the loss), each group taken straight into its slice."""
-        order = np.argsort(cs, kind="stable")
-        cs, rs = cs[order], rs[order]
-        first_x, _ = self._chunks[int(cs[0])]
-        shape = (len(cs), *first_x.shape[1:])
-        memory = self.memory if len(cs) == self.batch_size else None  # a short last batch: not pooled
-        xb = memory.empty(shape, first_x.dtype) if memory is not None else np.empty(shape, first_x.dtype)
-        yb = np.empty(len(cs), dtype=np.int64)
-        ids, starts = np.unique(cs, return_index=True)
-        for cid, start, stop in zip(ids, starts, [*starts[1:], len(cs)], strict=True):
-            x, y = self._chunks[int(cid)]
-            # mode="clip": rows come from permutations of each chunk's range, always valid;
-            # the default mode="raise" would gather into a temporary and copy it over
-            np.take(x, rs[start:stop], axis=0, out=xb[start:stop], mode="clip")
-            np.take(y, rs[start:stop], axis=0, out=yb[start:stop], mode="clip")
-        return xb, yb
 
 
 def iterate_chunks(
@@ -772,10 +775,8 @@ class ChunkLoader:
             return chunks
         return np.random.default_rng([self.seed, epoch, shard, 0]).permutation(chunks)
 
-    def _numpy_batches(
-        self, epoch: int, shard: int, stats: LoaderStats | None
-    ) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
-        """Batches in groups, one group per chunk added (one thread hand-off per group)."""
+    def _batches(self, epoch: int, shard: int, stats: LoaderStats | None) -> Iterator[Batch]:
+        """Tensor batches of one shard in one epoch (run by the batcher thread)."""
         reader = self.reader
         rng = np.random.default_rng([self.seed, epoch, shard, 1])
         capacity = self.shuffle_buffer_chunks if self.shuffle else 1
@@ -783,21 +784,17 @@ class ChunkLoader:
             self.batch_size, capacity, rng, shuffle=self.shuffle, release=reader.release, memory=self._memory
         )
         reader.max_free = capacity + DECODERS + 2  # chunks alive at once: see iterate_chunks
-        # batches alive at once: groups queued by in_background (2), in use, being built
-        self._memory.keep = 4 * math.ceil(reader.chunk_samples / self.batch_size) + 4
+        self._memory.keep = BATCHES_AHEAD + 8  # batches alive at once: queued, being built, in use
         for x, y in iterate_chunks(reader, self.chunk_order(epoch, shard), self.prefetch_chunks, stats):
-            if group := list(buffer.add(x, y)):
-                yield group
-        yield list(buffer.flush(self.drop_last))
+            for xb, yb in buffer.add(x, y):
+                yield torch.from_numpy(xb), torch.from_numpy(yb)
+        for xb, yb in buffer.flush(self.drop_last):
+            yield torch.from_numpy(xb), torch.from_numpy(yb)
 
     def iter_shard(self, epoch: int, shard: int, stats: LoaderStats | None = None) -> Iterator[Batch]:
         """Batches of one shard in one epoch, read and assembled by background threads."""
         _ = self.reader  # open the store here, so errors surface in the caller's thread
-        for group in in_background(self._numpy_batches(epoch, shard, stats), capacity=2):
-            group.reverse()
-            while group:  # popped, so a batch's memory is recycled once the caller drops it
-                xb, yb = group.pop()
-                yield torch.from_numpy(xb), torch.from_numpy(yb)
+        yield from in_background(self._batches(epoch, shard, stats), capacity=BATCHES_AHEAD)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
