@@ -16,12 +16,12 @@ in samples/s, each timed pattern in a fresh process:
 
   (a) raw: concurrent GETs of every chunk file (features and labels, as many
       in flight as the loader has chunks in flight) plus decompression: the
-      limit for any loader (median of 5 runs); and the same keeping every
+      limit for any loader (median of 7 runs); and the same keeping every
       downloaded body in memory, which is what a chunk cache must do in its
       first epoch (fresh memory is not free: the baseline for (b) with cache);
   (b) the study's ChunkLoader (shuffled batches of 256 as tensors, every chunk
       verified against the manifest's CRC32): a cold epoch, then a warm one from
-      its memory chunk cache; and a cold epoch with the cache off (medians of 5
+      its memory chunk cache; and a cold epoch with the cache off (medians of 7
       fresh loaders, interleaved with the raw runs);
   (c) naive: a torch Dataset whose __getitem__ does ds.isel(samples=i).values
       on the remotely opened dataset (the notebook's fsspec mapper), in a
