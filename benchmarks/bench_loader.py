@@ -20,7 +20,7 @@ in samples/s, each timed pattern in a fresh process:
       downloaded body in memory, which is what a chunk cache must do in its
       first epoch (fresh memory is not free: the baseline for (b) with cache);
   (b) the study's ChunkLoader (shuffled batches of 256 as tensors, every chunk
-      verified against the manifest's CRC32): a cold epoch, then a warm one from
+      verified against the manifest's CRC32C): a cold epoch, then a warm one from
       its memory chunk cache; and a cold epoch with the cache off (medians of 7
       fresh loaders, interleaved with the raw runs);
   (c) naive: a torch Dataset whose __getitem__ does ds.isel(samples=i).values

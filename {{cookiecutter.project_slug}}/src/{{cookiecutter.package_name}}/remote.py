@@ -13,7 +13,7 @@ what fsspec's HTTP filesystem does not do by itself (see DESIGN.md):
 * **no silent fill values**: zarr turns a "not found" chunk into fill values,
   so `ResilientStore` treats any missing key other than metadata as an error,
   verifies each downloaded chunk against the ETL's `manifest.json` checksum
-  (its CRC32, the check zarr 3's crc32c codec makes; sha256 for manifests without one),
+  (its CRC32C, the check zarr 3's crc32c codec makes; sha256 for manifests without one),
   and `connect` checks shapes and chunk counts against the manifest at open;
 * an optional **chunk cache** (memory or disk; fsspec's `simplecache::` is
   ignored by zarr 3), keyed by the manifest's checksum so it can never serve a
@@ -36,13 +36,13 @@ import os
 import threading
 import warnings
 import weakref
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
+import google_crc32c
 import xarray as xr
 import zarr
 import zarr.core.sync
@@ -273,8 +273,8 @@ class ResilientStore(WrapperStore):
 
     Only metadata keys may be missing (zarr probes for them); any other
     missing key is a lost chunk and raises `MissingChunkError`. Whole-chunk
-    reads are checked against the manifest's CRC32 (or sha256, for manifests
-    without CRC32s) and cached under the sha256.
+    reads are checked against the manifest's CRC32C (or sha256, for manifests
+    without CRC32Cs) and cached under the sha256.
     """
 
     def __init__(
@@ -286,7 +286,7 @@ class ResilientStore(WrapperStore):
         retries: int = 4,
         backoff_s: float = 0.5,
         digests: dict[str, str] | None = None,
-        crc32s: dict[str, int] | None = None,
+        crc32cs: dict[str, int] | None = None,
         cache: ChunkCache | None = None,
         stats: TransferStats | None = None,
     ) -> None:
@@ -295,7 +295,7 @@ class ResilientStore(WrapperStore):
         self.retries = retries
         self.backoff_s = backoff_s
         self.digests = dict(digests or {})
-        self.crc32s = dict(crc32s or {})
+        self.crc32cs = dict(crc32cs or {})
         self.cache = cache
         self.stats = stats if stats is not None else TransferStats()
         self._credentials = credentials
@@ -308,7 +308,7 @@ class ResilientStore(WrapperStore):
             retries=self.retries,
             backoff_s=self.backoff_s,
             digests=self.digests,
-            crc32s=self.crc32s,
+            crc32cs=self.crc32cs,
             cache=self.cache,
             stats=self.stats,
         )
@@ -386,16 +386,20 @@ class ResilientStore(WrapperStore):
         return value, digest is None
 
     def verify(self, key: str, value: Buffer) -> None:
-        """Check a downloaded chunk against its manifest CRC32, or sha256 if the manifest has no
-        CRC32s (`ChecksumError` if it differs), then cache it. CRC32 detects corruption and a
-        chunk of another store version alike, at 4-5x the speed of sha256 (which remains the
-        cache key). Blocking; safe in any thread (zlib and hashlib release the GIL)."""
+        """Check a downloaded chunk against its manifest CRC32C, or sha256 if the manifest has no
+        CRC32Cs (`ChecksumError` if it differs), then cache it. CRC32C detects corruption and a
+        chunk of another store version alike, at about 20x the speed of sha256 (which remains
+        the cache key). Blocking; safe in any thread."""
         digest = self.digests.get(key)
         if digest is None:
             return
         data = value.as_numpy_array()  # a view: no copy of the chunk for hashing
-        crc = self.crc32s.get(key)
-        if (zlib.crc32(data) != crc) if crc is not None else (hashlib.sha256(data).hexdigest() != digest):
+        crc = self.crc32cs.get(key)
+        if crc is not None:
+            ok = google_crc32c.value(data) == crc
+        else:
+            ok = hashlib.sha256(data).hexdigest() == digest
+        if not ok:
             raise ChecksumError(
                 f"chunk {key!r} of {self.url} does not match its manifest checksum (got "
                 f"{len(data)} bytes); the store may have been rewritten while reading, or is "
@@ -418,14 +422,14 @@ class ResilientStore(WrapperStore):
 
 @dataclass(frozen=True)
 class ArrayManifest:
-    """What the ETL recorded about one array: shape, chunk shape, every chunk's sha256 and CRC32."""
+    """What the ETL recorded about one array: shape, chunk shape, every chunk's sha256 and CRC32C."""
 
     shape: tuple[int, ...]
     chunk_shape: tuple[int, ...]
     dtype: str
     chunk_count: int
     checksums: dict[str, str]
-    crc32: dict[str, int] = field(default_factory=dict)
+    crc32c: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -441,17 +445,17 @@ class Manifest:
         return {key: digest for entry in self.arrays.values() for key, digest in entry.checksums.items()}
 
     @property
-    def crc32s(self) -> dict[str, int]:
-        """Chunk key -> CRC32 of its stored bytes (empty for manifests written before CRC32s)."""
-        return {key: crc for entry in self.arrays.values() for key, crc in entry.crc32.items()}
+    def crc32cs(self) -> dict[str, int]:
+        """Chunk key -> CRC32C of its stored bytes (empty for manifests written without them)."""
+        return {key: crc for entry in self.arrays.values() for key, crc in entry.crc32c.items()}
 
 
 def parse_manifest(raw: bytes, where: str) -> Manifest:
     """Parse and sanity-check `manifest.json`.
 
     The chunk shape may be given as `chunk_shape` or as a list under `chunks`;
-    the checksums as a mapping under `checksums` or under `chunks`; CRC32s (8 hex digits)
-    under `crc32`, optional.
+    the checksums as a mapping under `checksums` or under `chunks`; CRC32Cs (8 hex digits)
+    under `crc32c`, optional.
     """
     try:
         data = json.loads(raw)
@@ -473,7 +477,7 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
                 dtype=str(entry.get("dtype", "")),
                 chunk_count=int(entry["chunk_count"]),
                 checksums={str(k): str(v) for k, v in checksums.items()},
-                crc32={str(k): int(v, 16) for k, v in entry.get("crc32", {}).items()},
+                crc32c={str(k): int(v, 16) for k, v in entry.get("crc32c", {}).items()},
             )
         fmt = data.get("zarr_format")
         return Manifest(zarr_format=int(fmt) if fmt is not None else None, arrays=arrays)
@@ -618,7 +622,7 @@ def connect(
             manifest = parse_manifest(raw.to_bytes(), f"{store_url}/{MANIFEST}")
             check_manifest(split_handle.open_group(), manifest, store_url)
             store.digests = manifest.digests
-            store.crc32s = manifest.crc32s
+            store.crc32cs = manifest.crc32cs
             store.cache = cache
             split_handle.manifest = manifest
     except BaseException:

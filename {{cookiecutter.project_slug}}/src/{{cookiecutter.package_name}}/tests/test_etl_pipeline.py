@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-import zlib
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pytest
 import xarray as xr
@@ -80,10 +80,11 @@ def test_manifest_lists_every_chunk_with_its_checksum(built: Config) -> None:
             array = group[name]
             expected = math.prod(math.ceil(s / c) for s, c in zip(array.shape, array.chunks, strict=True))
             assert entry["shape"] == list(array.shape) and entry["chunks"] == list(array.chunks)
-            assert entry["chunk_count"] == expected == len(entry["checksums"]) == len(entry["crc32"])
+            assert entry["chunk_count"] == expected == len(entry["checksums"]) == len(entry["crc32c"])
             for key, digest in entry["checksums"].items():
                 assert sha256_file(path / key) == digest
-                assert int(entry["crc32"][key], 16) == zlib.crc32((path / key).read_bytes())
+                assert int(entry["crc32c"][key], 16) == google_crc32c.value((path / key).read_bytes())
+    assert google_crc32c.value(b"123456789") == 0xE3069283  # the CRC-32C check value (Castagnoli)
 
 
 def test_samples_round_trip_exactly_and_trace_back_to_the_inputs(built: Config) -> None:

@@ -186,15 +186,15 @@ def test_manifest_mismatch_is_caught_at_open(cfg: Config, data_root: Path) -> No
         open_remote(server.url, cfg=cfg)
 
 
-@pytest.mark.parametrize("check", ["crc32", "sha256"])
+@pytest.mark.parametrize("check", ["crc32c", "sha256"])
 def test_deleted_or_corrupted_chunk_is_an_error(cfg: Config, data_root: Path, check: str) -> None:
-    """Checked by CRC32, or by sha256 with a manifest written before CRC32s were recorded."""
+    """Checked by CRC32C, or by sha256 with a manifest written without CRC32Cs."""
     store = data_root / store_path(cfg)
     name = cfg.study.dataset_name
     if check == "sha256":
         manifest = json.loads((store / "manifest.json").read_text())
         for entry in manifest["arrays"].values():
-            del entry["crc32"]
+            del entry["crc32c"]
         (store / "manifest.json").write_text(json.dumps(manifest))
     (store / name / "1.0.0").unlink()  # as if the server lost it: zarr alone would return fill values
     shutil.copy(store / name / "4.0.0", store / name / "5.0.0")  # valid bytes, wrong chunk
