@@ -68,7 +68,8 @@ PASSWORD_ENV = "DATA_PASSWORD"
 METADATA_NAMES = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json"})
 # HTTP answers worth another try: the server or a proxy is busy or restarting.
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-# Chunks up to this size are hashed on the I/O loop (~1 ms per MB); larger ones in a thread.
+# Chunks up to this size are checked on the I/O loop (CRC32C: ~0.03 ms per MB, the sha256
+# fallback ~0.6); larger ones in a thread.
 INLINE_HASH_BYTES = 8 * 2**20
 
 

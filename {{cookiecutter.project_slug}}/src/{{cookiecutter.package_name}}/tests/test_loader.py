@@ -181,7 +181,7 @@ def test_chunk_of_wrong_content_stops_the_epoch(cfg: Config, server: FaultServer
 
 def test_batch_memory_is_reused_only_once_nothing_refers_to_a_batch() -> None:
     memory = BatchMemory()
-    shape = (1024, 1024)  # 4 MiB: one buffer per block, so reuse is observable
+    shape = (256, 180, 2)  # one batch of the default size
     first = memory.empty(shape, np.float32)
     address = first.__array_interface__["data"][0]
     del first

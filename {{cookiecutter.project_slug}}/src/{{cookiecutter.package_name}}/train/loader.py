@@ -6,7 +6,7 @@ benchmarks/bench_loader.py in the template). Instead:
 
 * **whole chunks**: one request per chunk per array (features, labels);
   `prefetch_chunks` chunks are in flight at once, fetched on zarr's I/O loop,
-  then checksum-verified and decoded (hashlib, numcodecs: GIL released) by two
+  then checksum-verified (CRC32C) and decoded (numcodecs, GIL released) by two
   decoder threads just ahead of use; a "batcher" thread assembles the
   batches, so the main thread only trains;
 * **shuffling** by a random chunk order per epoch plus a shuffle buffer that
