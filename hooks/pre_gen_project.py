@@ -24,7 +24,7 @@ ANSWERS = json.loads(
   "dataset_name": {{ cookiecutter.dataset_name | tojson }},
   "variables": {{ cookiecutter.variables | tojson }},
   "time_lookback": {{ cookiecutter.time_lookback | tojson }},
-  "chunk_samples": {{ cookiecutter.chunk_samples | tojson }}
+  "chunk_cells": {{ cookiecutter.chunk_cells | tojson }}
 }"""
 )
 
@@ -36,8 +36,7 @@ RESERVED = {
     "test", "tests", "torch", "tqdm", "xarray", "zarr", "pip", "hatchling",
 }  # fmt: skip
 MAX_LOOKBACK = 3660  # ten years of daily steps
-MAX_CHUNK_SAMPLES = 1_000_000
-MAX_CHUNK_BYTES = 1 << 30  # one decoded chunk must fit comfortably in Colab's memory
+MAX_CHUNK_CELLS = 1_000_000
 
 
 def check_name(field: str, value: str, pattern: str, allowed: str) -> list[str]:
@@ -116,16 +115,9 @@ def validate(a: dict) -> list[str]:
         errors.append(f"variables: {a['variables']!r} repeats a name; allowed: distinct names.")
     elif len(variables) > 64:
         errors.append(f"variables: {len(variables)} variables is absurd; allowed: 1 to 64.")
-    lookback_errors, lookback = check_int("time_lookback", a["time_lookback"], 1, MAX_LOOKBACK)
-    chunk_errors, chunk = check_int("chunk_samples", a["chunk_samples"], 1, MAX_CHUNK_SAMPLES)
+    lookback_errors, _ = check_int("time_lookback", a["time_lookback"], 1, MAX_LOOKBACK)
+    chunk_errors, _ = check_int("chunk_cells", a["chunk_cells"], 1, MAX_CHUNK_CELLS)
     errors += lookback_errors + chunk_errors
-    if lookback and chunk and not errors:
-        nbytes = chunk * lookback * len(variables) * 4
-        if nbytes > MAX_CHUNK_BYTES:
-            errors.append(
-                f"chunk_samples: {chunk} samples x {lookback} days x {len(variables)} variables is "
-                f"{nbytes / 2**30:.1f} GiB per chunk; allowed: at most 1 GiB (lower chunk_samples)."
-            )
     return errors
 
 

@@ -18,15 +18,23 @@ from .errors import StudyError
 
 
 def _synth(cfg: Config, args: argparse.Namespace) -> int:
-    from .synthetic import SIZES, SyntheticSize, describe, write_synthetic
+    from .synthetic import SIZES, SyntheticSize, describe, training_days, write_synthetic
 
     preset = SIZES[args.size]
     size = SyntheticSize(ny=args.ny or preset.ny, nx=args.nx or preset.nx, years=args.years or preset.years)
     out = Path(args.out) if args.out else cfg.path(cfg.data.raw_dir)
+    etl = cfg.etl
+    try:  # the labels are ranked on the ETL's training block, as the features will be
+        train_days = training_days(
+            size, args.calendar, lookback=etl.time_lookback, gap=etl.split_gap_days, fractions=etl.split_fractions
+        )
+    except ValueError as exc:
+        raise StudyError(f"synthetic record too short for this study.toml: {exc}; use more --years") from None
     print(f"writing synthetic inputs to {out}: {describe(size, cfg.data.variables, args.calendar)}")
     for path in write_synthetic(
-        out, cfg.data.variables, size, seed=args.seed, calendar=args.calendar, overwrite=args.overwrite
-    ):
+        out, cfg.data.variables, size, seed=args.seed, calendar=args.calendar, train_days=train_days,
+        overwrite=args.overwrite,
+    ):  # fmt: skip
         print(f"  {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -99,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing synthetic files")
     p.set_defaults(func=_synth)
 
-    p = sub.add_parser("etl", help="raw inputs -> quantiles -> categories -> lookback samples -> zarr")
+    p = sub.add_parser("etl", help="raw inputs -> quantiles -> categories -> the series store (zarr)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.set_defaults(func=_etl)
 

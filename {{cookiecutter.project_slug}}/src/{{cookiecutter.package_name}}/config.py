@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StudyError
+from .store_format import store_name
 
 CONFIG_NAME = "study.toml"
 CONFIG_ENV = "STUDY_CONFIG"
@@ -38,13 +39,13 @@ def key(help: str, *, choices: tuple[Any, ...] = (), low: float | None = None,
 @dataclass(frozen=True)
 class StudySection:
     name: str = key("Human-readable study name.")
-    dataset_name: str = key("Dataset name: the zarr data variable and the store prefix.")
+    dataset_name: str = key("Dataset name: the store's name and its features variable.")
 
 
 @dataclass(frozen=True)
 class DataSection:
     raw_dir: str = key("Folder of raw inputs (model output and reference).")
-    zarr_dir: str = key("Folder the ETL writes stores into; nginx serves it read-only.")
+    zarr_dir: str = key("Folder the ETL writes the store into; nginx serves it read-only.")
     model_files: list[str] = key("Glob patterns (in raw_dir) of model-output NetCDF/zarr files.")
     reference_files: list[str] = key("Glob patterns (in raw_dir) of reference-label files.")
     variables: list[str] = key("Model-output variables used as features, in feature order.")
@@ -63,9 +64,16 @@ class DataSection:
 
 @dataclass(frozen=True)
 class EtlSection:
-    time_lookback: int = key("Days per sample window (time_lookback).", low=1, high=3660)
-    sample_stride: int = key("Days between consecutive window end dates.", low=1, high=366)
-    chunk_samples: int = key("Samples per zarr chunk (one HTTP request each).", low=1)
+    time_lookback: int = key(
+        "Days per window (time_lookback); the loader cuts windows this long from the stored series.",
+        low=1,
+        high=3660,
+    )
+    chunk_cells: int = key(
+        "Cells per zarr chunk: each chunk holds whole series of that many cells (one HTTP request).",
+        low=1,
+        high=1_000_000,
+    )
     transform: str = key(
         "Skew handling of the per-cell percentiles.",
         choices=("normal_score", "percentile", "quantile_normal", "yeo_johnson"),
@@ -77,7 +85,7 @@ class EtlSection:
     doy_window: int = key("Half-width (days) of the circular day-of-year window.", low=0, high=60)
     split_fractions: list[float] = key("Train, validation, test fractions of the period.")
     split_gap_days: int = key("Gap between splits in days (at least time_lookback).", low=0)
-    zarr_format: int = key("Zarr format of the stores.", choices=(2, 3))
+    zarr_format: int = key("Zarr format of the store.", choices=(2, 3))
     compression_level: int = key("Zstandard compression level of the chunks.", low=1, high=22)
     block_mb: int = key(
         "Working memory (MB) of one block of cells; peak memory stays near it whatever the grid size.", low=1
@@ -109,19 +117,23 @@ class TrainSection:
     hidden_size: int = key("LSTM hidden units.", low=1)
     num_layers: int = key("Stacked LSTM layers.", low=1, high=16)
     dropout: float = key("Dropout between LSTM layers and before the head.", low=0, high=1)
-    seed: int = key("Random seed (chunk order, shuffle buffer, initial weights).")
+    seed: int = key("Random seed (the order of each epoch's windows, initial weights).")
     class_weights: str = key(
         "Loss weights of the imbalanced categories: inverse frequency, its square root, or none.",
         choices=("balanced", "sqrt", "none"),
     )
     patience: int = key("Epochs without validation improvement before early stopping.", low=1)
-    num_workers: int = key(
-        "Loader worker processes, each reading its own chunks (0 = in-process, background I/O threads).",
-        low=0,
+    sample_stride: int = key("Days between consecutive window end dates of a cell.", low=1, high=366)
+    resident_max_mb: int = key(
+        "Largest decoded series (features and labels of every cell) kept resident on the training "
+        "device, where every batch is a uniform draw; a larger store is streamed in rounds of "
+        "cell blocks that fit in this budget.",
+        low=1,
     )
     prefetch_chunks: int = key("Chunk requests in flight at once.", low=1)
-    shuffle_buffer_chunks: int = key("Chunks mixed in the shuffle buffer.", low=1)
-    cache: str = key("Local chunk cache between epochs.", choices=("none", "memory", "disk"))
+    cache: str = key(
+        "Local cache of downloaded chunks (across runs with 'disk').", choices=("none", "memory", "disk")
+    )
     cache_dir: str = key("Folder of the disk chunk cache.")
     cache_max_mb: int = key("Size cap of the chunk cache in MB.", low=1)
     timeout_s: float = key("Seconds a stalled read may take before it fails.", low=0)
@@ -156,12 +168,12 @@ class Config:
 
     @property
     def store_name(self) -> str:
-        """Folder name of the dataset's stores, e.g. columbia_gridcells_lb180."""
-        return f"{self.study.dataset_name}_lb{self.etl.time_lookback}"
+        """File name of the study's store, e.g. columbia_gridcells.zarr."""
+        return store_name(self.study.dataset_name)
 
     @property
-    def store_dir(self) -> Path:
-        """Local folder holding this dataset's split stores."""
+    def store_path(self) -> Path:
+        """Local path of the study's store (written by the ETL, served by nginx)."""
         return self.path(self.data.zarr_dir) / self.store_name
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -1,23 +1,27 @@
-"""Open a served split store over HTTP(S): the notebook's mapper code, made robust.
+"""Open the served store over HTTP(S): the notebook's mapper code, made robust.
 
-The notebook's recipe is three lines (HTTP filesystem -> zarr store ->
-`xr.open_zarr(..., consolidated=True)`); this module keeps that shape and adds
-what fsspec's HTTP filesystem does not do by itself (see DESIGN.md):
+The notebook's recipe is four lines (HTTP filesystem -> mapper -> `xr.open_zarr(...,
+consolidated=True)`); this module keeps that shape and adds what fsspec's HTTP
+filesystem does not do by itself:
 
 * **timeouts**: an aiohttp `ClientTimeout(sock_read=, sock_connect=)` on a
   filesystem we build ourselves (passing it through `storage_options` breaks
   `xr.open_zarr`, which JSON-serialises them), so a stalled read fails instead
   of hanging for minutes;
 * **retries** with exponential backoff for connection errors, timeouts, 429 and
-  5xx answers; 401/403 fail at once with a message about credentials;
+  5xx answers; 401/403 fail at once with a message about credentials, and a host
+  name that does not resolve fails at once too;
 * **no silent fill values**: zarr turns a "not found" chunk into fill values,
   so `ResilientStore` treats any missing key other than metadata as an error,
-  verifies each downloaded chunk against the ETL's `manifest.json` checksum
-  (its CRC32C, the check zarr 3's crc32c codec makes; sha256 for manifests without one),
-  and `connect` checks shapes and chunk counts against the manifest at open;
+  verifies each downloaded chunk against the ETL's `manifest.json` CRC32C, and
+  `connect` checks shapes and chunk counts against the manifest at open;
 * an optional **chunk cache** (memory or disk; fsspec's `simplecache::` is
-  ignored by zarr 3), keyed by the manifest's checksum so it can never serve a
-  stale chunk of a rewritten store.
+  ignored by zarr 3), keyed by the manifest's sha256 so it can never serve a
+  stale chunk of a rewritten store;
+* **one I/O loop of our own**: every request of a store runs on a private asyncio
+  loop in a daemon thread (`IOLoop`), whichever loop asks (zarr's, or a caller's).
+  The aiohttp session lives and dies there, so closing it, or cancelling the
+  requests still in flight after a failure, needs only public asyncio calls.
 
 Credentials come from arguments or the environment (`DATA_TOKEN`, or
 `DATA_USER` and `DATA_PASSWORD`), travel only in request headers, and never
@@ -29,28 +33,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
-import json
-import math
 import os
+import socket
 import threading
 import warnings
-import weakref
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 import google_crc32c
 import xarray as xr
 import zarr
-import zarr.core.sync
 from fsspec.implementations.http import HTTPFileSystem
-from zarr.core.buffer import default_buffer_prototype
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore, WrapperStore
 
 from .errors import StudyError
+from .store_format import MANIFEST, Manifest, is_metadata, store_name
 
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
@@ -58,19 +59,17 @@ if TYPE_CHECKING:
 
     from .config import Config
 
-SPLITS = ("train", "valid", "test")
-MANIFEST = "manifest.json"
 URL_ENV = "DATA_URL"
 TOKEN_ENV = "DATA_TOKEN"
 USER_ENV = "DATA_USER"
 PASSWORD_ENV = "DATA_PASSWORD"
-# Keys zarr (and xarray) may probe for and legitimately not find.
-METADATA_NAMES = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json"})
 # HTTP answers worth another try: the server or a proxy is busy or restarting.
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-# Chunks up to this size are checked on the I/O loop (CRC32C: ~0.03 ms per MB, the sha256
-# fallback ~0.6); larger ones in a thread.
-INLINE_HASH_BYTES = 8 * 2**20
+# Chunks up to this size are checked on the I/O loop (CRC32C: ~0.03 ms per MB); larger ones in a thread.
+INLINE_CHECK_BYTES = 8 * 2**20
+# Host names reserved for documentation (RFC 2606), like the bake-time default: never a data server.
+PLACEHOLDER_HOSTS = ("example.com", "example.net", "example.org", "example.edu")
+T = TypeVar("T")
 
 
 class RemoteError(StudyError):
@@ -98,7 +97,7 @@ class ManifestError(RemoteError):
 
 
 class StoreNotFoundError(ManifestError):
-    """No store (no manifest) at the URL: wrong URL, or the ETL has not written this split."""
+    """No store (no manifest) at the URL: wrong URL, or the ETL has not written the store."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -162,6 +161,11 @@ def redact(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+def _is_placeholder(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    return any(host == h or host.endswith("." + h) for h in PLACEHOLDER_HOSTS) or host.endswith(".example")
+
+
 def resolve_base_url(url: str | None, cfg: Config | None) -> str:
     """Base URL of the data server: the argument, then $DATA_URL, then study.toml."""
     for candidate, origin in (
@@ -181,23 +185,63 @@ def resolve_base_url(url: str | None, cfg: Config | None) -> str:
                     f"{origin} contains credentials ({redact(candidate)}); remove them from the URL and "
                     f"set {TOKEN_ENV} (or {USER_ENV}/{PASSWORD_ENV}) instead"
                 )
+            if _is_placeholder(parts.hostname or ""):
+                raise RemoteError(
+                    f"{origin} = {candidate!r} is a placeholder (a documentation-only host name), not a data "
+                    "server: "
+                    f"set {URL_ENV} to your lab server's URL (in Colab: a secret), or pass --url / url=..."
+                )
             return candidate.rstrip("/")
-    raise RemoteError(f"no data URL: pass url=..., set ${URL_ENV}, or set server.url in study.toml")
+    raise RemoteError(f"no data URL: set ${URL_ENV}, pass --url / url=..., or set server.url in study.toml")
 
 
-def split_url(base: str, cfg: Config, split: str) -> str:
-    """URL of one split store: {base}/{store_name}/{split}.zarr."""
-    if split not in SPLITS:
-        raise RemoteError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
-    return f"{base.rstrip('/')}/{cfg.store_name}/{split}.zarr"
+def store_url(base: str, cfg: Config) -> str:
+    """URL of the study's store: {base}/{dataset_name}.zarr."""
+    return f"{base.rstrip('/')}/{store_name(cfg.study.dataset_name)}"
+
+
+class IOLoop:
+    """A private asyncio loop in a daemon thread, shared by the stores of this process.
+
+    Every request of a `ResilientStore` runs here, whichever loop awaits it, so the
+    aiohttp sessions are created, used and closed on one loop we own. A forked child
+    (which inherits no running thread) gets a loop of its own.
+    """
+
+    _instance: IOLoop | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="remote-io", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def get(cls) -> IOLoop:
+        with cls._lock:
+            if cls._instance is None or cls._instance.pid != os.getpid():
+                cls._instance = cls()
+            return cls._instance
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` here and wait for it (from any thread but this loop's own)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await `coro` run here, from a coroutine on any other loop (or on this one)."""
+        if asyncio.get_running_loop() is self.loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
 
 def make_filesystem(credentials: Credentials | None = None, *, timeout_s: float = 30.0) -> HTTPFileSystem:
     """An async fsspec HTTP filesystem with read/connect timeouts and auth headers.
 
     The timeout object goes straight to aiohttp here; passed through
-    storage_options it would break `xr.open_zarr` (DESIGN.md). `total=None`
-    lets a slow but steady transfer finish; `sock_read` stops a stalled one.
+    storage_options it would break `xr.open_zarr`. `total=None` lets a slow but
+    steady transfer finish; `sock_read` stops a stalled one. Its session is
+    created on the `IOLoop` at the first request.
     """
     timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_s, sock_connect=timeout_s)
     headers = credentials.headers() if credentials else {}
@@ -222,7 +266,7 @@ class ChunkCache(Protocol):
 
 @dataclass
 class TransferStats:
-    """Counters of what the store fetched; thread-safe (updated on zarr's I/O loop)."""
+    """Counters of what the store fetched; thread-safe (updated on the I/O loop)."""
 
     requests: int = 0
     bytes: int = 0
@@ -247,8 +291,9 @@ class TransferStats:
             }
 
 
-def _is_metadata(key: str) -> bool:
-    return key == MANIFEST or key.rsplit("/", 1)[-1] in METADATA_NAMES
+def _is_dns_failure(exc: BaseException) -> bool:
+    """A host name that does not resolve: retrying cannot help."""
+    return isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, socket.gaierror)
 
 
 def _describe(exc: BaseException) -> str:
@@ -274,8 +319,8 @@ class ResilientStore(WrapperStore):
 
     Only metadata keys may be missing (zarr probes for them); any other
     missing key is a lost chunk and raises `MissingChunkError`. Whole-chunk
-    reads are checked against the manifest's CRC32C (or sha256, for manifests
-    without CRC32Cs) and cached under the sha256.
+    reads are checked against the manifest's CRC32C and cached under its
+    sha256. Requests run on the `IOLoop`, at most `in_flight` at a time.
     """
 
     def __init__(
@@ -286,33 +331,39 @@ class ResilientStore(WrapperStore):
         credentials: Credentials | None = None,
         retries: int = 4,
         backoff_s: float = 0.5,
-        digests: dict[str, str] | None = None,
-        crc32cs: dict[str, int] | None = None,
+        in_flight: int = 8,
+        manifest: Manifest | None = None,
         cache: ChunkCache | None = None,
         stats: TransferStats | None = None,
+        io: IOLoop | None = None,
     ) -> None:
         super().__init__(store)
         self.url = url
         self.retries = retries
         self.backoff_s = backoff_s
-        self.digests = dict(digests or {})
-        self.crc32cs = dict(crc32cs or {})
+        self.in_flight = in_flight
         self.cache = cache
         self.stats = stats if stats is not None else TransferStats()
+        self.io = io or IOLoop.get()
         self._credentials = credentials
+        self._sha256: dict[str, str] = {}
+        self._crc32c: dict[str, int] = {}
+        self._limit: asyncio.Semaphore | None = None  # made on the I/O loop, used only there
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.use_manifest(manifest)
+
+    def use_manifest(self, manifest: Manifest | None) -> None:
+        """Check every chunk read from now on against `manifest` (None: no checks)."""
+        self._sha256 = manifest.sha256 if manifest else {}
+        self._crc32c = manifest.crc32c if manifest else {}
 
     def _with_store(self, store: Any) -> ResilientStore:
-        return type(self)(
-            store,
-            url=self.url,
-            credentials=self._credentials,
-            retries=self.retries,
-            backoff_s=self.backoff_s,
-            digests=self.digests,
-            crc32cs=self.crc32cs,
-            cache=self.cache,
-            stats=self.stats,
-        )
+        clone = type(self)(
+            store, url=self.url, credentials=self._credentials, retries=self.retries, backoff_s=self.backoff_s,
+            in_flight=self.in_flight, cache=self.cache, stats=self.stats, io=self.io,
+        )  # fmt: skip
+        clone._sha256, clone._crc32c = self._sha256, self._crc32c
+        return clone
 
     def __repr__(self) -> str:
         return f"ResilientStore({self.url!r})"
@@ -320,8 +371,56 @@ class ResilientStore(WrapperStore):
     def __str__(self) -> str:
         return self.url
 
+    # -- the public zarr Store methods that read ------------------------------------------
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        return await self.io.call(self._tracked(self._get(key, prototype, byte_range)))
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
+
+    async def exists(self, key: str) -> bool:
+        return await self.io.call(self._tracked(self._store.exists(key)))
+
+    # -- on the I/O loop -----------------------------------------------------------------
+    async def _tracked(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` as a task that `aclose` can cancel (a read still in flight after a failure)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        try:
+            return await task
+        finally:
+            self._tasks.discard(task)
+
+    async def _get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None) -> Buffer | None:
+        digest = self._sha256.get(key) if byte_range is None else None
+        if digest is not None and self.cache is not None:
+            cached = await self._maybe_in_thread(self.cache.blocking, self.cache.get, digest)
+            if cached is not None:
+                self.stats.add(cache_hits=1, cache_bytes=len(cached))
+                return prototype.buffer.from_bytes(cached)
+        if self._limit is None:
+            self._limit = asyncio.Semaphore(max(1, self.in_flight))
+        async with self._limit:
+            value = await self._fetch(key, prototype, byte_range)
+        if value is None:
+            if is_metadata(key):
+                return None
+            raise MissingChunkError(
+                f"chunk {key!r} of {self.url} is missing on the server (HTTP 404), but every chunk "
+                "must exist; the store is incomplete: re-run the ETL on the server, or check that "
+                "the server serves the right folder"
+            )
+        if digest is not None:
+            blocking = len(value) > INLINE_CHECK_BYTES or (self.cache is not None and self.cache.blocking)
+            await self._maybe_in_thread(blocking, self._verify, key, digest, value)
+        return value
+
     async def _fetch(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None) -> Any:
-        """One read with bounded retries; auth and permanent errors raise at once."""
+        """One read with bounded retries; auth, DNS and permanent errors raise at once."""
         where = f"{self.url}/{key}"
         attempt = 0
         while True:
@@ -338,6 +437,11 @@ class ResilientStore(WrapperStore):
                 error: BaseException = exc
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 self.stats.add(requests=1)
+                if _is_dns_failure(exc):
+                    host = urlsplit(self.url).hostname
+                    raise RemoteReadError(
+                        f"the data server's host name {host!r} does not resolve; check {URL_ENV} / --url"
+                    ) from None
                 error = exc
             if attempt >= self.retries:
                 raise RemoteReadError(
@@ -349,58 +453,12 @@ class ResilientStore(WrapperStore):
             await asyncio.sleep(min(self.backoff_s * 2**attempt, 30.0))
             attempt += 1
 
-    async def get(
-        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
-    ) -> Buffer | None:
-        value, checked = await self.get_unchecked(key, prototype, byte_range)
-        if value is not None and not checked:
-            big = len(value) > INLINE_HASH_BYTES
-            await self._maybe_in_thread(big or self._blocking_cache, self.verify, key, value)
-        return value
-
-    @property
-    def _blocking_cache(self) -> bool:
-        return self.cache is not None and self.cache.blocking
-
-    async def get_unchecked(
-        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
-    ) -> tuple[Buffer | None, bool]:
-        """`(value, checked)`: the value read with retries, never a missing chunk, and whether
-        it is already trusted (a cache hit, or no checksum to check). An unchecked value must
-        go through `verify` before use: the training loader does that in its decoding thread,
-        which keeps the hashing off the I/O loop (`get` does it here)."""
-        digest = self.digests.get(key) if byte_range is None else None
-        if digest is not None and self.cache is not None:
-            cached = await self._maybe_in_thread(self.cache.blocking, self.cache.get, digest)
-            if cached is not None:
-                self.stats.add(cache_hits=1, cache_bytes=len(cached))
-                return prototype.buffer.from_bytes(cached), True
-        value = await self._fetch(key, prototype, byte_range)
-        if value is None:
-            if _is_metadata(key):
-                return None, True
-            raise MissingChunkError(
-                f"chunk {key!r} of {self.url} is missing on the server (HTTP 404), but every chunk "
-                "must exist; the store is incomplete: re-run the ETL on the server, or check that "
-                "the server serves the right folder"
-            )
-        return value, digest is None
-
-    def verify(self, key: str, value: Buffer) -> None:
-        """Check a downloaded chunk against its manifest CRC32C, or sha256 if the manifest has no
-        CRC32Cs (`ChecksumError` if it differs), then cache it. CRC32C detects corruption and a
-        chunk of another store version alike, at about 20x the speed of sha256 (which remains
-        the cache key). Blocking; safe in any thread."""
-        digest = self.digests.get(key)
-        if digest is None:
-            return
+    def _verify(self, key: str, digest: str, value: Buffer) -> None:
+        """Check a downloaded chunk against its manifest CRC32C (`ChecksumError` if it differs),
+        then cache it. CRC32C detects corruption and a chunk of another store version alike, at
+        about 20x the speed of sha256 (which remains the cache key). Blocking; any thread."""
         data = value.as_numpy_array()  # a view: no copy of the chunk for hashing
-        crc = self.crc32cs.get(key)
-        if crc is not None:
-            ok = google_crc32c.value(data) == crc
-        else:
-            ok = hashlib.sha256(data).hexdigest() == digest
-        if not ok:
+        if google_crc32c.value(data) != self._crc32c[key]:
             raise ChecksumError(
                 f"chunk {key!r} of {self.url} does not match its manifest checksum (got "
                 f"{len(data)} bytes); the store may have been rewritten while reading, or is "
@@ -411,104 +469,45 @@ class ResilientStore(WrapperStore):
 
     @staticmethod
     async def _maybe_in_thread(blocking: bool, func: Any, *args: Any) -> Any:
-        """Slow work (disk, hashing big chunks) in a thread; quick work inline, which spares
-        two thread hand-offs per chunk (they showed up as system time in the benchmark)."""
+        """Slow work (disk, checking big chunks) in a thread; quick work inline."""
         return await asyncio.to_thread(func, *args) if blocking else func(*args)
 
-    async def get_partial_values(
-        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
-    ) -> list[Buffer | None]:
-        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
-
-
-@dataclass(frozen=True)
-class ArrayManifest:
-    """What the ETL recorded about one array: shape, chunk shape, every chunk's sha256 and CRC32C."""
-
-    shape: tuple[int, ...]
-    chunk_shape: tuple[int, ...]
-    dtype: str
-    chunk_count: int
-    checksums: dict[str, str]
-    crc32c: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """The ETL's `manifest.json` of one split store."""
-
-    zarr_format: int | None
-    arrays: dict[str, ArrayManifest]
-
-    @property
-    def digests(self) -> dict[str, str]:
-        """Chunk key (relative to the store) -> sha256 of its stored bytes."""
-        return {key: digest for entry in self.arrays.values() for key, digest in entry.checksums.items()}
-
-    @property
-    def crc32cs(self) -> dict[str, int]:
-        """Chunk key -> CRC32C of its stored bytes (empty for manifests written without them)."""
-        return {key: crc for entry in self.arrays.values() for key, crc in entry.crc32c.items()}
-
-
-def parse_manifest(raw: bytes, where: str) -> Manifest:
-    """Parse and sanity-check `manifest.json`.
-
-    The chunk shape may be given as `chunk_shape` or as a list under `chunks`;
-    the checksums as a mapping under `checksums` or under `chunks`; CRC32Cs (8 hex digits)
-    under `crc32c`, optional.
-    """
-    try:
-        data = json.loads(raw)
-        if data.get("format") != 1:
-            raise ValueError(f"unsupported manifest format {data.get('format')!r} (expected 1)")
-        arrays = {}
-        for name, entry in data["arrays"].items():
-            chunk_shape = entry.get("chunk_shape")
-            checksums = entry.get("checksums")
-            if isinstance(entry.get("chunks"), list):
-                chunk_shape = entry["chunks"]
-            elif isinstance(entry.get("chunks"), dict):
-                checksums = entry["chunks"]
-            if chunk_shape is None or checksums is None:
-                raise ValueError(f"array {name!r} lacks its chunk shape or its checksums")
-            arrays[name] = ArrayManifest(
-                shape=tuple(int(s) for s in entry["shape"]),
-                chunk_shape=tuple(int(c) for c in chunk_shape),
-                dtype=str(entry.get("dtype", "")),
-                chunk_count=int(entry["chunk_count"]),
-                checksums={str(k): str(v) for k, v in checksums.items()},
-                crc32c={str(k): int(v, 16) for k, v in entry.get("crc32c", {}).items()},
-            )
-        fmt = data.get("zarr_format")
-        return Manifest(zarr_format=int(fmt) if fmt is not None else None, arrays=arrays)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ManifestError(f"{where}: not a valid manifest ({exc}); re-run the ETL to rewrite it") from None
+    async def aclose(self) -> None:
+        """Cancel the reads still in flight (after a failure), wait for them, close the session."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        fs = self._store.fs
+        if getattr(fs, "_session", None) is not None:  # only if a request ever made one
+            session = await fs.set_session()
+            await session.close()
 
 
 def check_manifest(group: Any, manifest: Manifest, url: str) -> None:
-    """Compare the store's metadata with the manifest: shapes, chunk shapes, chunk counts.
+    """Compare the store's metadata with the manifest: every array, shape, chunk shape, count.
 
     A chunk count below the expected number means the ETL did not write every
     chunk; zarr would read the missing ones as fill values.
     """
+    import math
+
     problems = []
+    arrays = {name: node for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
+    for name in sorted(set(arrays) - set(manifest.arrays)):
+        problems.append(f"array {name!r} is in the store but not in the manifest")
     for name, entry in manifest.arrays.items():
-        try:
-            array = group[name]
-        except KeyError:
+        array = arrays.get(name)
+        if array is None:
             problems.append(f"array {name!r} is in the manifest but not in the store")
             continue
         if tuple(array.shape) != entry.shape:
             problems.append(f"{name}: shape {tuple(array.shape)} != manifest {entry.shape}")
-        if tuple(array.chunks) != entry.chunk_shape:
-            problems.append(f"{name}: chunks {tuple(array.chunks)} != manifest {entry.chunk_shape}")
+        if tuple(array.chunks) != entry.chunks:
+            problems.append(f"{name}: chunks {tuple(array.chunks)} != manifest {entry.chunks}")
         expected = math.prod(math.ceil(s / c) for s, c in zip(array.shape, array.chunks, strict=True))
-        if entry.chunk_count != expected or len(entry.checksums) != expected:
-            problems.append(
-                f"{name}: {entry.chunk_count} chunks recorded and {len(entry.checksums)} checksums, "
-                f"expected {expected}"
-            )
+        if entry.chunk_count != expected:
+            problems.append(f"{name}: {entry.chunk_count} chunks recorded, expected {expected}")
     if problems:
         raise ManifestError(
             f"{url} does not match its manifest: " + "; ".join(problems) + ". Re-run the ETL (--overwrite)."
@@ -516,63 +515,59 @@ def check_manifest(group: Any, manifest: Manifest, url: str) -> None:
 
 
 @dataclass
-class RemoteSplit:
-    """One opened split store: the resilient zarr store, its manifest and its counters.
+class RemoteStore:
+    """The opened store: the resilient zarr store, its manifest and its counters.
 
     `store` goes to `xr.open_zarr` or `zarr.open_group`; `stats` counts
     requests, bytes and cache hits of every read made through it.
     """
 
     url: str
-    store: Any
+    store: ResilientStore
     manifest: Manifest | None
     stats: TransferStats
-    fs: Any = field(repr=False)
 
-    def open_dataset(self) -> xr.Dataset:
-        """The split as a lazy xarray Dataset (the notebook's `xr.open_zarr` call)."""
+    def open_dataset(self, group: str | None = None) -> xr.Dataset:
+        """The store (or one of its groups) as a lazy xarray Dataset (the notebook's `xr.open_zarr`)."""
         with warnings.catch_warnings():
             # zarr 3 notes that consolidated metadata is not part of the v3 spec: known and wanted.
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            return xr.open_zarr(self.store, consolidated=True)
+            return xr.open_zarr(self.store, group=group, consolidated=True)
 
-    def open_group(self) -> Any:
-        """The split as a zarr Group (consolidated metadata: no extra requests per array)."""
+    def open_group(self) -> zarr.Group:
+        """The store as a zarr Group (consolidated metadata: no extra requests per array)."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             return zarr.open_group(store=self.store, mode="r", use_consolidated=True)
 
     def close(self) -> None:
-        """Close the aiohttp session (on zarr's I/O loop, where it was created)."""
-        session = getattr(self.fs, "_session", None)
-        if session is not None and not session.closed:
-            with contextlib.suppress(Exception):  # best effort (e.g. at interpreter exit)
-                zarr.core.sync.sync(session.close())
-            self.fs._session = None
+        """Cancel reads in flight and close the HTTP session (idempotent)."""
+        with contextlib.suppress(RuntimeError):  # the I/O loop is gone (interpreter exit)
+            self.store.io.run(self.store.aclose())
 
-    def __enter__(self) -> RemoteSplit:
+    def __enter__(self) -> RemoteStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def _close_session_of(fs_state: dict[str, Any]) -> None:
-    """Close a filesystem's aiohttp session when the filesystem is collected.
-
-    fsspec does not do it for asynchronous filesystems, which would leave
-    "Unclosed client session" warnings behind every dataset opened.
-    """
-    session = fs_state.get("_session")
-    loop = zarr.core.sync.loop[0]
-    if session is not None and not session.closed:
-        HTTPFileSystem.close_session(loop, session)
+def open_store(
+    url: str, *, credentials: Credentials | None = None, timeout_s: float = 30.0, retries: int = 4,
+    backoff_s: float = 0.5, in_flight: int = 8,
+) -> RemoteStore:  # fmt: skip
+    """A `RemoteStore` on `url` without the manifest checks (see `connect`)."""
+    fs = make_filesystem(credentials, timeout_s=timeout_s)
+    store = ResilientStore(
+        FsspecStore(fs, path=url, read_only=True), url=url, credentials=credentials, retries=retries,
+        backoff_s=backoff_s, in_flight=in_flight,
+    )  # fmt: skip
+    return RemoteStore(url=url, store=store, manifest=None, stats=store.stats)
 
 
 def connect(
     url: str | None = None,
     *,
-    split: str = "train",
     cfg: Config | None = None,
     token: str | None = None,
     user: str | None = None,
@@ -580,63 +575,66 @@ def connect(
     timeout_s: float | None = None,
     retries: int | None = None,
     backoff_s: float = 0.5,
+    in_flight: int | None = None,
     cache: ChunkCache | None = None,
     require_manifest: bool = True,
-    store_url: str | None = None,
-) -> RemoteSplit:
-    """Open one split store and check it against its manifest (the lower-level `open_remote`).
+    full_url: str | None = None,
+) -> RemoteStore:
+    """Open the study's store and check it against its manifest.
 
-    `store_url` (a full `.../<split>.zarr` URL) bypasses the URL resolution.
-    Timeouts and retries default to `train.timeout_s` and `train.retries`.
+    URL: `url`, then $DATA_URL, then `server.url` of study.toml, plus the store's
+    name (`full_url` gives the store's own URL instead). Timeouts, retries and
+    requests in flight default to `train.timeout_s`, `train.retries` and
+    `train.prefetch_chunks`.
     """
-    if store_url is None:
+    if full_url is None:
         if cfg is None:
             from .config import load_config
 
             cfg = load_config()
-        store_url = split_url(resolve_base_url(url, cfg), cfg, split)
+        full_url = store_url(resolve_base_url(url, cfg), cfg)
     else:
-        store_url = resolve_base_url(store_url, None)
-    prefer = cfg.server.auth if cfg is not None else "token"
-    credentials = credentials_from(token, user, password, prefer=prefer)
-    timeout_s = timeout_s if timeout_s is not None else (cfg.train.timeout_s if cfg else 30.0)
-    retries = retries if retries is not None else (cfg.train.retries if cfg else 4)
-
-    fs = make_filesystem(credentials, timeout_s=timeout_s)
-    inner = FsspecStore(fs, path=store_url, read_only=True)
-    stats = TransferStats()
-    store = ResilientStore(
-        inner, url=store_url, credentials=credentials, retries=retries, backoff_s=backoff_s, stats=stats
+        full_url = resolve_base_url(full_url, None)
+    t = cfg.train if cfg is not None else None
+    remote = open_store(
+        full_url,
+        credentials=credentials_from(token, user, password, prefer=cfg.server.auth if cfg else "token"),
+        timeout_s=timeout_s if timeout_s is not None else (t.timeout_s if t else 30.0),
+        retries=retries if retries is not None else (t.retries if t else 4),
+        backoff_s=backoff_s,
+        in_flight=in_flight if in_flight is not None else (t.prefetch_chunks if t else 8),
     )
-    split_handle = RemoteSplit(url=store_url, store=store, manifest=None, stats=stats, fs=fs)
-    weakref.finalize(fs, _close_session_of, fs.__dict__)
     try:
-        raw = zarr.core.sync.sync(store.get(MANIFEST, default_buffer_prototype()))
+        raw = remote.store.io.run(remote.store.get(MANIFEST, default_buffer_prototype()))
         if raw is None:
             if require_manifest:
                 raise StoreNotFoundError(
-                    f"{store_url}/{MANIFEST} not found: the URL is wrong, the store is incomplete, or "
+                    f"{full_url}/{MANIFEST} not found: the URL is wrong, the store is incomplete, or "
                     "it was not written by this study's ETL; check the URL (and server folder), or re-run "
                     "the ETL"
                 )
         else:
-            manifest = parse_manifest(raw.to_bytes(), f"{store_url}/{MANIFEST}")
-            check_manifest(split_handle.open_group(), manifest, store_url)
-            store.digests = manifest.digests
-            store.crc32cs = manifest.crc32cs
-            store.cache = cache
-            split_handle.manifest = manifest
+            try:
+                manifest = Manifest.from_json(raw.to_bytes())
+            except ValueError as exc:
+                raise ManifestError(
+                    f"{full_url}/{MANIFEST}: not a valid manifest ({exc}); re-run the ETL to rewrite it"
+                ) from None
+            check_manifest(remote.open_group(), manifest, full_url)
+            remote.store.use_manifest(manifest)
+            remote.store.cache = cache
+            remote.manifest = manifest
     except BaseException:
-        split_handle.close()
+        remote.close()
         raise
-    return split_handle
+    return remote
 
 
 def open_remote(
     url: str | None = None,
     *,
-    split: str = "train",
     cfg: Config | None = None,
+    group: str | None = None,
     token: str | None = None,
     user: str | None = None,
     password: str | None = None,
@@ -645,32 +643,24 @@ def open_remote(
     cache: ChunkCache | None = None,
     require_manifest: bool = True,
 ) -> xr.Dataset:
-    """Open a served split as a lazy xarray Dataset, the way the notebook does.
+    """Open the served store (or its `climatology` group) as a lazy xarray Dataset, as the notebook does.
 
     URL: `url`, then $DATA_URL, then `server.url` of study.toml; the store is
-    `{url}/{store_name}/{split}.zarr`. Credentials: arguments, then
-    $DATA_TOKEN (bearer) or $DATA_USER/$DATA_PASSWORD (basic). Every chunk read
-    later through the dataset is retried, checksum-verified and never filled in.
+    `{url}/{dataset_name}.zarr`. Credentials: arguments, then $DATA_TOKEN
+    (bearer) or $DATA_USER/$DATA_PASSWORD (basic). Every chunk read later
+    through the dataset is retried, checksum-verified and never filled in.
     """
     remote = connect(
-        url,
-        split=split,
-        cfg=cfg,
-        token=token,
-        user=user,
-        password=password,
-        timeout_s=timeout_s,
-        retries=retries,
-        cache=cache,
-        require_manifest=require_manifest,
-    )
-    ds = remote.open_dataset()
+        url, cfg=cfg, token=token, user=user, password=password, timeout_s=timeout_s, retries=retries,
+        cache=cache, require_manifest=require_manifest,
+    )  # fmt: skip
+    ds = remote.open_dataset(group)
     ds.attrs.setdefault("source_url", remote.url)
     return ds
 
 
 def check_access(
-    store_url: str, *, token: str | None = None, user: str | None = None, password: str | None = None,
+    full_url: str, *, token: str | None = None, user: str | None = None, password: str | None = None,
     timeout_s: float = 30.0,
 ) -> None:  # fmt: skip
     """Fail early, with a clear message, if the store cannot be read with these credentials.
@@ -678,65 +668,14 @@ def check_access(
     Reads the store's zarr metadata once: 401/403 raise `RemoteAuthError`
     (about credentials), a missing store a `RemoteError` naming the URL.
     """
-    store_url = resolve_base_url(store_url, None)
-    credentials = credentials_from(token, user, password)
-    fs = make_filesystem(credentials, timeout_s=timeout_s)
-    store = ResilientStore(
-        FsspecStore(fs, path=store_url, read_only=True), url=store_url, credentials=credentials, retries=1
-    )
-    handle = RemoteSplit(url=store_url, store=store, manifest=None, stats=store.stats, fs=fs)
-    try:
+    full_url = resolve_base_url(full_url, None)
+    with open_store(
+        full_url, credentials=credentials_from(token, user, password), timeout_s=timeout_s, retries=1
+    ) as remote:
         for key in (".zmetadata", "zarr.json"):
-            if zarr.core.sync.sync(store.get(key, default_buffer_prototype())) is not None:
+            if remote.store.io.run(remote.store.get(key, default_buffer_prototype())) is not None:
                 return
         raise RemoteError(
-            f"no zarr store at {store_url} (neither .zmetadata nor zarr.json found); check the URL, "
-            "the dataset name and that the ETL has written this split"
+            f"no zarr store at {full_url} (neither .zmetadata nor zarr.json found); check the URL, "
+            "the dataset name and that the ETL has written the store"
         )
-    finally:
-        handle.close()
-
-
-def measure_throughput(
-    url: str | None = None,
-    *,
-    cfg: Config | None = None,
-    split: str = "train",
-    max_chunks: int = 8,
-    token: str | None = None,
-    user: str | None = None,
-    password: str | None = None,
-) -> dict[str, float]:
-    """Read up to `max_chunks` whole chunks the way the training loader does; report the speed.
-
-    Returns `chunks`, `samples`, `seconds`, `bytes`, `mb_per_s` and `samples_per_s`
-    (no cache: this measures the link).
-    """
-    import time
-
-    import numpy as np
-
-    from .train.loader import ChunkReader, LoaderStats, iterate_chunks
-
-    if cfg is None:
-        from .config import load_config
-
-        cfg = load_config()
-    with connect(url, split=split, cfg=cfg, token=token, user=user, password=password) as remote:
-        reader = ChunkReader(remote, cfg.study.dataset_name)
-        order = np.arange(min(max_chunks, reader.n_chunks))
-        before = remote.stats.snapshot()["bytes"]
-        start = time.perf_counter()
-        samples = sum(
-            len(y) for _, y in iterate_chunks(reader, order, cfg.train.prefetch_chunks, LoaderStats())
-        )
-        seconds = time.perf_counter() - start
-        nbytes = remote.stats.snapshot()["bytes"] - before
-    return {
-        "chunks": len(order),
-        "samples": samples,
-        "seconds": seconds,
-        "bytes": nbytes,
-        "mb_per_s": nbytes / 1e6 / seconds if seconds else 0.0,
-        "samples_per_s": samples / seconds if seconds else 0.0,
-    }

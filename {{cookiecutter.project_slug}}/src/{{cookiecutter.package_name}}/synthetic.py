@@ -2,9 +2,18 @@
 
 It exercises the hard cases of real data: skewed, seasonal soil moisture;
 zero-inflated snow water equivalent; an all-NaN land mask; a cell with inputs
-but no labels; leap days (or a cftime calendar). The labels are the US Drought
-Monitor category of a 30-day mean soil-moisture anomaly, so they are learnable
-from a lookback window of the inputs by construction.
+but no labels; leap days (or a cftime calendar).
+
+The labels are what a drought monitor would publish, computed the way the ETL
+computes its features: the US Drought Monitor category of the percentile of
+the trailing LABEL_WINDOW_DAYS-day mean of soil moisture, ranked per cell
+against the same day-of-year window of the *training* period only
+(`etl.quantiles.doy_percentiles`, the function the ETL uses). So the label of a
+day is a function of the last LABEL_WINDOW_DAYS days of the inputs and of the
+training climatology, both of which the model sees through the ETL's features:
+the labels are learnable from a lookback window, and a model that beats the
+baselines on them has learnt the right alignment (shift the labels by a month
+and it cannot).
 """
 
 from __future__ import annotations
@@ -16,12 +25,14 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from .etl import quantiles
 from .etl.categories import CATEGORIES, MISSING, percentile_to_code
+from .store_format import split_blocks
 
 MODEL_FILE = "model_output.nc"
 REFERENCE_FILE = "reference.nc"
-LABEL_WINDOW_DAYS = 30
-SOIL_MEMORY = 0.985  # lag-1 autocorrelation of daily soil-moisture anomalies
+LABEL_WINDOW_DAYS = 7  # a weekly drought monitor, as the US Drought Monitor is
+SOIL_MEMORY = 0.9  # lag-1 autocorrelation of daily soil-moisture anomalies (a ~10-day memory)
 
 
 @dataclass(frozen=True)
@@ -39,8 +50,8 @@ class SyntheticSize:
 
 SIZES: dict[str, SyntheticSize] = {
     "tiny": SyntheticSize(ny=3, nx=4, years=3),  # unit tests
-    "small": SyntheticSize(ny=5, nx=8, years=5),  # the default: demo and CI
-    "large": SyntheticSize(ny=20, nx=16, years=5),  # benchmarks: 8x the cells of small
+    "small": SyntheticSize(ny=5, nx=8, years=10),  # the default: demo and CI
+    "large": SyntheticSize(ny=20, nx=16, years=10),  # benchmarks: 8x the cells of small
 }
 
 
@@ -68,22 +79,26 @@ def _ar1(rng: np.random.Generator, n_time: int, n_cells: int, phi: float) -> np.
     return series * np.sqrt(1 - phi**2)
 
 
-def _trailing_mean_percentile(anomaly: np.ndarray, phi: float, window: int) -> np.ndarray:
-    """Percentile of the trailing `window`-day mean of unit-variance AR(1) anomalies, from the
-    process's known distribution (not an empirical ranking of a short record): the labels then
-    say exactly how unusual a period is, which a model can learn from the inputs."""
-    from scipy.stats import norm
+def derived_labels(values: np.ndarray, time: xr.DataArray, train_days: int, window: int) -> np.ndarray:
+    """Category codes (time, cells) of the trailing `window`-day mean of `values` (time, cells),
+    ranked per cell against the first `train_days` days at the same day of year (± the default
+    day-of-year window), as the ETL ranks its features; days before a full window are MISSING."""
+    cumulative = np.cumsum(values, axis=0, dtype=np.float64)
+    trailing = np.full(values.shape, np.nan)
+    trailing[window - 1] = cumulative[window - 1] / window
+    trailing[window:] = (cumulative[window:] - cumulative[:-window]) / window
+    spec = quantiles.TransformSpec(period=quantiles.calendar_period(_calendar_of(time)))
+    doy = quantiles.day_of_year(time)
+    percentile = quantiles.doy_percentiles(
+        trailing[:train_days].T, doy[:train_days], trailing.T, doy,
+        window=spec.doy_window, period=spec.period, a=spec.a,
+    )  # fmt: skip
+    return percentile_to_code(percentile.T)
 
-    cumulative = np.cumsum(anomaly, axis=0)
-    counts = np.minimum(np.arange(1, len(anomaly) + 1), window)[:, None]
-    trailing = cumulative.copy()
-    trailing[window:] -= cumulative[:-window]
-    trailing /= counts
-    lags = np.arange(window)
-    sd = np.array(
-        [np.sqrt(np.sum(phi ** np.abs(lags[:n, None] - lags[None, :n]))) / n for n in range(1, window + 1)]
-    )
-    return norm.cdf(trailing / sd[counts - 1])
+
+def _calendar_of(time: xr.DataArray) -> str:
+    first = time.values[0]
+    return getattr(first, "calendar", "standard")
 
 
 def generate(
@@ -92,12 +107,15 @@ def generate(
     *,
     seed: int = 0,
     calendar: str = "standard",
+    train_days: int | None = None,
 ) -> tuple[xr.Dataset, xr.Dataset]:
     """Model output (the given variables) and reference labels on the same grid.
 
     The first variable and any whose name mentions "soil" behave like soil
     moisture; names mentioning "snow" or "swe" are zero-inflated snow water
-    equivalent; others are positive, right-skewed fluxes.
+    equivalent; others are positive, right-skewed fluxes. The labels' climatology
+    is fitted on the first `train_days` days (pass the ETL's training block, see
+    `training_days`; default: 70 % of the record).
     """
     rng = np.random.default_rng(seed)
     time = _time_axis(size.years, calendar)
@@ -108,11 +126,12 @@ def generate(
     days_per_year = 360.0 if calendar == "360_day" else 365.25
     season = np.cos(2 * np.pi * (doy - 30) / days_per_year)  # wet winters, dry late summers
 
-    anomaly = _ar1(rng, n_time, n_cells, phi=SOIL_MEMORY)  # slow soil-moisture memory
+    anomaly = _ar1(rng, n_time, n_cells, phi=SOIL_MEMORY)  # soil-moisture memory
     elevation = rng.uniform(0.0, 1.0, n_cells)
     elevation[0] = 0.0  # one lowland cell: snow-free, an all-zero snow series
 
     fields: dict[str, np.ndarray] = {}
+    soil_like: list[str] = []
     for i, name in enumerate(variables):
         lowered = name.lower()
         if "snow" in lowered or "swe" in lowered:
@@ -122,6 +141,7 @@ def generate(
             )
             fields[name] = np.clip(latent, 0.0, None) * (elevation > 0.15)  # mm, zero in summer
         elif i == 0 or "soil" in lowered:
+            soil_like.append(name)
             latent = 0.9 * season + 1.2 * anomaly + 0.15 * rng.standard_normal((n_time, n_cells))
             fields[name] = 0.05 + 0.40 / (1 + np.exp(-latent)) ** 2  # m3/m3, right-skewed
         else:
@@ -130,8 +150,9 @@ def generate(
                 0.5 * season + 0.5 * own + 0.3 * anomaly
             )
 
-    # Labels: the drought category of the 30-day mean soil-moisture anomaly.
-    codes = percentile_to_code(_trailing_mean_percentile(anomaly, SOIL_MEMORY, LABEL_WINDOW_DAYS))
+    # Labels: the drought category of the weekly mean soil moisture, ranked on the training period.
+    soil = fields[(soil_like or variables)[0]]
+    codes = derived_labels(soil, time, train_days or int(0.7 * n_time), LABEL_WINDOW_DAYS)
 
     # Land mask: a corner block of all-NaN cells, and one land cell without labels.
     masked = np.zeros((size.ny, size.nx), dtype=bool)
@@ -203,9 +224,10 @@ def write_synthetic(
     *,
     seed: int = 0,
     calendar: str = "standard",
+    train_days: int | None = None,
     overwrite: bool = False,
 ) -> list[Path]:
-    """Write model output and reference NetCDF files; returns their paths."""
+    """Write model output and reference NetCDF files; returns their paths (see `generate`)."""
     out_dir = Path(out_dir)
     paths = [out_dir / MODEL_FILE, out_dir / REFERENCE_FILE]
     existing = [p for p in paths if p.exists()]
@@ -214,7 +236,7 @@ def write_synthetic(
             f"{existing[0]} already exists; pass --overwrite to replace the synthetic inputs"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, reference = generate(variables, size, seed=seed, calendar=calendar)
+    model, reference = generate(variables, size, seed=seed, calendar=calendar, train_days=train_days)
     _write_netcdf(model, paths[0], {})
     _write_netcdf(reference, paths[1], {"drought_category": np.int8(MISSING)})
     return paths
@@ -227,3 +249,9 @@ def describe(size: SyntheticSize, variables: list[str], calendar: str = "standar
         f"{size.ny}x{size.nx} grid ({size.cells} cells), {days} days ({calendar}), "
         f"variables {', '.join(variables)}; labels: {len(CATEGORIES)} categories"
     )
+
+
+def training_days(size: SyntheticSize, calendar: str, *, lookback: int, gap: int, fractions: list[float]) -> int:
+    """Days in the ETL's training block for a synthetic record (what the labels are ranked on)."""
+    n_time = _time_axis(size.years, calendar).size
+    return split_blocks(n_time, lookback=lookback, gap=gap, fractions=fractions)["train"].stop

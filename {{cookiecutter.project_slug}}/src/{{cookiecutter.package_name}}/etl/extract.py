@@ -36,10 +36,10 @@ import pandas as pd
 import xarray as xr
 
 from ..config import Config
+from ..store_format import SplitBlock, split_blocks
 from .categories import MISSING, N_CLASSES, reference_to_codes
 from .errors import EtlInputError
 from .quantiles import PERCENTILE_TRANSFORMS, calendar_period
-from .windows import SplitBlock, split_blocks
 
 DIMS = ("time", "lat", "lon")
 

@@ -38,9 +38,9 @@ matters, so the percentiles are invariant to any increasing rescaling.
 Fitted state (`fit`): the training values themselves for the percentile
 transforms (the empirical distribution is the fitted model); the quantiles of
 `QuantileTransformer`; the lambdas, means and scales of Yeo-Johnson. The
-pipeline saves it as `climatology.zarr` next to the split stores (one row per
-cell, in the split stores' cell order) and `apply` re-applies it to new data
-with the same code the pipeline used. Inputs are read as float32 everywhere so
+pipeline saves it in the store's `climatology` group (one row per cell, in the
+store's cell order) and `apply` re-applies it to new data with the same code
+the pipeline used. Inputs are read as float32 everywhere so
 the saved training values reproduce the pipeline bit for bit.
 """
 
@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+
+from ..store_format import CELL, CLIMATOLOGY, FEATURE, TIME
 
 # Plotting position parameter a of p = (i - a) / (n + 1 - 2a) (alpha = beta = a in scipy).
 PLOTTING_POSITIONS: dict[str, float] = {
@@ -348,9 +350,9 @@ def static_coords(spec: TransformSpec, train_time: Any, train_doy: np.ndarray) -
     return coords
 
 
-def load_climatology(path: str | Any) -> xr.Dataset:
-    """Open a saved `climatology.zarr` (lazily)."""
-    return xr.open_zarr(path, consolidated=True)
+def load_climatology(store: str | Any) -> xr.Dataset:
+    """Open the fitted state saved in a study store's `climatology` group (lazily)."""
+    return xr.open_zarr(store, group=CLIMATOLOGY, consolidated=True)
 
 
 def _cell_indices(coord: np.ndarray, wanted: np.ndarray, name: str) -> np.ndarray:
@@ -369,11 +371,11 @@ def apply(climatology: xr.Dataset, data: xr.Dataset, *, block_cells: int = 256) 
 
     `data` holds the feature variables with dims (time, lat, lon) (e.g. new model
     output over the same grid, with the study's dim names). Returns float32
-    features (cell, time, features) for the climatology's cells, with lat/lon on
+    features (cell, time, feature) for the climatology's cells, with lat/lon on
     `cell`. Works block by block of cells; pass a time slice for very long data.
     """
     spec = TransformSpec.from_attrs(climatology.attrs)
-    features = [str(f) for f in climatology["features"].values]
+    features = [str(f) for f in climatology[FEATURE].values]
     missing = [v for v in features if v not in data]
     if missing:
         raise ValueError(f"the data lacks the climatology's variables {missing}")
@@ -395,12 +397,12 @@ def apply(climatology: xr.Dataset, data: xr.Dataset, *, block_cells: int = 256) 
         out[start:stop] = transform(state, block, doy, spec, features, train_doy=train_doy)
     return xr.DataArray(
         out,
-        dims=("cell", "time", "features"),
+        dims=(CELL, TIME, FEATURE),
         coords={
-            "lat": ("cell", climatology["lat"].values),
-            "lon": ("cell", climatology["lon"].values),
-            "time": data["time"].values,
-            "features": features,
+            "lat": (CELL, climatology["lat"].values),
+            "lon": (CELL, climatology["lon"].values),
+            TIME: data["time"].values,
+            FEATURE: features,
         },
         name="features",
         attrs=spec.attrs(),

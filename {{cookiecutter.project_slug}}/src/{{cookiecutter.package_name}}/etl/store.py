@@ -1,30 +1,19 @@
-"""Writing the stores: chunk-aligned appends, every chunk on disk, a manifest, an atomic rename.
+"""Writing the store: chunk-aligned appends, every chunk on disk, a manifest, an atomic rename.
 
-Layout (`Config.store_dir` = `data/zarr/<dataset_name>_lb<time_lookback>/`):
-
-    train.zarr, valid.zarr, test.zarr   one consolidated zarr store per split
-    climatology.zarr                    the fitted transform state (see quantiles.py)
-
-Each split store holds the data variable `<dataset_name>` float32
-(samples, time_lookback, features), `category` int8 (samples,), per-sample
-coordinates `lat`, `lon`, `time` (the window's end date) and `features` (the
-variable names); everything with a `samples` dimension is chunked by
-`etl.chunk_samples`. Attributes: the category encoding, split, transform and
-provenance (config, package version, input files with sha256, UTC time).
+What the store holds is defined in `store_format.py`; this module only writes it.
 
 Why it is written this way:
 
-* **bounded memory**: `ChunkAppender` copies rows into a fixed buffer of whole
-  chunks and appends it when full (`to_zarr(append_dim=...)`), so no chunk is
-  ever written twice and memory does not depend on the number of samples;
+* **bounded memory**: `ChunkAppender` copies rows (cells) into a fixed buffer of
+  whole chunks and appends it when full (`to_zarr(append_dim=...)`), so no chunk
+  is ever written twice and memory does not depend on the number of cells;
 * **every chunk exists**: `write_empty_chunks=True` stores even an all-fill
   chunk, and `write_manifest` fails if any chunk file is missing. The manifest
-  (`manifest.json` inside each store) lists per array the shape, chunk shape,
-  dtype, chunk count and the sha256 and CRC32C of every stored (compressed)
-  chunk, keyed by its path relative to the store (`<array>/0.0.0` in zarr 2,
-  `<array>/c/0/0/0` in zarr 3), so a reader can tell a missing chunk from an
-  empty one and verify each download (the loader checks the CRC32C, about 20
-  times cheaper than sha256; the sha256 names the chunk in caches);
+  records every chunk's sha256 and CRC32C, so a reader can tell a missing chunk
+  from an empty one and verify each download (the reader checks the CRC32C,
+  about 20 times cheaper than sha256; the sha256 names the chunk in caches);
+* **fill values that cannot pass for data**: NaN for floats, MISSING for labels,
+  `TIME_FILL` for time (set as the zarr fill value and as the CF `_FillValue`);
 * **reproducible bytes**: chunk contents depend only on inputs and config
   (fixed time units, deterministic Zstd); the time of the run lives only in the
   attributes;
@@ -56,10 +45,8 @@ import xarray as xr
 import zarr
 from tqdm.auto import tqdm
 
+from ..store_format import MANIFEST, ArrayManifest, Manifest
 from .errors import EtlError, StoreExistsError
-
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
 
 
 def compressor(zarr_format: int, level: int) -> Any:
@@ -80,12 +67,14 @@ def _is_time(values: np.ndarray) -> bool:
 
 
 class ChunkAppender:
-    """Append arrays along one dimension of a new zarr store, whole chunks at a time.
+    """Append arrays along one dimension of a new zarr store (or group), whole chunks at a time.
 
     `layout` maps each appended variable to its dims (the first is `dim`);
     `coords` names those that are coordinates; `static` holds variables without
-    `dim` (e.g. the `features` coordinate), written with the first chunk.
-    Datetime variables are encoded as integer days since `time_units`.
+    `dim` (e.g. the `time` and `feature` coordinates), written with the first
+    chunk; `fill_values` sets each variable's fill value (zarr's and the CF
+    `_FillValue`). Datetime variables are encoded as integer days since
+    `time_units`.
 
     Rows are copied into a preallocated buffer of whole chunks (as many as fit
     in `flush_mb`, at least one) that is written when full: memory is that
@@ -100,8 +89,10 @@ class ChunkAppender:
         dim: str,
         chunk: int,
         layout: Mapping[str, tuple[str, ...]],
+        group: str | None = None,
         coords: Sequence[str] = (),
         static: xr.Dataset | None = None,
+        fill_values: Mapping[str, Any] | None = None,
         zarr_format: int = 2,
         compression_level: int = 3,
         time_units: str = "days since 1970-01-01",
@@ -109,11 +100,13 @@ class ChunkAppender:
         flush_mb: float = 4,
     ) -> None:
         self.path = Path(path)
+        self.group = group
         self.dim = dim
         self.chunk = int(chunk)
         self.layout = dict(layout)
         self.coords = set(coords)
         self.static = static if static is not None else xr.Dataset()
+        self.fill_values = dict(fill_values or {})
         self.zarr_format = zarr_format
         self.codec = compressor(zarr_format, compression_level)
         self.time_units, self.calendar = time_units, calendar
@@ -159,11 +152,11 @@ class ChunkAppender:
             {k: (self.layout[k], v) for k, v in rows.items() if k not in self.coords},
             coords={k: (self.layout[k], v) for k, v in rows.items() if k in self.coords},
         )
-        options: dict[str, Any] = {"consolidated": False, "write_empty_chunks": True}
-        if self.n_written == 0:
+        options: dict[str, Any] = {"consolidated": False, "write_empty_chunks": True, "group": self.group}
+        if self.n_written == 0:  # into the root group the caller created (a fresh, private path)
             ds = ds.merge(self.static)
             ds.to_zarr(
-                self.path, mode="w-", zarr_format=self.zarr_format, encoding=self._encoding(ds), **options
+                self.path, mode="a", zarr_format=self.zarr_format, encoding=self._encoding(ds), **options
             )
         else:
             ds.to_zarr(self.path, append_dim=self.dim, **options)
@@ -174,9 +167,15 @@ class ChunkAppender:
         encoding: dict[str, dict[str, Any]] = {}
         for name, var in ds.variables.items():
             chunks = tuple(self.chunk if d == self.dim else ds.sizes[d] for d in var.dims)
-            encoding[str(name)] = {"chunks": chunks, "compressors": (self.codec,)}
+            entry: dict[str, Any] = {"chunks": chunks, "compressors": (self.codec,)}
             if _is_time(np.asarray(var.values[:1])):
-                encoding[str(name)].update(units=self.time_units, calendar=self.calendar, dtype="int64")
+                entry.update(units=self.time_units, calendar=self.calendar, dtype="int64")
+            if str(name) in self.fill_values:
+                fill = self.fill_values[str(name)]
+                entry["_FillValue"] = fill  # the CF attribute: plain xarray readers mask it
+                if self.zarr_format == 3:
+                    entry["fill_value"] = fill  # zarr 3 keeps the array's own fill value apart
+            encoding[str(name)] = entry
         return encoding
 
 
@@ -195,52 +194,44 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def chunk_checksums(path: Path) -> tuple[str, str]:
-    """sha256 (hex) and CRC32C (8 hex digits; zarr 3's checksum) of one stored chunk, read once."""
-    data = path.read_bytes()
-    return hashlib.sha256(data).hexdigest(), f"{google_crc32c.value(data):08x}"
-
-
-def write_manifest(path: Path) -> dict[str, Any]:
-    """Check that every chunk of every array exists and record shapes, counts and checksums."""
+def write_manifest(path: Path) -> Manifest:
+    """Check that every chunk of every array (subgroups included) exists; record shapes and checksums."""
     group = zarr.open_group(path, mode="r")
-    arrays: dict[str, Any] = {}
-    members = sorted(group.arrays())
-    total = sum(
-        math.prod(math.ceil(s / c) for s, c in zip(a.shape, a.chunks, strict=True)) for _, a in members
-    )
-    progress = tqdm(total=total, unit="chunk", desc=f"manifest {path.name}", disable=None, leave=False)
-    for name, array in members:
-        checksums, crc32c = {}, {}
-        for key in chunk_keys(array, name):
-            file = path / key
-            if not file.is_file():
-                raise EtlError(f"{path}: chunk {key} was not written; the store is incomplete")
-            checksums[key], crc32c[key] = chunk_checksums(file)
-            progress.update()
-        arrays[name] = {
-            "shape": list(array.shape),
-            "chunks": list(array.chunks),
-            "chunk_shape": list(array.chunks),
-            "dtype": str(array.dtype),
-            "chunk_count": len(checksums),
-            "checksums": checksums,
-            "crc32c": crc32c,
-        }
-    progress.close()
-    manifest = {"format": MANIFEST_FORMAT, "zarr_format": group.metadata.zarr_format, "arrays": arrays}
+    members = sorted((name, node) for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array))
+    total = sum(math.prod(math.ceil(s / c) for s, c in zip(a.shape, a.chunks, strict=True)) for _, a in members)
+    arrays: dict[str, ArrayManifest] = {}
+    with tqdm(total=total, unit="chunk", desc=f"manifest {path.name}", disable=None, leave=False) as progress:
+        for name, array in members:
+            sha256, crc32c = {}, {}
+            for key in chunk_keys(array, name):
+                file = path / key
+                if not file.is_file():
+                    raise EtlError(f"{path}: chunk {key} was not written; the store is incomplete")
+                data = file.read_bytes()
+                sha256[key], crc32c[key] = hashlib.sha256(data).hexdigest(), google_crc32c.value(data)
+                progress.update()
+            arrays[name] = ArrayManifest(
+                shape=tuple(array.shape), chunks=tuple(array.chunks), dtype=str(array.dtype),
+                sha256=sha256, crc32c=crc32c,
+            )  # fmt: skip
+    manifest = Manifest(zarr_format=group.metadata.zarr_format, arrays=arrays)
     tmp = path / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.write_text(manifest.to_json(), encoding="utf-8")
     tmp.replace(path / MANIFEST)
     return manifest
 
 
-def finalize(path: Path, attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """Set the group attributes, consolidate the metadata, write the manifest."""
-    group = zarr.open_group(path, mode="r+")
-    group.attrs.put(dict(attrs))
+def finalize(path: Path, attrs: Mapping[str, Any], group_attrs: Mapping[str, Mapping[str, Any]]) -> Manifest:
+    """Set the attributes of the root and of each subgroup, consolidate each level's metadata,
+    write the manifest."""
+    root = zarr.open_group(path, mode="r+")
+    root.attrs.put(dict(attrs))
+    for name, values in group_attrs.items():
+        root[name].attrs.put(dict(values))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        for name in group_attrs:  # a subgroup opened by itself (xr.open_zarr(group=...)) needs its own
+            zarr.consolidate_metadata(path, path=name)
         zarr.consolidate_metadata(path)
     return write_manifest(path)
 
@@ -274,17 +265,16 @@ def provenance(
 
 @contextlib.contextmanager
 def staging(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """A hidden folder beside `target` to write into; renamed to `target` if the block succeeds.
+    """A hidden path beside `target` to write into; renamed to `target` if the block succeeds.
 
-    On any exception (or KeyboardInterrupt) the folder is removed and `target`
-    is left as it was.
+    On any exception (or KeyboardInterrupt) the hidden path is removed and
+    `target` is left as it was. The caller creates the store at the yielded path.
     """
     target = Path(target)
     if target.exists() and not overwrite:
         raise StoreExistsError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
-    os.mkdir(tmp)
     try:
         yield tmp
         _publish(tmp, target, overwrite=overwrite)

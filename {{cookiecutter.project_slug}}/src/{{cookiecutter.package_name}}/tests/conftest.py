@@ -34,7 +34,7 @@ def tiny_config(study_config: Config, tmp_path: Path) -> Config:
             "data.zarr_dir": str(tmp_path / "zarr"),
             "etl.time_lookback": 20,
             "etl.split_gap_days": 20,
-            "etl.chunk_samples": 500,
+            "etl.chunk_cells": 4,
             "train.out_dir": str(tmp_path / "results"),
             "train.cache_dir": str(tmp_path / "cache"),
         }

@@ -10,12 +10,12 @@ import numpy as np
 import xarray as xr
 
 from ..config import Config
-from ..synthetic import MODEL_FILE, REFERENCE_FILE, SIZES, generate
+from ..synthetic import MODEL_FILE, REFERENCE_FILE, SIZES, SyntheticSize, generate
 
 
-def tiny_datasets(cfg: Config, **kwargs: Any) -> tuple[xr.Dataset, xr.Dataset]:
-    """The tiny synthetic model output and reference, in memory, to be modified by a test."""
-    return generate(cfg.data.variables, SIZES["tiny"], **kwargs)
+def tiny_datasets(cfg: Config, size: SyntheticSize = SIZES["tiny"], **kwargs: Any) -> tuple[xr.Dataset, xr.Dataset]:
+    """The tiny (or `size`) synthetic model output and reference, in memory, to be modified by a test."""
+    return generate(cfg.data.variables, size, **kwargs)
 
 
 def write_inputs(cfg: Config, model: xr.Dataset | None, reference: xr.Dataset | None) -> Path:
@@ -39,13 +39,14 @@ def manifest(store: Path) -> dict[str, Any]:
     return json.loads((store / "manifest.json").read_text())
 
 
-def checksums(store: Path) -> dict[str, str]:
-    """Chunk key -> sha256 over every array of a store (from its manifest)."""
-    return {k: v for entry in manifest(store)["arrays"].values() for k, v in entry["checksums"].items()}
+def checksums(store: Path, prefix: str = "") -> dict[str, str]:
+    """Chunk key -> sha256 over every array of a store whose name starts with `prefix` (manifest)."""
+    arrays = manifest(store)["arrays"]
+    return {k: v for name, entry in arrays.items() if name.startswith(prefix) for k, v in entry["sha256"].items()}
 
 
-def open_split(cfg: Config, split: str) -> xr.Dataset:
-    return xr.open_zarr(cfg.store_dir / f"{split}.zarr", consolidated=True).load()
+def open_store(cfg: Config, group: str | None = None) -> xr.Dataset:
+    return xr.open_zarr(cfg.store_path, group=group, consolidated=True, mask_and_scale=False).load()
 
 
 def codes_to_percentile(codes: np.ndarray) -> np.ndarray:

@@ -1,100 +1,99 @@
-"""Small split stores with the ETL's served layout, written directly for loader tests.
+"""Small series stores in the ETL's served layout, written directly for reader and loader tests.
 
-Layout: `<root>/<store_name>/<split>.zarr`, consolidated, chunked along
-`samples`, holding `<dataset_name>(samples, time_lookback, features)` float32
-and `category(samples)` int8 codes, plus the ETL's `manifest.json` (shapes,
-chunk counts, sha256 of every stored chunk). The features are AR(1) noise and
-the label is the drought category of the mean of the last days of feature 0,
-so a model can learn it. Benchmarks and template tests reuse this writer.
+`write_series_store` writes `<root>/<dataset>.zarr` with the ETL's own writer
+(`etl.store.ChunkAppender`, `finalize`): the features, labels and `complete`
+mask along `cell`, chunked by `chunk_cells`, the split attributes and the
+manifest; only the climatology group is left out. Two kinds of content:
+
+* `indexed_series`: feature 0 of cell c on day t is c * 10_000 + t (exact in
+  float32), so a window tells which (cell, end) it is, and any mix-up shows;
+* `learnable_series`: AR(1) features whose labels are the category of the
+  weekly mean of feature 0 (a model can learn them).
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
+import zarr
 
 from ..etl.categories import percentile_to_code
-from ..etl.store import write_manifest
+from ..etl.store import ChunkAppender, finalize
+from ..store_format import (
+    CELL, COMPLETE, FEATURE, LABELS, LAT, LON, MISSING, TIME, TIME_FILL, split_attrs, split_blocks, store_name,
+)  # fmt: skip
 
-LABEL = "category"
+DAY = 10_000  # feature 0 = cell * DAY + day in indexed series
 
 
-def synthetic_samples(
-    n_samples: int, lookback: int, n_features: int = 2, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Learnable (x, y): x float32 (samples, lookback, features), y int8 codes 0..10."""
+def indexed_series(n_cells: int, n_time: int, n_features: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Features whose feature 0 encodes (cell, day), other features 1.0; labels (cell + day) % 11."""
+    cell, day = np.meshgrid(np.arange(n_cells), np.arange(n_time), indexing="ij")
+    x = np.ones((n_cells, n_time, n_features), dtype=np.float32)
+    x[:, :, 0] = cell * DAY + day
+    return x, ((cell + day) % 11).astype(np.int8)
+
+
+def learnable_series(n_cells: int, n_time: int, n_features: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """AR(1) features (cells, T, F) and labels: the category of the last 7 days' mean of feature 0."""
     from scipy.signal import lfilter
     from scipy.stats import norm
 
     rng = np.random.default_rng(seed)
-    shocks = rng.standard_normal((n_samples, lookback, n_features)).astype(np.float32)
     phi = 0.9
+    shocks = rng.standard_normal((n_cells, n_time, n_features))
     x = (lfilter([1.0], [1.0, -phi], shocks, axis=1) * np.sqrt(1 - phi**2)).astype(np.float32)
-    window = min(10, lookback)
-    recent = x[:, -window:, 0].mean(axis=1)
-    z = recent / recent.std()
-    y = percentile_to_code(norm.cdf(z)).astype(np.int8)
-    return x, y
+    weekly = np.full((n_cells, n_time), np.nan)
+    cumulative = np.cumsum(x[:, :, 0], axis=1)
+    weekly[:, 7:] = (cumulative[:, 7:] - cumulative[:, :-7]) / 7
+    z = weekly / np.nanstd(weekly)
+    return x, percentile_to_code(norm.cdf(z))
 
 
-def indexed_samples(n_samples: int, lookback: int, n_features: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Samples that carry their own index in x[:, :, 0] (exact in float32), labels index % 11:
-    lets a test check that an epoch yields every sample exactly once."""
-    x = np.zeros((n_samples, lookback, n_features), dtype=np.float32)
-    x[:, :, 0] = np.arange(n_samples, dtype=np.float32)[:, None]
-    x[:, :, 1:] = 1.0
-    return x, (np.arange(n_samples) % 11).astype(np.int8)
-
-
-def write_split(
-    path: Path,
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    name: str,
-    chunk_samples: int,
-    zarr_format: int = 2,
-) -> Path:
-    """One split store at `path` (consolidated, every chunk written) plus its manifest."""
-    ds = xr.Dataset(
-        {
-            name: (("samples", "time_lookback", "features"), x),
-            LABEL: (("samples",), y),
-        },
-        coords={"features": np.arange(x.shape[2])},
-    )
-    encoding = {
-        name: {"chunks": (chunk_samples, x.shape[1], x.shape[2])},
-        LABEL: {"chunks": (chunk_samples,)},
-    }
-    with warnings.catch_warnings():  # zarr 3: consolidated metadata is not in the v3 spec (known)
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        ds.to_zarr(path, mode="w", consolidated=True, zarr_format=zarr_format, encoding=encoding,
-                   write_empty_chunks=True)  # fmt: skip
-    write_manifest(path)
-    return path
-
-
-def write_study_stores(
+def write_series_store(
     root: Path,
+    features: np.ndarray,
+    labels: np.ndarray,
     *,
-    store_name: str,
     dataset_name: str,
     lookback: int,
-    chunk_samples: int,
-    sizes: dict[str, int],
-    n_features: int = 2,
+    chunk_cells: int,
     zarr_format: int = 2,
-    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
 ) -> Path:
-    """Write `<root>/<store_name>/<split>.zarr` for each split in `sizes`; returns the folder."""
-    folder = root / store_name
-    folder.mkdir(parents=True, exist_ok=True)
-    for offset, (split, n) in enumerate(sizes.items()):
-        x, y = synthetic_samples(n, lookback, n_features, seed=seed + offset)
-        write_split(folder / f"{split}.zarr", x, y, name=dataset_name, chunk_samples=chunk_samples,
-                    zarr_format=zarr_format)  # fmt: skip
-    return folder
+    """`<root>/<dataset_name>.zarr` holding `features` (cells, T, F) and `labels` (cells, T); returns it."""
+    n_cells, n_time, n_features = features.shape
+    path = Path(root) / store_name(dataset_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dates = pd.date_range("2000-01-01", periods=n_time, freq="D")
+    blocks = split_blocks(n_time, lookback=lookback, gap=lookback, fractions=fractions)
+    zarr.open_group(path, mode="w", zarr_format=zarr_format)
+    writer = ChunkAppender(
+        path,
+        dim=CELL,
+        chunk=chunk_cells,
+        layout={dataset_name: (CELL, TIME, FEATURE), LABELS: (CELL, TIME), COMPLETE: (CELL, TIME),
+                LAT: (CELL,), LON: (CELL,)},  # fmt: skip
+        coords=(LAT, LON),
+        static=xr.Dataset(coords={TIME: dates, FEATURE: np.array([f"f{i}" for i in range(n_features)], dtype=object)}),
+        fill_values={dataset_name: np.float32(np.nan), LABELS: np.int8(MISSING), TIME: TIME_FILL},
+        zarr_format=zarr_format,
+        time_units="days since 2000-01-01",
+    )
+    writer.add(
+        {
+            dataset_name: features,
+            LABELS: labels,
+            COMPLETE: np.isfinite(features).all(axis=2),
+            LAT: np.linspace(40, 50, n_cells),
+            LON: np.linspace(-120, -110, n_cells),
+        }
+    )
+    writer.close()
+    names = [f"f{i}" for i in range(n_features)]
+    attrs = {**split_attrs(blocks, dates, lookback), "time_lookback": lookback, "features": names}
+    finalize(path, attrs, {})
+    return path

@@ -24,7 +24,8 @@ def shipped_text() -> str:
 def test_shipped_config_loads_and_resolves_paths(study_config: Config) -> None:
     assert study_config.root == STUDY_ROOT
     assert study_config.path(study_config.data.raw_dir) == STUDY_ROOT / "data" / "raw"
-    assert study_config.store_name.endswith(f"_lb{study_config.etl.time_lookback}")
+    assert study_config.store_name == f"{study_config.study.dataset_name}.zarr"
+    assert study_config.store_path == STUDY_ROOT / "data" / "zarr" / study_config.store_name
 
 
 def test_every_declared_key_is_in_the_shipped_file_and_the_reference() -> None:

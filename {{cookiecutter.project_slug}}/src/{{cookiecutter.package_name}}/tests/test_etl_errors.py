@@ -109,38 +109,38 @@ def test_grid_tolerance_accepts_small_differences(tiny_config: Config) -> None:
     with pytest.raises(EtlInputError, match="differ by up to 1e-05"):
         run_etl(tiny_config)
     run_etl(tiny_config.override({"data.grid_tolerance": 1e-4}))
-    assert (tiny_config.store_dir / "train.zarr" / "manifest.json").is_file()
+    assert (tiny_config.store_path / "manifest.json").is_file()
 
 
 def test_an_interrupted_write_leaves_nothing_and_keeps_the_old_store(
     tiny_inputs: Config, monkeypatch
 ) -> None:
     run_etl(tiny_inputs)
-    before = checksums(tiny_inputs.store_dir / "train.zarr")
+    before = checksums(tiny_inputs.store_path)
     calls = []
     original = store.ChunkAppender._write
 
     def interrupted(self, n):
         calls.append(n)
-        if len(calls) == 3:
+        if len(calls) == 2:  # the series are written, the climatology not yet
             raise KeyboardInterrupt
         original(self, n)
 
     monkeypatch.setattr(store.ChunkAppender, "_write", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_etl(tiny_inputs, overwrite=True)
-    assert leftovers(tiny_inputs) == [tiny_inputs.store_dir.name]  # no hidden temporary folder
-    assert checksums(tiny_inputs.store_dir / "train.zarr") == before
+    assert leftovers(tiny_inputs) == [tiny_inputs.store_path.name]  # no hidden temporary folder
+    assert checksums(tiny_inputs.store_path) == before
 
 
 def test_a_killed_run_leaves_no_store_that_looks_complete(tiny_inputs: Config, caplog) -> None:
-    """SIGKILL while the stores are being finished: the target never appears."""
+    """SIGKILL while the store is being finished: the target never appears."""
     overrides = {
         "data.raw_dir": str(tiny_inputs.path(tiny_inputs.data.raw_dir)),
         "data.zarr_dir": str(tiny_inputs.path(tiny_inputs.data.zarr_dir)),
         "etl.time_lookback": 20,
         "etl.split_gap_days": 20,
-        "etl.chunk_samples": 500,
+        "etl.chunk_cells": 4,
     }
     script = f"""
 import time
@@ -148,8 +148,8 @@ from {PACKAGE}.config import load_config
 from {PACKAGE}.etl import pipeline
 cfg = load_config({str(STUDY_ROOT / "study.toml")!r}).override({overrides!r})
 real = pipeline.finalize
-def slow(path, attrs):
-    out = real(path, attrs)
+def slow(path, attrs, groups):
+    out = real(path, attrs, groups)
     print("finalized", path.name, flush=True)
     time.sleep(60)
     return out
@@ -162,23 +162,23 @@ pipeline.run_etl(cfg)
     }
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     try:
-        line = proc.stdout.readline()  # the first store is complete, the others are not
+        line = proc.stdout.readline()  # the store is complete but not yet renamed into place
         assert line.startswith("finalized"), line
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     time.sleep(0.1)
     left = leftovers(tiny_inputs)
-    assert tiny_inputs.store_dir.name not in left
+    assert tiny_inputs.store_path.name not in left
     assert left and all(name.startswith(".") for name in left)  # hidden: nginx never serves it
     with caplog.at_level(logging.WARNING):
         run_etl(tiny_inputs)  # a later run is not disturbed by the leftover, and mentions it
     assert "leftovers of interrupted runs" in caplog.text
-    assert (tiny_inputs.store_dir / "test.zarr" / "manifest.json").is_file()
+    assert (tiny_inputs.store_path / "manifest.json").is_file()
 
 
 def test_an_existing_store_is_refused_before_any_work(tiny_config: Config) -> None:
-    tiny_config.store_dir.mkdir(parents=True)
+    tiny_config.store_path.mkdir(parents=True)
     with pytest.raises(FileExistsError, match="--overwrite"):
         run_etl(tiny_config)  # no inputs at all: the existence check comes first
 

@@ -20,19 +20,19 @@ from ..etl.categories import CATEGORIES, MISSING, encoding_attrs, one_hot
 from ..etl.errors import StoreExistsError
 from ..etl.pipeline import run_etl
 from ..etl.store import ChunkAppender, finalize, sha256_file
-from ..etl.windows import SPLITS, gather
+from ..store_format import CLIMATOLOGY, blocks_from_attrs, valid_pairs, window_ends
 from ..synthetic import SIZES, write_synthetic
 from .conftest import STUDY_ROOT
 from .etl_support import (
     checksums,
     codes_to_percentile,
     manifest,
-    open_split,
+    open_store,
     tiny_datasets,
     write_inputs,
 )
 
-STORES = (*SPLITS, "climatology")
+LOOKBACK = 20  # tiny_config's
 
 
 @pytest.fixture
@@ -44,77 +44,66 @@ def built(tiny_inputs: Config) -> Config:
 
 def test_store_layout_dtypes_chunks_and_attributes(built: Config) -> None:
     cfg, name = built, built.study.dataset_name
-    assert sorted(p.name for p in cfg.store_dir.iterdir()) == sorted(f"{s}.zarr" for s in STORES)
-    assert cfg.store_dir.name == f"{name}_lb20"
-    for split in SPLITS:
-        ds = xr.open_zarr(cfg.store_dir / f"{split}.zarr", consolidated=True)
-        data = ds[name]
-        assert data.dims == ("samples", "time_lookback", "features") and data.dtype == np.float32
-        assert data.shape[1:] == (20, 2) and data.encoding["chunks"] == (500, 20, 2)
-        assert ds["category"].dtype == np.int8 and ds["category"].encoding["chunks"] == (500,)
-        for coord in ("lat", "lon", "time"):
-            assert ds[coord].dims == ("samples",) and ds[coord].encoding["chunks"] == (500,)
-        assert list(ds["features"].values) == cfg.data.variables
-        codes = ds["category"].values
-        assert codes.min() >= 0 and codes.max() < len(CATEGORIES)
-        assert {k: ds.attrs[k] for k in encoding_attrs()} == encoding_attrs()
-        assert ds.attrs["split"] == split and ds.attrs["transform"] == cfg.etl.transform
-        prov = ds.attrs["provenance"]
-        assert prov["package_version"] == __version__ and prov["config"]["etl"]["time_lookback"] == 20
-        raw = cfg.path(cfg.data.raw_dir)
-        assert {i["name"]: i["sha256"] for i in prov["inputs"]} == {
-            p.name: sha256_file(p) for p in raw.glob("*.nc")
-        }
-        assert prov["created_utc"].endswith("Z")
-        group = zarr.open_group(cfg.store_dir / f"{split}.zarr", mode="r")
-        assert group.metadata.zarr_format == cfg.etl.zarr_format
+    assert [p.name for p in cfg.store_path.parent.iterdir()] == [f"{name}.zarr"]
+    ds = xr.open_zarr(cfg.store_path, consolidated=True, mask_and_scale=False)
+    assert set(ds.data_vars) == {name, "category", "complete"}
+    assert ds[name].dims == ("cell", "time", "feature") and ds[name].dtype == np.float32
+    n_cells, n_time = ds.sizes["cell"], ds.sizes["time"]
+    assert ds[name].encoding["chunks"] == (4, n_time, 2)  # whole series of chunk_cells cells
+    assert ds["category"].dtype == np.int8 and ds["category"].encoding["chunks"] == (4, n_time)
+    assert ds["complete"].dtype == bool and ds["complete"].encoding["chunks"] == (4, n_time)
+    assert ds["lat"].dims == ds["lon"].dims == ("cell",) and ds["time"].dims == ("time",)
+    assert list(ds["feature"].values) == cfg.data.variables
+    codes = ds["category"].values
+    assert codes.min() == MISSING and codes.max() < len(CATEGORIES)
+    assert {k: ds.attrs[k] for k in encoding_attrs()} == encoding_attrs()
+    assert ds.attrs["transform"] == cfg.etl.transform and ds.attrs["time_lookback"] == LOOKBACK
+    blocks = blocks_from_attrs(ds.attrs)
+    assert list(blocks) == ["train", "valid", "test"] and ds.attrs["split_gap_days"] == LOOKBACK
+    assert blocks["valid"].start - blocks["train"].stop == LOOKBACK == blocks["test"].start - blocks["valid"].stop
+    prov = ds.attrs["provenance"]
+    assert prov["package_version"] == __version__ and prov["config"]["etl"]["time_lookback"] == LOOKBACK
+    raw = cfg.path(cfg.data.raw_dir)
+    assert {i["name"]: i["sha256"] for i in prov["inputs"]} == {p.name: sha256_file(p) for p in raw.glob("*.nc")}
+    assert prov["created_utc"].endswith("Z")
+    assert zarr.open_group(cfg.store_path, mode="r").metadata.zarr_format == cfg.etl.zarr_format
+    climatology = quantiles.load_climatology(cfg.store_path)
+    assert climatology.sizes["cell"] == n_cells and climatology.attrs["transform"] == cfg.etl.transform
 
 
 def test_manifest_lists_every_chunk_with_its_checksum(built: Config) -> None:
-    for store in STORES:
-        path = built.store_dir / f"{store}.zarr"
-        group = zarr.open_group(path, mode="r")
-        entries = manifest(path)["arrays"]
-        assert set(entries) == {name for name, _ in group.arrays()}
-        for name, entry in entries.items():
-            array = group[name]
-            expected = math.prod(math.ceil(s / c) for s, c in zip(array.shape, array.chunks, strict=True))
-            assert entry["shape"] == list(array.shape) and entry["chunks"] == list(array.chunks)
-            assert entry["chunk_count"] == expected == len(entry["checksums"]) == len(entry["crc32c"])
-            for key, digest in entry["checksums"].items():
-                assert sha256_file(path / key) == digest
-                assert int(entry["crc32c"][key], 16) == google_crc32c.value((path / key).read_bytes())
+    path = built.store_path
+    group = zarr.open_group(path, mode="r")
+    arrays = {name: a for name, a in group.members(max_depth=None) if isinstance(a, zarr.Array)}
+    entries = manifest(path)["arrays"]
+    assert set(entries) == set(arrays) and any(name.startswith(f"{CLIMATOLOGY}/") for name in entries)
+    for name, entry in entries.items():
+        array = arrays[name]
+        expected = math.prod(math.ceil(s / c) for s, c in zip(array.shape, array.chunks, strict=True))
+        assert entry["shape"] == list(array.shape) and entry["chunks"] == list(array.chunks)
+        assert entry["chunk_count"] == expected == len(entry["sha256"]) == len(entry["crc32c"])
+        for key, digest in entry["sha256"].items():
+            assert sha256_file(path / key) == digest
+            assert int(entry["crc32c"][key], 16) == google_crc32c.value((path / key).read_bytes())
     assert google_crc32c.value(b"123456789") == 0xE3069283  # the CRC-32C check value (Castagnoli)
 
 
-def test_samples_round_trip_exactly_and_trace_back_to_the_inputs(built: Config) -> None:
-    """Every stored window equals the climatology re-applied to the raw inputs, cut at its end date."""
+def test_series_round_trip_exactly_and_trace_back_to_the_inputs(built: Config) -> None:
+    """The stored series equal the climatology re-applied to the raw inputs; the labels are the
+    reference's on each cell and day; `complete` marks the days with every feature finite."""
     cfg, name = built, built.study.dataset_name
     raw = cfg.path(cfg.data.raw_dir)
     model = xr.open_dataset(raw / "model_output.nc").load()
-    reference = xr.open_dataset(raw / "reference.nc").load()
-    climatology = quantiles.load_climatology(cfg.store_dir / "climatology.zarr").load()
-    series = quantiles.apply(climatology, model)  # (cell, time, features)
-    cell_of = {
-        (la, lo): i for i, (la, lo) in enumerate(zip(series.lat.values, series.lon.values, strict=True))
-    }
-    day_of = {t: i for i, t in enumerate(model.time.values)}
-    total = 0
-    for split in SPLITS:
-        ds = open_split(cfg, split)
-        cell = np.array([cell_of[k] for k in zip(ds.lat.values, ds.lon.values, strict=True)])
-        end = np.array([day_of[t] for t in ds.time.values])
-        np.testing.assert_array_equal(ds[name].values, gather(series.values, cell, end, 20))
-        labels = reference.drought_category.sel(
-            time=xr.DataArray(ds.time.values),
-            lat=xr.DataArray(ds.lat.values),
-            lon=xr.DataArray(ds.lon.values),
-        )
-        np.testing.assert_array_equal(ds["category"].values, labels.values)
-        assert np.all(np.diff(cell) >= 0)  # cell-major order
-        total += ds.sizes["samples"]
-    assert not np.isnan(series.values).any()
-    assert total > 0
+    reference = xr.open_dataset(raw / "reference.nc", mask_and_scale=False).load()
+    climatology = quantiles.load_climatology(cfg.store_path).load()
+    series = quantiles.apply(climatology, model)  # (cell, time, feature)
+    ds = open_store(cfg)
+    np.testing.assert_array_equal(ds[name].values, series.values)
+    np.testing.assert_array_equal(ds.lat.values, series.lat.values)
+    labels = reference.drought_category.sel(lat=xr.DataArray(ds.lat.values), lon=xr.DataArray(ds.lon.values))
+    np.testing.assert_array_equal(ds["category"].values, labels.transpose("dim_0", "time").values)
+    np.testing.assert_array_equal(ds["complete"].values, np.isfinite(series.values).all(axis=2))
+    assert list(ds.time.values) == list(model.time.values)
 
 
 def test_masked_cells_are_left_out_and_logged(tiny_inputs: Config, caplog) -> None:
@@ -122,45 +111,50 @@ def test_masked_cells_are_left_out_and_logged(tiny_inputs: Config, caplog) -> No
         run_etl(tiny_inputs)
     # tiny synthetic grid: a 1x1 all-NaN corner (no labels either) and one land cell without labels.
     assert "masked 2 of 12 cells: 2 without reference labels, 1 with all-NaN inputs" in caplog.text
-    climatology = xr.open_zarr(tiny_inputs.store_dir / "climatology.zarr")
-    assert climatology.sizes["cell"] == 10
-    lat, lon = climatology.lat.values, climatology.lon.values
+    assert "usable 20-day windows" in caplog.text
+    ds = open_store(tiny_inputs)
+    assert ds.sizes["cell"] == 10
+    lat, lon = ds.lat.values, ds.lon.values
     assert not np.any((lat == lat.max()) & (lon == lon.min()))  # the NaN corner (north-west)
 
 
 def test_two_runs_write_byte_identical_chunks_and_overwrite_is_explicit(built: Config) -> None:
-    first = {s: checksums(built.store_dir / f"{s}.zarr") for s in STORES}
+    first = checksums(built.store_path)
     with pytest.raises(StoreExistsError, match="--overwrite"):
         run_etl(built)
     run_etl(built, overwrite=True)
-    assert {s: checksums(built.store_dir / f"{s}.zarr") for s in STORES} == first
-    assert not [p for p in built.store_dir.parent.iterdir() if p.name.startswith(".")]
+    assert checksums(built.store_path) == first
+    assert not [p for p in built.store_path.parent.iterdir() if p.name.startswith(".")]
 
 
 def test_small_blocks_give_the_same_bytes_as_one_block(built: Config, monkeypatch) -> None:
     """Block-by-block processing (bounded memory) changes nothing in the output."""
     from ..etl import pipeline
 
-    one_block = {s: checksums(built.store_dir / f"{s}.zarr") for s in STORES}
+    one_block = checksums(built.store_path)
     monkeypatch.setattr(pipeline, "block_cells", lambda *args: 3)  # partial rows of the 3x4 grid
     monkeypatch.setattr(pipeline, "FLUSH_MB", 0)  # append chunk by chunk instead of in one write
     run_etl(built, overwrite=True)
-    assert {s: checksums(built.store_dir / f"{s}.zarr") for s in STORES} == one_block
+    assert checksums(built.store_path) == one_block
 
 
 def test_no_leakage_from_validation_and_test_into_training(built: Config) -> None:
-    cfg = built
-    before = {s: checksums(cfg.store_dir / f"{s}.zarr") for s in STORES}
+    """Scrambling every day after the training block changes nothing of the fitted state nor of
+    the training block's series; the later days do change."""
+    cfg, name = built, built.study.dataset_name
+    before = open_store(cfg)
+    climatology = checksums(cfg.store_path, prefix=f"{CLIMATOLOGY}/")
+    train = blocks_from_attrs(before.attrs)["train"]
     model, reference = tiny_datasets(cfg)
-    train_end = xr.open_zarr(cfg.store_dir / "train.zarr").time.values.max()
-    later = model.time > train_end
+    later = model.time > before.time.values[train.stop - 1]
     for v in cfg.data.variables:
-        model[v] = model[v].where(~later, model[v] * 3.0 + 1.0)  # scramble everything after training
+        model[v] = model[v].where(~later, model[v] * 3.0 + 1.0)
     write_inputs(cfg, model, reference)
     run_etl(cfg, overwrite=True)
-    after = {s: checksums(cfg.store_dir / f"{s}.zarr") for s in STORES}
-    assert after["train"] == before["train"] and after["climatology"] == before["climatology"]
-    assert after["valid"] != before["valid"] and after["test"] != before["test"]
+    after = open_store(cfg)
+    assert checksums(cfg.store_path, prefix=f"{CLIMATOLOGY}/") == climatology
+    np.testing.assert_array_equal(after[name].values[:, : train.stop], before[name].values[:, : train.stop])
+    assert not np.array_equal(after[name].values[:, train.stop :], before[name].values[:, train.stop :])
 
 
 @pytest.mark.parametrize(("calendar", "zarr_format", "period"), [("noleap", 3, 365), ("360_day", 2, 360)])
@@ -172,17 +166,17 @@ def test_cftime_calendars_zarr_formats_and_aliased_dims(
     model = model.rename(lat="latitude", lon="longitude")
     write_inputs(cfg, model, reference)
     run_etl(cfg)
-    ds = xr.open_zarr(cfg.store_dir / "train.zarr", consolidated=True)
-    assert zarr.open_group(cfg.store_dir / "train.zarr", mode="r").metadata.zarr_format == zarr_format
+    ds = xr.open_zarr(cfg.store_path, consolidated=True)
+    assert zarr.open_group(cfg.store_path, mode="r").metadata.zarr_format == zarr_format
     assert ds.time.values[0].calendar == calendar and ds.attrs["doy_period"] == period
-    assert set(ds.time.values) <= set(model.time.values)
-    keys = manifest(cfg.store_dir / "train.zarr")["arrays"][cfg.study.dataset_name]["checksums"]
+    assert list(ds.time.values) == list(model.time.values)
+    keys = manifest(cfg.store_path)["arrays"][cfg.study.dataset_name]["sha256"]
     prefix = f"{cfg.study.dataset_name}/c/" if zarr_format == 3 else f"{cfg.study.dataset_name}/0."
     assert any(k.startswith(prefix) for k in keys)
 
 
 def test_zarr_inputs_and_a_flipped_reference_grid_give_the_same_store(built: Config) -> None:
-    expected = {s: checksums(built.store_dir / f"{s}.zarr") for s in STORES}
+    expected = checksums(built.store_path)
     model, reference = tiny_datasets(built)
     raw = built.path(built.data.raw_dir)
     (raw / "model_output.nc").unlink()
@@ -190,13 +184,13 @@ def test_zarr_inputs_and_a_flipped_reference_grid_give_the_same_store(built: Con
     write_inputs(built, None, reference.isel(lat=slice(None, None, -1)))  # south to north
     cfg = built.override({"data.model_files": ["model_output*.zarr"]})
     run_etl(cfg, overwrite=True)
-    assert {s: checksums(cfg.store_dir / f"{s}.zarr") for s in STORES} == expected
+    assert checksums(cfg.store_path) == expected
 
 
 @pytest.mark.parametrize("kind", ["onehot", "percentile"])
 def test_onehot_and_percentile_references_give_the_same_labels_as_codes(built: Config, kind: str) -> None:
-    expected = open_split(built, "train")
-    cfg = built.override({"data.reference_kind": kind, "data.zarr_dir": str(built.store_dir.parent / kind)})
+    expected = open_store(built)
+    cfg = built.override({"data.reference_kind": kind, "data.zarr_dir": str(built.store_path.parent / kind)})
     _, reference = tiny_datasets(cfg)
     codes = reference.drought_category.values
     if kind == "onehot":
@@ -205,13 +199,13 @@ def test_onehot_and_percentile_references_give_the_same_labels_as_codes(built: C
         values = xr.DataArray(codes_to_percentile(codes), dims=("time", "lat", "lon"))
     write_inputs(cfg, None, reference.assign(drought_category=values))
     run_etl(cfg)
-    got = open_split(cfg, "train")
+    got = open_store(cfg)
     np.testing.assert_array_equal(got["category"].values, expected["category"].values)
     np.testing.assert_array_equal(got[cfg.study.dataset_name].values, expected[cfg.study.dataset_name].values)
 
 
 def test_inputs_split_over_files_give_the_same_store(built: Config) -> None:
-    expected = {s: checksums(built.store_dir / f"{s}.zarr") for s in SPLITS}
+    expected = checksums(built.store_path)
     model, _ = tiny_datasets(built)
     raw = built.path(built.data.raw_dir)
     (raw / "model_output.nc").unlink()
@@ -219,7 +213,7 @@ def test_inputs_split_over_files_give_the_same_store(built: Config) -> None:
         for v in built.data.variables:
             part[[v]].to_netcdf(raw / f"model_output_{v}_{year}.nc")
     run_etl(built, overwrite=True)
-    assert {s: checksums(built.store_dir / f"{s}.zarr") for s in SPLITS} == expected
+    assert checksums(built.store_path) == expected
 
 
 @pytest.mark.parametrize("transform", ["percentile", "quantile_normal", "yeo_johnson"])
@@ -229,22 +223,15 @@ def test_other_transforms_store_their_state_and_apply_reproduces_it(
     cfg = tiny_inputs.override({"etl.transform": transform})
     run_etl(cfg)
     model = xr.open_dataset(cfg.path(cfg.data.raw_dir) / "model_output.nc").load()
-    climatology = quantiles.load_climatology(cfg.store_dir / "climatology.zarr").load()
+    climatology = quantiles.load_climatology(cfg.store_path).load()
     assert climatology.attrs["transform"] == transform
     series = quantiles.apply(climatology, model)
-    ds = open_split(cfg, "valid")
-    first = ds.isel(samples=0)
-    cell = int(
-        np.flatnonzero((series.lat.values == first.lat.values) & (series.lon.values == first.lon.values))[0]
-    )
-    end = int(np.flatnonzero(model.time.values == first.time.values)[0])
-    np.testing.assert_array_equal(
-        first[cfg.study.dataset_name].values, series.values[cell, end - 19 : end + 1]
-    )
+    np.testing.assert_array_equal(open_store(cfg)[cfg.study.dataset_name].values, series.values)
 
 
 def test_chunk_appender_writes_every_chunk_even_all_fill_ones_and_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "s.zarr"
+    zarr.open_group(path, mode="w", zarr_format=2)  # the root the appender writes into
     times = xr.date_range("2001-01-01", periods=25, calendar="360_day", use_cftime=True).values
     data = np.zeros((25, 3, 2), np.float32)
     data[10:20] = np.nan  # one chunk entirely NaN (the fill value), one entirely zero
@@ -262,7 +249,7 @@ def test_chunk_appender_writes_every_chunk_even_all_fill_ones_and_round_trips(tm
     for start in range(0, 25, 7):  # pieces that do not line up with chunks
         writer.add({"x": data[start : start + 7], "time": times[start : start + 7]})
     assert writer.close() == 25
-    finalize(path, {"note": "test"})
+    finalize(path, {"note": "test"}, {})
     assert manifest(path)["arrays"]["x"]["chunk_count"] == 3
     assert all((path / key).is_file() for key in checksums(path))
     back = xr.open_zarr(path, consolidated=True).load()
@@ -279,21 +266,25 @@ def test_cli_runs_the_etl_and_refuses_to_overwrite(tmp_path: Path, capsys) -> No
     write_synthetic(tmp_path / "data" / "raw", variables, SIZES["tiny"])
     config = ["--config", str(tmp_path / "study.toml")]
     assert main([*config, "etl"]) == 0
-    assert list((tmp_path / "data" / "zarr").glob("*_lb20/train.zarr"))
+    assert (tmp_path / "data" / "zarr" / load_config(tmp_path / "study.toml").store_name).is_dir()
     assert main([*config, "etl"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main([*config, "etl", "--overwrite"]) == 0
 
 
-def test_missing_labels_inside_the_period_drop_only_their_windows(tiny_config: Config) -> None:
+def test_missing_labels_and_inputs_inside_the_period_drop_only_their_windows(tiny_config: Config) -> None:
     model, reference = tiny_datasets(tiny_config)
     reference["drought_category"][400, :, :] = MISSING  # one day without labels anywhere
     model["soil_moisture"][500, 1, 1] = np.nan  # one missing input value in one cell
     write_inputs(tiny_config, model, reference)
     run_etl(tiny_config)
-    ds = open_split(tiny_config, "train")
-    assert model.time.values[400] not in set(ds.time.values)
-    in_cell = (ds.lat.values == model.lat.values[1]) & (ds.lon.values == model.lon.values[1])
-    ends = set(ds.time.values[in_cell])
-    assert not ends & set(model.time.values[500:520])  # windows containing the NaN day are gone
-    assert model.time.values[499] in ends and model.time.values[520] in ends
+    ds = open_store(tiny_config)
+    labels, complete = ds["category"].values, ds["complete"].values
+    cell = int(np.flatnonzero((ds.lat.values == model.lat.values[1]) & (ds.lon.values == model.lon.values[1]))[0])
+    assert (labels[:, 400] == MISSING).all() and not complete[cell, 500] and complete[cell, 499]
+    pairs = valid_pairs(labels, complete, window_ends(blocks_from_attrs(ds.attrs)["train"], LOOKBACK), LOOKBACK)
+    cells, ends = pairs // ds.sizes["time"], pairs % ds.sizes["time"]
+    assert 400 not in ends
+    mine = set(ends[cells == cell])
+    assert not mine & set(range(500, 520))  # windows containing the NaN day are not usable
+    assert {499, 520} <= mine

@@ -1,24 +1,28 @@
-"""The chunk-streaming loader over real HTTP: exactly-once epochs, seeded shuffling,
-disjoint shards, the chunk cache, and failures that stop the epoch loudly."""
+"""The window loader over real HTTP: exactly-once epochs of uniformly shuffled windows, disjoint
+rank shares, one download then a resident series, streaming rounds, the chunk cache, windows
+equal to plain xarray slicing, and failures that stop loudly without fill values."""
 
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from ..config import Config
 from ..remote import ChecksumError, MissingChunkError, RemoteReadError
+from ..store_format import gather_windows, window_ends
 from ..train.cache import make_cache
-from ..train.loader import BatchMemory, ChunkLoader, ShuffleBuffer, SplitSource, make_loader, shard_chunks
+from ..train.loader import LoaderError, Series, StoreSource, WindowLoader, make_loader, open_series
 from .faultserver import FaultServer
-from .stores import indexed_samples, synthetic_samples, write_split
+from .stores import DAY, indexed_series, write_series_store
 
-N, LOOKBACK, CHUNK, BATCH = 1030, 8, 100, 64  # 11 chunks, the last one short
+N_CELLS, N_TIME, LOOKBACK, CHUNK, BATCH = 10, 200, 8, 4, 64  # 3 chunks of cells, the last one short
 
 
 @pytest.fixture
@@ -30,226 +34,186 @@ def cfg(tiny_config: Config) -> Config:
             "train.batch_size": BATCH,
             "train.timeout_s": 1.0,
             "train.retries": 1,
-            "train.prefetch_chunks": 3,
-            "train.shuffle_buffer_chunks": 3,
+            "train.prefetch_chunks": 2,
+            "train.cache": "none",
         }
     )
 
 
 @pytest.fixture
 def server(cfg: Config, tmp_path: Path) -> Iterator[FaultServer]:
-    """Serves train.zarr whose samples carry their index in x[:, :, 0]."""
-    x, y = indexed_samples(N, LOOKBACK)
-    write_split(tmp_path / "srv" / cfg.store_name / "train.zarr", x, y, name=cfg.study.dataset_name,
-                chunk_samples=CHUNK)  # fmt: skip
+    """Serves an indexed series: feature 0 of cell c on day t is c * DAY + t."""
+    x, y = indexed_series(N_CELLS, N_TIME)
+    write_series_store(tmp_path / "srv", x, y, dataset_name=cfg.study.dataset_name, lookback=LOOKBACK,
+                       chunk_cells=CHUNK)  # fmt: skip
     with FaultServer(tmp_path / "srv") as srv:
         yield srv
 
 
-def ids_of(batches) -> list[np.ndarray]:
+@pytest.fixture
+def series(cfg: Config, server: FaultServer) -> Iterator[Series]:
+    opened = open_series(cfg, url=server.url, progress=False)
+    yield opened
+    opened.close()
+
+
+def windows_of(batches) -> list[np.ndarray]:
+    """(cell, end) of every window, batch by batch, after checking each window and label."""
     out = []
     for xb, yb in batches:
         assert xb.dtype == torch.float32 and yb.dtype == torch.int64
         assert xb.shape[1:] == (LOOKBACK, 2) and len(xb) == len(yb) <= BATCH
-        ids = xb[:, 0, 0].numpy().astype(np.int64)
-        np.testing.assert_array_equal(yb.numpy(), ids % 11)  # labels travel with their samples
-        assert (xb[:, :, 1] == 1).all()  # no fill values (0) anywhere
-        out.append(ids)
+        code = xb[:, :, 0].numpy().astype(np.int64)
+        cell, day = code // DAY, code % DAY
+        assert (cell == cell[:, :1]).all(), "a window never crosses cells"
+        np.testing.assert_array_equal(np.diff(day, axis=1), 1)  # consecutive days, in order
+        assert (xb[:, :, 1] == 1).all()  # no fill values anywhere
+        end = day[:, -1]
+        np.testing.assert_array_equal(yb.numpy(), (cell[:, 0] + end) % 11)  # the label of the end day
+        out.append(np.stack([cell[:, 0], end], axis=1))
     return out
 
 
-def loader(cfg: Config, server: FaultServer, **kwargs) -> ChunkLoader:
-    ld = make_loader(cfg, "train", url=server.url, progress=False, **kwargs)
-    return ld
+def expected(series: Series, split: str) -> set[tuple[int, int]]:
+    ends = window_ends(series.blocks[split], LOOKBACK)
+    return {(c, int(e)) for c in range(N_CELLS) for e in ends}
 
 
-def test_epoch_yields_every_sample_once_in_a_seeded_shuffled_order(cfg: Config, server: FaultServer) -> None:
-    ld = loader(cfg, server)
-    assert len(ld) == -(-N // BATCH) and ld.n_samples == N
-    epoch0, epoch1 = ids_of(ld), ids_of(ld)
-    for epoch in (epoch0, epoch1):
-        np.testing.assert_array_equal(np.sort(np.concatenate(epoch)), np.arange(N))
-        assert all(len(b) == BATCH for b in epoch[:-1])
-    assert not np.array_equal(np.concatenate(epoch0), np.concatenate(epoch1))
-    # chunk order is shuffled and batches mix chunks from the shuffle buffer
-    first_chunks = [int(b[0] // CHUNK) for b in epoch0]
-    assert first_chunks != sorted(first_chunks)
-    assert np.mean([len(np.unique(b // CHUNK)) > 1 for b in epoch0]) > 0.5
-    assert len(np.unique(epoch0[0] // CHUNK)) == 3  # the buffer spans shuffle_buffer_chunks chunks
-    # the same seed gives the same batches; another seed does not
-    again = ids_of(make_loader(cfg, "train", url=server.url, progress=False))
+def as_set(batches: list[np.ndarray]) -> set[tuple[int, int]]:
+    pairs = [tuple(p) for b in batches for p in b.tolist()]
+    assert len(pairs) == len(set(pairs)), "no window twice in an epoch"
+    return set(pairs)
+
+
+def test_epoch_yields_every_window_once_in_a_seeded_uniform_order(cfg: Config, series: Series) -> None:
+    loader = make_loader(cfg, series, "train", progress=False)
+    assert series.resident and loader.n_samples == len(expected(series, "train"))
+    epoch0, epoch1 = windows_of(loader), windows_of(loader)
+    assert len(epoch0) == len(loader) and all(len(b) == BATCH for b in epoch0[:-1])
+    assert as_set(epoch0) == as_set(epoch1) == expected(series, "train")
+    assert not np.array_equal(np.concatenate(epoch0), np.concatenate(epoch1))  # a new order each epoch
+    # batches are uniform draws: as many distinct cells per batch as random windows give
+    uniform = N_CELLS * (1 - (1 - 1 / N_CELLS) ** BATCH)
+    assert np.median([len(np.unique(b[:, 0])) for b in epoch0[:-1]]) >= 0.9 * uniform
+    # the same seed gives the same batches, another seed others; start_epoch resumes the sequence
+    again = windows_of(make_loader(cfg, series, "train", progress=False))
     assert all(np.array_equal(a, b) for a, b in zip(epoch0, again, strict=True))
-    other = ids_of(make_loader(cfg.override({"train.seed": 7}), "train", url=server.url, progress=False))
+    other = windows_of(make_loader(cfg.override({"train.seed": 7}), series, "train", progress=False))
     assert not np.array_equal(np.concatenate(epoch0), np.concatenate(other))
-    # start_epoch resumes the sequence
-    resumed = ids_of(make_loader(cfg, "train", url=server.url, progress=False, start_epoch=1))
+    resumed = windows_of(make_loader(cfg, series, "train", progress=False, start_epoch=1))
     assert all(np.array_equal(a, b) for a, b in zip(epoch1, resumed, strict=True))
-    ld.close()
 
 
-def test_unshuffled_loader_is_in_store_order(cfg: Config, server: FaultServer) -> None:
-    ld = loader(cfg, server, shuffle=False)
-    np.testing.assert_array_equal(np.concatenate(ids_of(ld)), np.arange(N))
+def test_evaluation_splits_are_in_store_order_and_apart_from_training(cfg: Config, series: Series) -> None:
+    seen = {}
+    for split in ("valid", "test"):
+        got = np.concatenate(windows_of(make_loader(cfg, series, split, progress=False)))
+        assert (np.diff(got[:, 0] * N_TIME + got[:, 1]) > 0).all(), "cell-major, then time order"
+        seen[split] = as_set([got])
+        assert seen[split] == expected(series, split)
+    train_days = {e - d for _, e in expected(series, "train") for d in range(LOOKBACK)}
+    valid_days = {e - d for _, e in seen["valid"] for d in range(LOOKBACK)}
+    test_days = {e - d for _, e in seen["test"] for d in range(LOOKBACK)}
+    assert not (train_days & valid_days) and not (valid_days & test_days), "no day in two splits' windows"
 
 
-def test_one_request_per_chunk_and_cache_makes_epoch_two_offline(cfg: Config, server: FaultServer) -> None:
+def test_one_download_then_every_epoch_and_split_from_the_resident_series(
+    cfg: Config, server: FaultServer
+) -> None:
     name = cfg.study.dataset_name
-    ld = loader(cfg, server)
-    _ = ld.reader  # open: manifest and consolidated metadata
+    series = open_series(cfg, url=server.url, progress=False)
+    assert server.count(f"*/{name}/*") == 0  # opening reads metadata, labels and mask only
+    loader = make_loader(cfg, series, "train", progress=False)
+    windows_of(loader)
+    assert server.count(f"*/{name}/*") == 3  # one request per chunk of cells
+    assert loader.stats.requests == 3 and loader.stats.network_bytes > 0 and loader.stats.samples > 0
     server.clear()
-    ids_of(ld)
-    assert server.count(f"*/{name}/*") == 11 and server.count("*/category/*") == 11
-    assert server.count() == 22  # nothing else: one request per chunk per array
-    assert ld.stats.requests == 22 and ld.stats.network_bytes > 0 and ld.stats.samples == N
-    assert ld.stats.samples_per_s > 0 and ld.stats.wait_s <= ld.stats.elapsed_s
-    server.clear()
-    ids_of(ld)
-    assert server.count() == 0, server.requests
-    assert ld.stats.cache_hits == 22 and ld.stats.network_bytes == 0
-    ld.close()
+    windows_of(loader)
+    windows_of(make_loader(cfg, series, "test", progress=False))
+    assert server.count() == 0 and loader.stats.network_bytes == 0
+    series.close()
 
 
-def test_disk_cache_survives_a_new_loader(cfg: Config, server: FaultServer) -> None:
-    first = loader(cfg, server, cache="disk")
-    ids_of(first)
+def test_disk_cache_serves_a_new_run_without_the_network(cfg: Config, server: FaultServer) -> None:
+    disk = cfg.override({"train.cache": "disk"})
+    first = open_series(disk, url=server.url, progress=False)
+    windows_of(make_loader(disk, first, "train", progress=False))
     first.close()
     server.clear()
-    second = loader(cfg, server, cache="disk")
-    ids_of(second)
-    assert server.count("*/category/*") == 0 and server.count(f"*/{cfg.study.dataset_name}/*") == 0
-    assert second.stats.cache_hits == 22
+    second = open_series(disk, url=server.url, progress=False)
+    windows_of(make_loader(disk, second, "train", progress=False))
+    assert server.count(f"*/{cfg.study.dataset_name}/*") == 0
+    assert second.remote.stats.snapshot()["cache_hits"] >= 3
     second.close()
 
 
-def test_no_cache_reads_again(cfg: Config, server: FaultServer) -> None:
-    ld = loader(cfg, server, cache="none")
-    ids_of(ld)
+def test_ranks_draw_disjoint_shares_covering_the_epoch(cfg: Config, series: Series) -> None:
+    shares = [as_set(windows_of(make_loader(cfg, series, "train", rank=r, world_size=3, progress=False)))
+              for r in range(3)]  # fmt: skip
+    assert sum(len(s) for s in shares) == len(expected(series, "train"))
+    assert set().union(*shares) == expected(series, "train")
+
+
+def test_streamed_rounds_cover_the_epoch_and_mix_the_cells_of_a_round(cfg: Config, server: FaultServer) -> None:
+    small = cfg.override({"train.resident_max_mb": 1})
+    series = open_series(small, url=server.url, progress=False)
+    series.budget_bytes = series.labels.nbytes + 2 * CHUNK * N_TIME * 2 * 4  # room for two one-chunk rounds
+    assert not series.resident and series.round_chunks == 1
+    loader = make_loader(small, series, "train", progress=False)
     server.clear()
-    ids_of(ld)
-    assert server.count() == 22
+    for _ in range(2):
+        batches = windows_of(loader)
+        assert as_set(batches) == expected(series, "train")
+        assert all(len(np.unique(b[:, 0] // CHUNK)) == 1 for b in batches), "a batch mixes one round's cells"
+    assert server.count(f"*/{cfg.study.dataset_name}/*") == 6  # streamed again each epoch (cache off)
+    series.close()
 
 
-def test_ranks_read_disjoint_chunks_covering_the_split(cfg: Config, server: FaultServer) -> None:
-    seen = []
-    for rank in range(3):
-        ld = loader(cfg, server, rank=rank, world_size=3)
-        ids = np.concatenate(ids_of(ld))
-        assert len(ids) == ld.n_samples
-        seen.append(ids)
-    all_ids = np.concatenate(seen)
-    np.testing.assert_array_equal(np.sort(all_ids), np.arange(N))
-    assert [set(s // CHUNK) for s in seen] == [set(shard_chunks(11, r, 3).tolist()) for r in range(3)]
+def test_windows_equal_plain_xarray_slicing_of_the_store(cfg: Config, series: Series, server: FaultServer,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    ds = xr.open_zarr(tmp_path / "srv" / cfg.store_name, consolidated=True)[cfg.study.dataset_name]
+    loader = make_loader(cfg, series, "valid", progress=False)
+    xb, _ = next(iter(loader))
+    for i in (0, 5, len(xb) - 1):
+        cell, end = int(xb[i, 0, 0]) // DAY, int(xb[i, -1, 0]) % DAY
+        window = ds.isel(cell=cell, time=slice(end - LOOKBACK + 1, end + 1)).values
+        np.testing.assert_array_equal(xb[i].numpy(), window)
+    flat = loader.pairs[:7]
+    np.testing.assert_array_equal(gather_windows(ds.values, flat, LOOKBACK), xb[:7].numpy())
 
 
-@pytest.mark.slow
-def test_spawned_workers_open_their_own_filesystem_and_split_the_chunks(
-    cfg: Config, server: FaultServer
-) -> None:
-    ld = loader(cfg.override({"train.num_workers": 2}), server)
-    in_main = ld.remote.stats.snapshot()["requests"]  # the main process reads metadata only
-    server.clear()
-    for _ in range(2):  # persistent workers keep their memory caches: epoch two is offline
-        np.testing.assert_array_equal(np.sort(np.concatenate(ids_of(ld))), np.arange(N))
-        assert server.count("*/category/*") == 11
-    assert ld.remote.stats.snapshot()["requests"] == in_main
-    ld.close()
-
-
-def test_failed_chunk_stops_the_epoch_without_fill_values(cfg: Config, server: FaultServer) -> None:
+def test_missing_chunk_stops_the_epoch_without_fill_values(cfg: Config, server: FaultServer) -> None:
     name = cfg.study.dataset_name
-    server.always(f"*/{name}/7.0.0", 404)
-    ld = loader(cfg, server)
-    seen: list[np.ndarray] = []
-    with pytest.raises(MissingChunkError, match=f"{name}/7.0.0"):
-        for batch in ld:
-            seen.extend(ids_of([batch]))
-    ids = np.concatenate(seen) if seen else np.empty(0, dtype=np.int64)
-    assert len(np.unique(ids)) == len(ids) and not np.isin(np.arange(700, 800), ids).any()
+    server.always(f"*/{name}/1.0.0", 404)
+    series = open_series(cfg, url=server.url, progress=False)
+    with pytest.raises(MissingChunkError, match=f"{name}/1.0.0"):
+        windows_of(make_loader(cfg, series, "train", progress=False))
+    series.close()
 
 
 def test_chunk_of_wrong_content_stops_the_epoch(cfg: Config, server: FaultServer, tmp_path: Path) -> None:
     """Valid zarr bytes of another chunk (as after a rewrite of the store) fail the manifest check."""
-    store = tmp_path / "srv" / cfg.store_name / "train.zarr" / cfg.study.dataset_name
-    store.joinpath("7.0.0").write_bytes(store.joinpath("2.0.0").read_bytes())
-    seen: list[np.ndarray] = []
-    with pytest.raises(ChecksumError, match=f"{cfg.study.dataset_name}/7.0.0"):
-        for batch in loader(cfg, server):
-            seen.extend(ids_of([batch]))
-    ids = np.concatenate(seen) if seen else np.empty(0, dtype=np.int64)
-    assert len(np.unique(ids)) == len(ids)  # chunk 2's samples never came twice
-
-
-def test_batch_memory_is_reused_only_once_nothing_refers_to_a_batch() -> None:
-    memory = BatchMemory()
-    shape = (256, 180, 2)  # one batch of the default size
-    first = memory.empty(shape, np.float32)
-    address = first.__array_interface__["data"][0]
-    del first
-    second = memory.empty(shape, np.float32)
-    assert second.__array_interface__["data"][0] == address  # recycled once dropped
-    second[:] = 1
-    held = torch.from_numpy(second)[10:20]  # a view of the tensor keeps the memory in use
-    del second
-    third = memory.empty(shape, np.float32)
-    assert third.__array_interface__["data"][0] != address
-    third[:] = 2
-    assert (held == 1).all()
+    chunks = tmp_path / "srv" / cfg.store_name / cfg.study.dataset_name
+    chunks.joinpath("1.0.0").write_bytes(chunks.joinpath("0.0.0").read_bytes())
+    series = open_series(cfg, url=server.url, progress=False)
+    with pytest.raises(ChecksumError, match=f"{cfg.study.dataset_name}/1.0.0"):
+        windows_of(make_loader(cfg, series, "train", progress=False))
+    series.close()
 
 
 def test_stalled_chunk_fails_within_the_timeout(cfg: Config, server: FaultServer) -> None:
-    server.always("*/category/3", "stall")
-    ld = loader(cfg, server)
-    ld.source = dataclasses.replace(ld.source, backoff_s=0.05)
+    server.always(f"*/{cfg.study.dataset_name}/2.0.0", "stall")
+    source = dataclasses.replace(StoreSource.from_config(cfg, url=server.url), backoff_s=0.05)
+    series = Series(source, progress=False)
     with pytest.raises(RemoteReadError, match="read timeout"):
-        ids_of(ld)
-    assert server.count("*/category/3") == cfg.train.retries + 1
+        windows_of(WindowLoader(series, "train", batch_size=BATCH))
+    assert server.count(f"*/{cfg.study.dataset_name}/2.0.0") == cfg.train.retries + 1
+    series.close()
 
 
-@pytest.mark.parametrize("zarr_format", [2, 3])
-def test_fast_chunk_decoding_matches_zarr(cfg: Config, tmp_path: Path, zarr_format: int) -> None:
-    x, y = synthetic_samples(N, LOOKBACK, seed=3)
-    root = tmp_path / "srv"
-    write_split(root / cfg.store_name / "train.zarr", x, y, name=cfg.study.dataset_name, chunk_samples=CHUNK,
-                zarr_format=zarr_format)  # fmt: skip
-    with FaultServer(root) as srv:
-        reader = make_loader(cfg, "train", url=srv.url, progress=False).reader
-        assert reader._decoders is not None  # the layout the ETL writes takes the fast path
-        for chunk in range(reader.n_chunks):
-            fast, slow = reader.read(chunk), reader.read(chunk, fast=False)
-            np.testing.assert_array_equal(fast[0], slow[0])
-            np.testing.assert_array_equal(fast[1], slow[1])
-            start, stop = reader.bounds(chunk)
-            np.testing.assert_array_equal(fast[0], x[start:stop])
-        reader.remote.close()
-
-
-def test_shuffle_buffer_keeps_every_row_once() -> None:
-    rng = np.random.default_rng(0)
-    buffer = ShuffleBuffer(batch_size=7, capacity=3, rng=rng)
-    chunks = [np.arange(s, s + n) for s, n in ((0, 10), (10, 25), (35, 3), (38, 10))]
-    out = []
-    for c in chunks:
-        out += [yb for _, yb in buffer.add(c[:, None, None].astype(np.float32), c)]
-    out += [yb for _, yb in buffer.flush()]
-    np.testing.assert_array_equal(np.sort(np.concatenate(out)), np.arange(48))
-    assert all(len(b) == 7 for b in out[:-1])
-
-
-def test_shuffle_buffer_releases_each_chunk_within_capacity_additions() -> None:
-    """The memory bound the loader's speed depends on: a chunk leaves after `capacity` adds."""
-    capacity = 3
-    released: list[int] = []
-    buffer = ShuffleBuffer(
-        batch_size=8,
-        capacity=capacity,
-        rng=np.random.default_rng(1),
-        release=lambda x: released.append(int(x[0, 0, 0])),
-    )
-    for i in range(10):
-        chunk = np.full((40, 1, 1), i, dtype=np.float32)
-        list(buffer.add(chunk, np.full(40, i)))
-        assert all(old in released for old in range(i - capacity)), (i, released)
-    list(buffer.flush())
+def test_a_lookback_longer_than_the_split_gap_is_refused(cfg: Config, series: Series) -> None:
+    with pytest.raises(LoaderError, match="split gap"):
+        WindowLoader(series, "train", lookback=LOOKBACK + 1)
 
 
 def test_caches_are_size_capped_and_verified(tmp_path: Path) -> None:
@@ -273,9 +237,7 @@ def test_caches_are_size_capped_and_verified(tmp_path: Path) -> None:
     assert make_cache("none", max_mb=1) is None
 
 
-def test_split_source_is_picklable_without_secrets_in_repr(cfg: Config) -> None:
-    import pickle
-
-    source = SplitSource.from_config(cfg, "train", url="http://127.0.0.1:9", token="hush-hush")
+def test_store_source_is_picklable_without_secrets_in_repr(cfg: Config) -> None:
+    source = StoreSource.from_config(cfg, url="http://127.0.0.1:9", token="hush-hush")
     assert pickle.loads(pickle.dumps(source)) == source
     assert "hush-hush" not in repr(source)

@@ -33,9 +33,9 @@ from ..remote import (
     resolve_base_url,
 )
 from .faultserver import FaultServer
-from .stores import synthetic_samples, write_split
+from .stores import learnable_series, write_series_store
 
-N, LOOKBACK, CHUNK = 600, 20, 100
+N_CELLS, N_TIME, LOOKBACK, CHUNK = 24, 120, 20, 4  # 6 chunks of cells
 SECRET = "s3cr3t-token-value"
 
 
@@ -44,42 +44,46 @@ def cfg(tiny_config: Config) -> Config:
     return tiny_config.override({"train.timeout_s": 1.0, "train.retries": 2})
 
 
+def write(cfg: Config, root: Path, zarr_format: int = 2, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    x, y = learnable_series(N_CELLS, N_TIME, seed=seed)
+    write_series_store(root, x, y, dataset_name=cfg.study.dataset_name, lookback=LOOKBACK, chunk_cells=CHUNK,
+                       zarr_format=zarr_format)  # fmt: skip
+    return x, y
+
+
 @pytest.fixture
 def data_root(cfg: Config, tmp_path: Path) -> Path:
-    """<root>/<store_name>/train.zarr (zarr v2) with its manifest."""
-    x, y = synthetic_samples(N, LOOKBACK, seed=1)
-    write_split(tmp_path / "srv" / cfg.store_name / "train.zarr", x, y, name=cfg.study.dataset_name,
-                chunk_samples=CHUNK)  # fmt: skip
+    """<root>/<dataset>.zarr (zarr v2) with its manifest."""
+    write(cfg, tmp_path / "srv")
     return tmp_path / "srv"
 
 
 def local(data_root: Path, cfg: Config) -> xr.Dataset:
-    return xr.open_zarr(data_root / cfg.store_name / "train.zarr", consolidated=True).load()
+    return xr.open_zarr(data_root / cfg.store_name, consolidated=True).load()
 
 
 def store_path(cfg: Config) -> str:
-    return f"{cfg.store_name}/train.zarr"
+    return cfg.store_name
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_open_remote_reads_exact_data(cfg: Config, tmp_path: Path, zarr_format: int, monkeypatch) -> None:
-    x, y = synthetic_samples(N, LOOKBACK, seed=2)
-    root = tmp_path / "srv"
-    write_split(root / cfg.store_name / "train.zarr", x, y, name=cfg.study.dataset_name, chunk_samples=CHUNK,
-                zarr_format=zarr_format)  # fmt: skip
-    with FaultServer(root) as server:
+    x, y = write(cfg, tmp_path / "srv", zarr_format, seed=2)
+    with FaultServer(tmp_path / "srv") as server:
         monkeypatch.setenv("DATA_URL", server.url + "/")  # the environment wins over study.toml
         ds = open_remote(cfg=cfg)
         np.testing.assert_array_equal(ds[cfg.study.dataset_name].values, x)
-        np.testing.assert_array_equal(ds["category"].values, y)
+        labels = ds["category"].values  # plain xarray masks the missing code (-1) as NaN
+        np.testing.assert_array_equal(np.where(np.isnan(labels), -1, labels), y)
         assert ds.attrs["source_url"] == f"{server.url}/{store_path(cfg)}"
 
 
 def test_url_resolution_order(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = cfg.override({"server.url": "https://zarr.mylab.org/zarr"})
     assert resolve_base_url(None, cfg) == cfg.server.url
-    monkeypatch.setenv("DATA_URL", "http://env.example:1/zarr/")
-    assert resolve_base_url(None, cfg) == "http://env.example:1/zarr"
-    assert resolve_base_url("https://arg.example/z", cfg) == "https://arg.example/z"
+    monkeypatch.setenv("DATA_URL", "http://env.mylab.org:1/zarr/")
+    assert resolve_base_url(None, cfg) == "http://env.mylab.org:1/zarr"
+    assert resolve_base_url("https://arg.mylab.org/z", cfg) == "https://arg.mylab.org/z"
     with pytest.raises(RemoteError, match="not an http"):
         resolve_base_url("ftp://x.example/z", cfg)
     with pytest.raises(RemoteError, match="credentials") as info:
@@ -113,7 +117,7 @@ def test_token_auth_and_secret_never_shown(cfg: Config, data_root: Path, monkeyp
         check_access(f"{server.url}/{store_path(cfg)}", token=SECRET)
         remote = connect(server.url, cfg=cfg)
         ds = remote.open_dataset()
-        assert ds[cfg.study.dataset_name].shape == (N, LOOKBACK, 2)
+        assert ds[cfg.study.dataset_name].shape == (N_CELLS, N_TIME, 2)
         assert SECRET not in repr(remote) + repr(remote.store) + str(remote.store) + repr(ds)
         remote.close()
 
@@ -152,7 +156,7 @@ def test_failed_chunk_raises_clear_error_never_fill_values(
         server.always(f"{store_path(cfg)}/{cfg.study.dataset_name}/3.0.0", action)
         started = time.monotonic()
         with pytest.raises(error, match=message) as info:
-            ds[cfg.study.dataset_name].isel(samples=slice(300, 400)).values  # noqa: B018
+            ds[cfg.study.dataset_name].isel(cell=slice(12, 16)).values  # noqa: B018
         elapsed = time.monotonic() - started
         assert f"{cfg.study.dataset_name}/3.0.0" in str(info.value)
         # Bounded: (retries + 1) reads of at most timeout_s each, plus backoff.
@@ -172,7 +176,7 @@ def test_missing_manifest_and_wrong_url(cfg: Config, data_root: Path) -> None:
         with pytest.raises(RemoteError, match="no zarr store"):
             check_access(f"{server.url}/elsewhere/train.zarr")
         ds = open_remote(server.url, cfg=cfg, require_manifest=False)
-        assert ds[cfg.study.dataset_name].shape == (N, LOOKBACK, 2)
+        assert ds[cfg.study.dataset_name].shape == (N_CELLS, N_TIME, 2)
 
 
 def test_manifest_mismatch_is_caught_at_open(cfg: Config, data_root: Path) -> None:
@@ -180,28 +184,48 @@ def test_manifest_mismatch_is_caught_at_open(cfg: Config, data_root: Path) -> No
     manifest = json.loads(path.read_text())
     entry = manifest["arrays"][cfg.study.dataset_name]
     entry["chunk_count"] -= 1
-    entry["checksums"].pop(next(iter(entry["checksums"])))
+    key = next(iter(entry["sha256"]))
+    del entry["sha256"][key], entry["crc32c"][key]
     path.write_text(json.dumps(manifest))
     with FaultServer(data_root) as server, pytest.raises(ManifestError, match="expected 6"):
         open_remote(server.url, cfg=cfg)
 
 
-@pytest.mark.parametrize("check", ["crc32c", "sha256"])
-def test_deleted_or_corrupted_chunk_is_an_error(cfg: Config, data_root: Path, check: str) -> None:
-    """Checked by CRC32C, or by sha256 with a manifest written without CRC32Cs."""
+def test_deleted_or_corrupted_chunk_is_an_error(cfg: Config, data_root: Path) -> None:
     store = data_root / store_path(cfg)
     name = cfg.study.dataset_name
-    if check == "sha256":
-        manifest = json.loads((store / "manifest.json").read_text())
-        for entry in manifest["arrays"].values():
-            del entry["crc32c"]
-        (store / "manifest.json").write_text(json.dumps(manifest))
     (store / name / "1.0.0").unlink()  # as if the server lost it: zarr alone would return fill values
     shutil.copy(store / name / "4.0.0", store / name / "5.0.0")  # valid bytes, wrong chunk
     with FaultServer(data_root) as server:
         ds = open_remote(server.url, cfg=cfg)
         with pytest.raises(MissingChunkError, match=f"{name}/1.0.0"):
-            ds[name].isel(samples=slice(100, 200)).values  # noqa: B018
+            ds[name].isel(cell=slice(4, 8)).values  # noqa: B018
         with pytest.raises(ChecksumError, match=f"{name}/5.0.0"):
-            ds[name].isel(samples=slice(500, 600)).values  # noqa: B018
-        assert ds[name].isel(samples=slice(0, 100)).values.shape == (100, LOOKBACK, 2)
+            ds[name].isel(cell=slice(20, 24)).values  # noqa: B018
+        assert ds[name].isel(cell=slice(0, 4)).values.shape == (4, N_TIME, 2)
+
+
+def test_plain_xarray_sees_a_lost_chunk_as_missing_never_as_data(cfg: Config, data_root: Path) -> None:
+    """What a client without the manifest checks gets: NaN, a missing label, no date; never a value."""
+    store = data_root / store_path(cfg)
+    name = cfg.study.dataset_name
+    for key in (f"{name}/1.0.0", "category/1.0", "time/0"):
+        (store / key).unlink()
+    ds = xr.open_zarr(store, consolidated=True)
+    assert np.isnan(ds[name].values[4:8]).all() and not np.isnan(ds[name].values[:4]).any()
+    assert np.isnan(ds["category"].values[4:8]).all()  # the label fill is the missing code (-1)
+    assert np.isnat(ds["time"].values).all()
+
+
+def test_the_template_placeholder_url_is_refused_at_once(cfg: Config) -> None:
+    with pytest.raises(RemoteError, match="DATA_URL") as info:
+        resolve_base_url(None, cfg.override({"server.url": "https://data.example.edu/zarr"}))
+    assert "placeholder" in str(info.value)
+    with pytest.raises(RemoteError, match="placeholder"):
+        resolve_base_url("http://data.lab.example:8080/zarr", cfg)
+
+
+def test_an_unresolvable_host_fails_at_once(cfg: Config) -> None:
+    """Raised by the branch that does not retry (a host name that does not resolve cannot start to)."""
+    with pytest.raises(RemoteReadError, match="'no-such-host.invalid' does not resolve"):
+        open_remote("http://no-such-host.invalid:8080", cfg=cfg.override({"train.retries": 5}))

@@ -1,5 +1,6 @@
-"""Training over HTTP end to end on a tiny store: loss goes down, results are written,
-the same seed gives the same metrics, and a resumed run continues where it stopped."""
+"""Training over HTTP end to end on small stores: loss goes down, results and baselines are
+written, the same seed gives the same metrics, a resumed run continues where it stopped, and
+labels shifted by a month (a misalignment) leave the model no better than the baselines."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ import pytest
 import torch
 
 from ..config import Config
+from ..etl.categories import MISSING
+from ..etl.pipeline import run_etl
+from ..synthetic import SyntheticSize, training_days
 from ..train.loop import TrainError, class_weights, train
 from ..train.model import build_model
+from .etl_support import tiny_datasets, write_inputs
 from .faultserver import FaultServer
-from .stores import write_study_stores
+from .stores import learnable_series, write_series_store
 
 LOOKBACK = 20
+N_CELLS, N_TIME = 8, 400  # days 0-215 train, 236-307 valid, 328-399 test (fractions 0.6, 0.2, 0.2; gaps 20)
 RESULT_FILES = (
     "summary.json",
     "history.csv",
@@ -36,9 +42,9 @@ def cfg(tiny_config: Config) -> Config:
 
 @pytest.fixture
 def url(cfg: Config, tmp_path: Path) -> Iterator[str]:
-    sizes = {"train": 2000, "valid": 500, "test": 500}
-    write_study_stores(tmp_path / "srv", store_name=cfg.store_name, dataset_name=cfg.study.dataset_name,
-                       lookback=LOOKBACK, chunk_samples=250, sizes=sizes)  # fmt: skip
+    x, y = learnable_series(N_CELLS, N_TIME)
+    write_series_store(tmp_path / "srv", x, y, dataset_name=cfg.study.dataset_name, lookback=LOOKBACK,
+                       chunk_cells=4)  # fmt: skip
     with FaultServer(tmp_path / "srv") as server:
         yield server.url
 
@@ -62,10 +68,12 @@ def test_train_writes_results_and_is_reproducible_and_resumable(
     assert (tmp_path / "a" / "checkpoints" / "last.pt").is_file()
     assert json.loads((tmp_path / "a" / "summary.json").read_text()) == first
     test = first["test"]
-    assert test["samples"] == 500 and 0 <= test["accuracy"] <= 1 and 0 <= test["macro_f1"] <= 1
-    assert np.array(test["confusion_matrix"]).sum() == 500
-    assert 0 < test["majority_baseline_accuracy"] < 1 and test["majority_class"] == "N"
-    assert first["loader"][0]["samples"] == 2000 and first["loader"][1]["network_bytes"] == 0  # cached
+    assert test["samples"] == N_CELLS * 72 and 0 <= test["accuracy"] <= 1
+    assert np.array(test["confusion_matrix"]).sum() == test["samples"] and 0 <= test["macro_f1"] <= 1
+    for name in ("majority", "logistic"):
+        assert {"accuracy", "macro_f1"} <= set(first["baselines"][name])
+    assert first["loader"][0]["samples"] == first["train_samples"] == N_CELLS * (216 - (LOOKBACK - 1))
+    assert first["loader"][0]["network_bytes"] > 0 and first["loader"][1]["network_bytes"] == 0  # resident
 
     again = train(cfg, url=url, epochs=2, out_dir=tmp_path / "b", progress=False)
     assert metrics(again) == metrics(first)
@@ -84,6 +92,43 @@ def test_early_stopping_and_incompatible_checkpoint(cfg: Config, url: str, tmp_p
     with pytest.raises(TrainError, match="hidden_size"):
         train(frozen.override({"train.hidden_size": 8}), url=url, epochs=5, out_dir=tmp_path / "out",
               progress=False)  # fmt: skip
+
+
+def test_a_fresh_run_never_evaluates_the_best_model_of_an_earlier_one(cfg: Config, url: str, tmp_path: Path) -> None:
+    stale = tmp_path / "out" / "checkpoints" / "best.pt"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"a best model of another run")
+    train(cfg, url=url, epochs=1, out_dir=tmp_path / "out", progress=False)
+    assert torch.load(stale, weights_only=True)["settings"]["hidden_size"] == cfg.train.hidden_size
+
+
+def test_labels_shifted_by_a_month_leave_no_skill(tiny_config: Config, tmp_path: Path) -> None:
+    """The same synthetic study through the real ETL, once aligned and once with each day labelled
+    with the category of 30 days later: the aligned model beats both baselines, the misaligned one
+    falls to them. An alignment bug cannot pass silently."""
+    cfg = tiny_config.override(
+        {"train.batch_size": 128, "train.hidden_size": 32, "train.learning_rate": 0.01, "train.patience": 5}
+    )
+    size = SyntheticSize(ny=3, nx=4, years=6)
+    etl = cfg.etl
+    days = training_days(size, "standard", lookback=etl.time_lookback, gap=etl.split_gap_days,
+                         fractions=etl.split_fractions)  # fmt: skip
+    model, reference = tiny_datasets(cfg, size=size, train_days=days)
+    summaries = {}
+    for name, shift in (("aligned", 0), ("shifted", 30)):
+        case = cfg.override({"data.raw_dir": str(tmp_path / name / "raw"), "data.zarr_dir": str(tmp_path / name / "zarr")})
+        labels = reference.drought_category.shift(time=-shift, fill_value=MISSING)
+        write_inputs(case, model, reference.assign(drought_category=labels))
+        run_etl(case)
+        with FaultServer(case.path(case.data.zarr_dir)) as server:
+            summaries[name] = train(case, url=server.url, epochs=3, out_dir=tmp_path / name / "out", progress=False)
+    aligned, shifted = summaries["aligned"], summaries["shifted"]
+    for name in ("majority", "logistic"):
+        assert aligned["test"]["accuracy"] > aligned["baselines"][name]["accuracy"] + 0.1, aligned["baselines"]
+        assert aligned["test"]["macro_f1"] > aligned["baselines"][name]["macro_f1"] + 0.1, aligned["baselines"]
+    best_baseline = max(b["accuracy"] for b in shifted["baselines"].values())
+    assert shifted["test"]["accuracy"] < best_baseline + 0.1, (shifted["test"]["accuracy"], shifted["baselines"])
+    assert shifted["test"]["macro_f1"] < aligned["test"]["macro_f1"] / 2
 
 
 def test_class_weights_favour_rare_classes() -> None:

@@ -1,18 +1,24 @@
 """The training loop: epochs over the streamed store, validation, early stopping, results.
 
 `train(cfg, url=..., epochs=..., out_dir=...)` is what the CLI (`<package> train`)
-and the notebook call. It writes to the results folder:
+and the notebook call. The store's series are fetched once (`train.loader.Series`)
+and every split's windows are cut from them on the training device. It writes to
+the results folder:
 
 * `checkpoints/last.pt` (every epoch; a new call resumes from it) and `checkpoints/best.pt`;
-* `summary.json`: settings, per-epoch history, loader throughput, and for the
-  validation and test splits accuracy, macro-F1, the majority-class baseline,
-  per-class report and confusion matrix (scikit-learn);
+* `summary.json`: settings, per-epoch history, loader throughput, for the
+  validation and test splits accuracy, macro-F1, per-class report and confusion
+  matrix (scikit-learn), and beside them the baselines of the same test windows
+  (`baselines`: majority class, logistic regression on window means);
 * `history.csv`, `classification_report.txt`, `loss.png`, `confusion_matrix.png`.
 
+Each step stays on the device: losses and predictions are accumulated there and
+read once per epoch, so the loop never waits for the GPU between steps.
+
 Determinism: on CPU the same seed gives the same metrics (seeded weights, seeded
-chunk order and shuffle buffer per epoch, RNG state saved in checkpoints, so a
-resumed run matches an uninterrupted one). On CUDA, mixed precision and cuDNN
-kernels make results close but not bit-identical.
+order of each epoch's windows, RNG state saved in checkpoints, so a resumed run
+matches an uninterrupted one). On CUDA, mixed precision and cuDNN kernels make
+results close but not bit-identical.
 """
 
 from __future__ import annotations
@@ -35,14 +41,14 @@ from tqdm.auto import tqdm
 
 from ..errors import StudyError
 from ..etl.categories import CATEGORIES, N_CLASSES
-from ..remote import StoreNotFoundError
-from .loader import LoaderStats, make_loader
+from .baselines import FIT_SAMPLES, baselines, scores, window_means
+from .loader import LoaderStats, Series, make_loader, open_series
 from .model import build_model
 
 if TYPE_CHECKING:
     from ..config import Config
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: windows cut on read from the series store
 
 
 class TrainError(StudyError):
@@ -107,21 +113,19 @@ def run_epoch(
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """One pass: trains when an optimizer is given, else evaluates.
 
-    Returns the mean loss over labelled samples, and the true and predicted
-    codes of those samples (label -1 = missing is ignored).
+    Returns the mean loss, and (when evaluating) the true and predicted codes of
+    every window (empty arrays when training). Nothing is read back from the
+    device until the pass is over.
     """
     training = optimizer is not None
     model.train(training)
     amp = device.type == "cuda"
-    total, count = 0.0, 0
-    y_true: list[np.ndarray] = []
-    y_pred: list[np.ndarray] = []
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    y_true: list[torch.Tensor] = []
+    y_pred: list[torch.Tensor] = []
     with torch.set_grad_enabled(training):
         for xb, yb in batches:
-            labelled = yb >= 0
-            n = int(labelled.sum())
-            if n == 0:
-                continue
             xb = xb.to(device, non_blocking=True)
             yb = yb.to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
@@ -136,28 +140,27 @@ def run_epoch(
                 else:
                     loss.backward()
                     optimizer.step()
-            total += float(loss.detach()) * n
-            count += n
-            keep = labelled.to(device)
-            y_true.append(yb[keep].cpu().numpy())
-            y_pred.append(logits.detach()[keep].argmax(dim=1).cpu().numpy())
+            else:
+                y_true.append(yb.to(torch.int8))
+                y_pred.append(logits.argmax(dim=1).to(torch.int8))
+            total += loss.detach() * len(yb)
+            count += len(yb)
     if count == 0:
-        raise TrainError("no labelled samples in this split (all labels are -1); check the ETL output")
-    return total / count, np.concatenate(y_true), np.concatenate(y_pred)
+        raise TrainError("no windows in this split; check the ETL output")
+    mean_loss = float(total) / count  # the pass's one read from the device
+    if y_true:
+        return mean_loss, torch.cat(y_true).cpu().numpy(), torch.cat(y_pred).cpu().numpy()
+    return mean_loss, np.empty(0, np.int8), np.empty(0, np.int8)
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, majority_class: int) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class report and confusion matrix (scikit-learn), plus the
-    accuracy of always predicting the training split's most frequent class."""
-    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class report and confusion matrix (scikit-learn)."""
+    from sklearn.metrics import classification_report, confusion_matrix
 
     labels = list(range(N_CLASSES))
     return {
         "samples": len(y_true),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "majority_class": CATEGORIES[majority_class],
-        "majority_baseline_accuracy": float(np.mean(y_true == majority_class)),
+        **scores(y_true, y_pred),
         "per_class": classification_report(
             y_true, y_pred, labels=labels, target_names=list(CATEGORIES), zero_division=0, output_dict=True
         ),
@@ -215,16 +218,17 @@ def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
     _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def _model_settings(cfg: Config, n_features: int, lookback: int) -> dict[str, Any]:
+def _model_settings(cfg: Config, n_features: int) -> dict[str, Any]:
     t = cfg.train
     return {
         "n_features": n_features,
-        "time_lookback": lookback,
+        "time_lookback": cfg.etl.time_lookback,
         "hidden_size": t.hidden_size,
         "num_layers": t.num_layers,
         "dropout": t.dropout,
         "learning_rate": t.learning_rate,
         "batch_size": t.batch_size,
+        "sample_stride": t.sample_stride,
         "seed": t.seed,
         "class_weights": t.class_weights,
         "store": cfg.store_name,
@@ -240,7 +244,13 @@ def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise TrainError(f"cannot read checkpoint {path} ({exc}); delete it to start over") from None
-    if state.get("version") != CHECKPOINT_VERSION or state.get("settings") != settings:
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise TrainError(
+            f"checkpoint {path} was written by another version of this study's training code "
+            f"(checkpoint format {state.get('version')!r}, this code writes {CHECKPOINT_VERSION}); "
+            "use another --out folder, or delete the checkpoints to start over"
+        )
+    if state.get("settings") != settings:
         differ = {
             k: (state.get("settings", {}).get(k), v)
             for k, v in settings.items()
@@ -253,21 +263,22 @@ def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def _evaluate_split(
-    cfg: Config, split: str, model: nn.Module, loss_fn: nn.Module, device: torch.device,
-    majority: int, loader_args: dict[str, Any],
-) -> dict[str, Any] | None:  # fmt: skip
-    try:
-        loader = make_loader(cfg, split, shuffle=False, **loader_args)
-        _ = loader.reader
-    except StoreNotFoundError:
-        tqdm.write(f"no {split} split on the server; skipping its evaluation")
-        return None
-    try:
-        loss, y_true, y_pred = run_epoch(model, loader, loss_fn, device)
-    finally:
-        loader.close()
-    return {"loss": loss, **classification_metrics(y_true, y_pred, majority)}
+def _evaluate(
+    cfg: Config, series: Series, split: str, model: nn.Module, loss_fn: nn.Module, device: torch.device,
+    progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    loader = make_loader(cfg, series, split, shuffle=False, progress=progress)
+    loss, y_true, y_pred = run_epoch(model, loader, loss_fn, device)
+    return {"loss": loss, **classification_metrics(y_true, y_pred)}
+
+
+def _baselines(cfg: Config, series: Series, majority: int) -> dict[str, dict[str, Any]]:
+    """The majority class and a logistic regression on window means, scored on the test windows."""
+    fit_loader = make_loader(cfg, series, "train", shuffle=True, progress=False)  # its own epoch counter
+    test_loader = make_loader(cfg, series, "test", shuffle=False, progress=False)
+    return baselines(
+        window_means(fit_loader, FIT_SAMPLES), window_means(test_loader), majority, seed=cfg.train.seed
+    )
 
 
 def train(
@@ -299,31 +310,28 @@ def train(
     ckpt_dir = out / "checkpoints"
     dev = select_device(device)
     seed_everything(t.seed, deterministic=dev.type == "cpu")
-    loader_args = {"url": url, "token": token, "user": user, "password": password, "progress": progress}
 
-    train_loader = make_loader(cfg, "train", **loader_args)
-    valid_loader = make_loader(cfg, "valid", shuffle=False, **loader_args)
+    series = open_series(cfg, url=url, token=token, user=user, password=password, device=dev, progress=progress)
     try:
-        reader = train_loader.reader
-        lookback, n_features = reader.sample_shape
-        settings = _model_settings(cfg, n_features, lookback)
-        train_labels = reader.read_labels()
+        train_loader = make_loader(cfg, series, "train", progress=progress)
+        valid_loader = make_loader(cfg, series, "valid", shuffle=False, progress=progress)
+        settings = _model_settings(cfg, series.n_features)
+        train_labels = train_loader.labels()
         weights = class_weights(train_labels, t.class_weights)
-        counts = np.bincount(train_labels[train_labels >= 0], minlength=N_CLASSES)
-        majority = int(counts.argmax())
+        majority = int(np.bincount(train_labels, minlength=N_CLASSES).argmax())
 
         model = build_model(
-            n_features, N_CLASSES, hidden_size=t.hidden_size, num_layers=t.num_layers, dropout=t.dropout
+            series.n_features, N_CLASSES, hidden_size=t.hidden_size, num_layers=t.num_layers, dropout=t.dropout
         ).to(dev)
         optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
         scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
-        loss_fn = nn.CrossEntropyLoss(weight=weights.to(dev), ignore_index=-1)
+        loss_fn = nn.CrossEntropyLoss(weight=weights.to(dev))
 
         state: dict[str, Any] = {
             "epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": None, "bad_epochs": 0,
             "stopped_early": False,
         }  # fmt: skip
-        last = ckpt_dir / "last.pt"
+        last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
         if resume and last.exists():
             saved = _load_checkpoint(last, settings)
             model.load_state_dict(saved["model"])
@@ -332,6 +340,8 @@ def train(
             torch.set_rng_state(saved["torch_rng"])
             state = saved["progress"]
             tqdm.write(f"resuming from {last} after epoch {state['epoch']}")
+        else:
+            best.unlink(missing_ok=True)  # never evaluate a best model of an earlier run
         train_loader.set_epoch(state["epoch"])
 
         loader_stats: list[dict[str, float]] = []
@@ -343,7 +353,12 @@ def train(
             stats: LoaderStats = train_loader.stats
             valid_loader.desc = f"valid {epoch + 1}/{epochs}"
             val_loss, y_true, y_pred = run_epoch(model, valid_loader, loss_fn, dev)
-            metrics = classification_metrics(y_true, y_pred, majority)
+            if not math.isfinite(val_loss) or not math.isfinite(train_loss):
+                raise TrainError(
+                    f"the loss is not finite in epoch {epoch + 1} (train {train_loss}, validation "
+                    f"{val_loss}): training diverged; lower train.learning_rate and start over"
+                )
+            metrics = scores(y_true, y_pred)
             state["history"].append(
                 {
                     "epoch": epoch + 1,
@@ -359,7 +374,7 @@ def train(
             improved = val_loss < state["best_val_loss"] - 1e-6
             if improved:
                 state.update(best_val_loss=val_loss, best_epoch=epoch + 1, bad_epochs=0)
-                _save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "settings": settings})
+                _save_checkpoint(best, {"model": model.state_dict(), "settings": settings})
             else:
                 state["bad_epochs"] += 1
             state["epoch"] = epoch + 1
@@ -384,15 +399,11 @@ def train(
             if state["stopped_early"]:
                 tqdm.write(f"early stopping: no validation improvement for {t.patience} epochs")
 
-        best = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(best["model"])
-        results = {
-            split: _evaluate_split(cfg, split, model, loss_fn, dev, majority, loader_args)
-            for split in ("valid", "test")
-        }
+        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
+        results = {s: _evaluate(cfg, series, s, model, loss_fn, dev, progress) for s in ("valid", "test")}
+        reference = _baselines(cfg, series, majority)
     finally:
-        train_loader.close()
-        valid_loader.close()
+        series.close()
 
     summary = {
         "device": str(dev),
@@ -403,21 +414,27 @@ def train(
         "best_epoch": state["best_epoch"],
         "stopped_early": state["stopped_early"],
         "class_weights": [round(float(w), 6) for w in weights],
-        "train_samples": int((train_labels >= 0).sum()),
+        "train_samples": len(train_labels),
+        "series": {"cells": series.n_cells, "days": series.n_time, "resident": series.resident},
         "history": state["history"],
         "loader": loader_stats,
         **{split: _public(m) for split, m in results.items()},
+        "baselines": reference,
     }
     write_results(out, summary, results)
+    tqdm.write(
+        f"test: accuracy {summary['test']['accuracy']:.3f}, macro-F1 {summary['test']['macro_f1']:.3f} | "
+        + " | ".join(f"{name} {b['accuracy']:.3f}, {b['macro_f1']:.3f}" for name, b in reference.items())
+    )
     return summary
 
 
-def _public(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+def _public(metrics: dict[str, Any]) -> dict[str, Any]:
     """Metrics without the plain-text report (it goes to its own file)."""
-    return None if metrics is None else {k: v for k, v in metrics.items() if k != "report"}
+    return {k: v for k, v in metrics.items() if k != "report"}
 
 
-def write_results(out: Path, summary: dict[str, Any], results: dict[str, dict[str, Any] | None]) -> None:
+def write_results(out: Path, summary: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
     """summary.json, history.csv, classification_report.txt and the PNG plots."""
     _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
@@ -430,10 +447,5 @@ def write_results(out: Path, summary: dict[str, Any], results: dict[str, dict[st
     if summary["history"]:
         _atomic_write(out / "history.csv", history_csv)
         plot_history(summary["history"], out / "loss.png")
-    reports = [f"== {split} ==\n{m['report']}" for split, m in results.items() if m is not None]
-    _write_text(out / "classification_report.txt", "\n".join(reports))
-    split = "test" if results.get("test") is not None else "valid"
-    if results.get(split) is not None:
-        plot_confusion(
-            results[split]["confusion_matrix"], f"Confusion matrix ({split})", out / "confusion_matrix.png"
-        )
+    _write_text(out / "classification_report.txt", "\n".join(f"== {s} ==\n{m['report']}" for s, m in results.items()))
+    plot_confusion(results["test"]["confusion_matrix"], "Confusion matrix (test)", out / "confusion_matrix.png")
