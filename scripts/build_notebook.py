@@ -22,17 +22,21 @@ CELLS: list[tuple[str, str]] = [
         "markdown",
         """# {{ cookiecutter.project_name }}: train in Colab on data served by the lab
 
-This notebook streams the study's zarr store from the lab's data server
+This notebook reads the study's zarr store from the lab's data server
 (`{{ cookiecutter.data_url }}`) into this runtime and trains the LSTM baseline.
+The store holds each grid cell's transformed series once; the training windows
+are cut from them in this runtime, on the GPU when there is one.
 Run it top to bottom (*Runtime → Run all*). Only the **configuration** cell is
 meant to be edited.
 
 1. **Setup**: install what Colab lacks (zarr, numcodecs, this study's package).
 2. **Configuration**: the data URL and credentials come from Colab secrets
    (key icon in the left bar) or, outside Colab, from environment variables.
-3. **The mapper**: open the remote store with fsspec, exactly as the original workflow did.
+3. **The mapper**: open the remote store with fsspec, exactly as the original workflow did,
+   and cut one training window from it with plain xarray.
 4. **Throughput**: how fast this runtime reads from the lab server.
-5. **Training**: the package's chunk-streaming loader, model and training loop.
+5. **Training**: the package's loader (one download, windows cut on the device), model,
+   training loop, and the baselines the model must beat.
 6. **Saving**: results to Google Drive, when mounted.""",
     ),
     (
@@ -119,7 +123,7 @@ def secret(name: str) -> str | None:
 cfg = load_config()
 DATA_URL = (secret("DATA_URL") or DEFAULT_DATA_URL).rstrip("/")
 CREDENTIALS = {{"token": secret("DATA_TOKEN"), "user": secret("DATA_USER"), "password": secret("DATA_PASSWORD")}}
-STORE_URL = f"{{DATA_URL}}/{{cfg.store_name}}/train.zarr"
+STORE_URL = f"{{DATA_URL}}/{{cfg.store_name}}"
 print("data server:", DATA_URL)
 print("store:", STORE_URL)
 print("credentials:", ", ".join(k for k, v in CREDENTIALS.items() if v) or "none")""",
@@ -131,7 +135,8 @@ print("credentials:", ", ".join(k for k, v in CREDENTIALS.items() if v) or "none
 The original workflow in four lines: an `HTTPFileSystem`, a mapper on the store's
 URL, and `xr.open_zarr(..., consolidated=True)`, which reads only the consolidated
 metadata (one request) until values are needed. The credentials go in a header,
-never in the URL.""",
+never in the URL. The variable is the transformed series `(cell, time, feature)`:
+each cell's whole record, stored once.""",
     ),
     (
         "code",
@@ -149,24 +154,46 @@ ds""",
     ),
     (
         "markdown",
+        """A training sample is a lookback window of one cell, labelled with the drought
+category of its last day. It is cut from the series when read, never stored (a stored
+window would be a shifted copy of its neighbours). Here is one, with plain xarray:""",
+    ),
+    (
+        "code",
+        f"""from {PKG}.etl.categories import CATEGORIES
+
+store = xr.open_zarr(http_map, consolidated=True)
+lookback = store.attrs["time_lookback"]
+train_days = store.attrs["splits"]["train"]  # label days of the training block (indices)
+labels = store["category"].isel(cell=0, time=slice(train_days["start"], train_days["stop"])).load()
+end = train_days["start"] + int(labels.notnull().values.nonzero()[0][-1])  # its last labelled day
+window = ds.isel(cell=0, time=slice(end - lookback + 1, end + 1))
+print(f"window {{dict(window.sizes)}} ending {{str(window.time.values[-1])[:10]}}, "
+      f"label {{CATEGORIES[int(store['category'].isel(cell=0, time=end))]}}")
+window.plot.line(x="time", hue="feature", figsize=(8, 3));""",
+    ),
+    (
+        "markdown",
         """The same through the package's `remote` helper, which adds what a long training
 run needs: read timeouts, retries with backoff for transient errors, a check of the
 store's manifest, and an error (never silent fill values) for a missing chunk.""",
     ),
     (
         "code",
-        """train_ds = remote.open_remote(DATA_URL, split="train", cfg=cfg, **CREDENTIALS)
-train_ds""",
+        """remote_ds = remote.open_remote(DATA_URL, cfg=cfg, **CREDENTIALS)
+remote_ds""",
     ),
     ("markdown", "## 4. Throughput from this runtime to the lab server"),
     (
         "code",
-        """speed = remote.measure_throughput(DATA_URL, cfg=cfg, **CREDENTIALS)
-print(f"{speed['mb_per_s']:.1f} MB/s, {speed['samples_per_s']:,.0f} samples/s over {speed['chunks']} chunks")
+        f"""from {PKG}.train.throughput import measure_throughput
+
+speed = measure_throughput(DATA_URL, cfg=cfg, **CREDENTIALS)
+print(f"{{speed['mb_per_s']:.1f}} MB/s, {{speed['cells_per_s']:,.0f}} cell series/s over {{speed['chunks']}} chunks")
 if speed["mb_per_s"] < 20:
     print(
-        "The link is slow. Keep train.cache = 'memory' (or 'disk') so only the first epoch uses "
-        "the network, raise train.prefetch_chunks, or rebuild the store with larger etl.chunk_samples."
+        "The link is slow. The series are downloaded once per run (keep train.cache = 'disk' to "
+        "reuse them in a later run); raise train.prefetch_chunks to keep more requests in flight."
     )""",
     ),
     ("markdown", "## 5. Training\nOn the GPU when the runtime has one (*Runtime → Change runtime type*)."),
@@ -186,14 +213,12 @@ for plot in sorted(Path(RESULTS_DIR).glob("*.png")):
         "code",
         """import pandas as pd
 
+rows = {"LSTM": summary["test"], **summary["baselines"]}  # the same test windows for all three
 metrics = pd.DataFrame(
-    {
-        "test accuracy": [summary["test"]["accuracy"]],
-        "test macro-F1": [summary["test"]["macro_f1"]],
-        "majority-class accuracy": [summary["test"]["majority_baseline_accuracy"]],
-        "epochs run": [summary["epochs_run"]],
-    }
+    {"test accuracy": {k: v["accuracy"] for k, v in rows.items()},
+     "test macro-F1": {k: v["macro_f1"] for k, v in rows.items()}}
 )
+print(f"{summary['epochs_run']} epochs; a model that does not beat the baselines has learnt nothing")
 metrics""",
     ),
     ("markdown", "## 6. Saving\nCheckpoint, metrics and plots are in `results/`; in Colab they can go to Drive."),

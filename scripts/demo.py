@@ -32,7 +32,7 @@ store_url, name = sys.argv[1:3]
 fs = HTTPFileSystem(headers={"Authorization": "Bearer " + os.environ["DATA_TOKEN"]})
 ds = xr.open_zarr(fs.get_mapper(store_url), consolidated=True)
 print(ds[name])
-from {package}.remote import measure_throughput
+from {package}.train.throughput import measure_throughput
 print(json.dumps(measure_throughput(max_chunks=16)))
 """
 
@@ -82,7 +82,7 @@ def execute_notebook(study: Path, workdir: Path, env: dict[str, str]) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=TEMPLATE / "demo-output", help="output folder (replaced)")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs (CLI run)")
+    parser.add_argument("--epochs", type=int, default=5, help="training epochs (CLI run)")
     parser.add_argument("--size", default="small", choices=("tiny", "small", "large"), help="synthetic size")
     parser.add_argument("--skip-notebook", action="store_true", help="do not execute the notebook")
     args = parser.parse_args()
@@ -106,11 +106,11 @@ def main() -> int:
 
     with steps.step(f"synthetic inputs ({args.size})"):
         print("      " + cli("synth", "--size", args.size).strip().replace("\n", "\n      "))
-    with steps.step("ETL: validate, quantiles, categories, lookback windows, zarr"):
+    with steps.step("ETL: validate, quantiles, categories, the series store (zarr)"):
         cli("etl")
         config = json.loads(run([python, "-c", CONFIG_JSON.replace("{package}", package)], cwd=study).stdout)
-        store_dir = Path(config["store_dir"])
-        print(f"      {store_dir} ({folder_size(store_dir) / 1e6:.1f} MB on disk)")
+        store = Path(config["store_path"])
+        print(f"      {store} ({folder_size(store) / 1e6:.1f} MB on disk)")
 
     token = secrets.token_urlsafe(24)  # this run's secret: never printed, passed by environment only
     auth = {"DATA_TOKEN": token}
@@ -118,13 +118,14 @@ def main() -> int:
         print(f"\n      nginx serves {study / 'data' / 'zarr'} at {url} (token auth)")
         env = {"DATA_URL": url, **auth}
         with steps.step("read over HTTP as Colab does (fsspec mapper, xr.open_zarr)"):
-            store_url = f"{url}/{store_dir.name}/train.zarr"
             snippet = READ_AS_COLAB.replace("{package}", package)
-            lines = run([python, "-c", snippet, store_url, config["dataset_name"]], cwd=study, env=env).stdout
+            lines = run(
+                [python, "-c", snippet, f"{url}/{store.name}", config["dataset_name"]], cwd=study, env=env
+            ).stdout
             *repr_lines, speed_line = lines.strip().splitlines()
             print("      " + "\n      ".join(repr_lines[:8]))
             speed = json.loads(speed_line)
-            print(f"      {speed['mb_per_s']:.1f} MB/s, {speed['samples_per_s']:,.0f} samples/s")
+            print(f"      {speed['mb_per_s']:.1f} MB/s, {speed['cells_per_s']:,.0f} cell series/s")
         with steps.step(f"train {args.epochs} epochs over HTTP"):
             results = out / "results"
             cli("train", "--url", url, "--epochs", str(args.epochs), "--out", str(results), env=env)
@@ -136,32 +137,38 @@ def main() -> int:
                 print(f"      {executed}")
     print("\n      server stopped; no nginx left running")
 
-    test = summary["test"]
+    test, baselines = summary["test"], summary["baselines"]
     print("\n" + "=" * 72)
     print("Report")
     print("=" * 72)
     print(f"study            {study}")
-    print(f"store            {store_dir} ({folder_size(store_dir) / 1e6:.1f} MB)")
-    print(f"throughput       {speed['mb_per_s']:.1f} MB/s, {speed['samples_per_s']:,.0f} samples/s (loopback)")
+    print(f"store            {store} ({folder_size(store) / 1e6:.1f} MB)")
+    print(f"throughput       {speed['mb_per_s']:.1f} MB/s, {speed['cells_per_s']:,.0f} cell series/s (loopback)")
     print(
-        f"training         {summary['epochs_run']} epochs on {summary['device']}, {summary['train_samples']:,} samples"
+        f"training         {summary['epochs_run']} epochs on {summary['device']}, "
+        f"{summary['train_samples']:,} windows per epoch"
     )
-    print(
-        f"test metrics     accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} "
-        f"(majority class {test['majority_class']}: {test['majority_baseline_accuracy']:.3f})"
-    )
+    print(f"test ({test['samples']:,} windows)  accuracy  macro-F1")
+    for name, row in {
+        "LSTM": test,
+        "logistic (means)": baselines["logistic"],
+        "majority class": baselines["majority"],
+    }.items():
+        print(f"  {name:<18} {row['accuracy']:8.3f}  {row['macro_f1']:8.3f}")
+    beats = all(test[k] > b[k] for b in baselines.values() for k in ("accuracy", "macro_f1"))
+    print(f"                 the LSTM {'beats' if beats else 'does NOT beat'} both baselines")
     print(f"results          {results} ({', '.join(sorted(p.name for p in results.glob('*.png')))})")
     if not args.skip_notebook:
         print(f"notebook         {executed}")
     print(f"wall time        {time.perf_counter() - started:.0f} s")
-    return 0
+    return 0 if beats else 1
 
 
 CONFIG_JSON = """
 import json
 from {package}.config import load_config
 cfg = load_config()
-print(json.dumps({"store_dir": str(cfg.store_dir), "dataset_name": cfg.study.dataset_name}))
+print(json.dumps({"store_path": str(cfg.store_path), "dataset_name": cfg.study.dataset_name}))
 """
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 
 `study_server` waits for that line and yields the base URL WITHOUT the trailing
 slash (the same form as `server.url` in study.toml), so stores are at
-`f"{url}/{cfg.store_name}/train.zarr"`. On exit it always stops the server
+`f"{url}/{cfg.store_name}"`. On exit it always stops the server
 (SIGTERM, then SIGKILL of its process group if it hangs) and asserts that the
 serve process exited cleanly and left no nginx process (master or worker) behind.
 """

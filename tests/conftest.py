@@ -25,7 +25,7 @@ __all__ = ["TEMPLATE", "bake", "install_study", "require_tool", "run", "study_pa
 OPTIONS: dict[str, Any] = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 REQUIRE_ALL = os.environ.get("CI", "").lower() == "true" or os.environ.get("STUDY_REQUIRE_ALL") == "1"
 # Small settings for baked studies whose pipeline actually runs in tests.
-FAST_CONTEXT = {"time_lookback": "30", "chunk_samples": "2000"}
+FAST_CONTEXT = {"time_lookback": "30", "chunk_cells": "8"}
 
 
 def require_tool(name: str) -> str:
@@ -48,7 +48,7 @@ def baked_default(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def fast_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A study baked with small lookback and chunks and installed: (folder, python).
+    """A study baked with a short lookback and small chunks and installed: (folder, python).
     Tests that run its pipeline copy or write into their own tmp folders."""
     where = tmp_path_factory.mktemp("fast")
     study = bake(where / "bake", **FAST_CONTEXT)
@@ -58,7 +58,7 @@ def fast_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def fast_store(fast_study: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A working folder with the fast study's config, tiny synthetic inputs and the ETL's
-    stores: (study.toml copy, data/zarr folder). Run the study's commands with
+    store: (study.toml copy, data/zarr folder). Run the study's commands with
     `--config <that study.toml>`; read-only for tests."""
     study, python = fast_study
     work = tmp_path_factory.mktemp("store")

@@ -60,7 +60,7 @@ def test_defaults_give_a_complete_study(baked_default: Path) -> None:
     assert config["study"]["dataset_name"] == "columbia_gridcells"
     assert config["data"]["variables"] == ["soil_moisture", "snow_water_equivalent"]
     assert config["etl"]["time_lookback"] == 180
-    assert config["etl"]["chunk_samples"] == 10000
+    assert config["etl"]["chunk_cells"] == 64
     assert config["etl"]["zarr_format"] == 2, "the default must be readable by zarr-python 2 and 3"
     assert (baked_default / "LICENSE").read_text().startswith("MIT License")
 

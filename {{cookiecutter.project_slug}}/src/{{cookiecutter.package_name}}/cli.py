@@ -26,7 +26,11 @@ def _synth(cfg: Config, args: argparse.Namespace) -> int:
     etl = cfg.etl
     try:  # the labels are ranked on the ETL's training block, as the features will be
         train_days = training_days(
-            size, args.calendar, lookback=etl.time_lookback, gap=etl.split_gap_days, fractions=etl.split_fractions
+            size,
+            args.calendar,
+            lookback=etl.time_lookback,
+            gap=etl.split_gap_days,
+            fractions=etl.split_fractions,
         )
     except ValueError as exc:
         raise StudyError(f"synthetic record too short for this study.toml: {exc}; use more --years") from None

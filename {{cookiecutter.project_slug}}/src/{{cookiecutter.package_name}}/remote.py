@@ -359,9 +359,16 @@ class ResilientStore(WrapperStore):
 
     def _with_store(self, store: Any) -> ResilientStore:
         clone = type(self)(
-            store, url=self.url, credentials=self._credentials, retries=self.retries, backoff_s=self.backoff_s,
-            in_flight=self.in_flight, cache=self.cache, stats=self.stats, io=self.io,
-        )  # fmt: skip
+            store,
+            url=self.url,
+            credentials=self._credentials,
+            retries=self.retries,
+            backoff_s=self.backoff_s,
+            in_flight=self.in_flight,
+            cache=self.cache,
+            stats=self.stats,
+            io=self.io,
+        )
         clone._sha256, clone._crc32c = self._sha256, self._crc32c
         return clone
 
@@ -395,7 +402,9 @@ class ResilientStore(WrapperStore):
         finally:
             self._tasks.discard(task)
 
-    async def _get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None) -> Buffer | None:
+    async def _get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None
+    ) -> Buffer | None:
         digest = self._sha256.get(key) if byte_range is None else None
         if digest is not None and self.cache is not None:
             cached = await self._maybe_in_thread(self.cache.blocking, self.cache.get, digest)

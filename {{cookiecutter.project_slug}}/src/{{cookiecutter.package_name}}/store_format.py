@@ -142,9 +142,7 @@ def blocks_from_attrs(attrs: Mapping[str, Any]) -> dict[str, SplitBlock]:
 # -- windows on read ------------------------------------------------------------------------
 
 
-def valid_pairs(
-    labels: np.ndarray, complete: np.ndarray, ends: np.ndarray, lookback: int
-) -> np.ndarray:
+def valid_pairs(labels: np.ndarray, complete: np.ndarray, ends: np.ndarray, lookback: int) -> np.ndarray:
     """Flat indices `cell * n_time + end` of the usable windows, in cell-major order.
 
     labels: (cells, T) codes; complete: (cells, T) True where every feature is

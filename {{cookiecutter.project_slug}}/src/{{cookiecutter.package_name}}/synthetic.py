@@ -251,7 +251,9 @@ def describe(size: SyntheticSize, variables: list[str], calendar: str = "standar
     )
 
 
-def training_days(size: SyntheticSize, calendar: str, *, lookback: int, gap: int, fractions: list[float]) -> int:
+def training_days(
+    size: SyntheticSize, calendar: str, *, lookback: int, gap: int, fractions: list[float]
+) -> int:
     """Days in the ETL's training block for a synthetic record (what the labels are ranked on)."""
     n_time = _time_axis(size.years, calendar).size
     return split_blocks(n_time, lookback=lookback, gap=gap, fractions=fractions)["train"].stop

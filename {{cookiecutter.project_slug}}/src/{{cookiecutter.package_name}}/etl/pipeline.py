@@ -196,8 +196,11 @@ def _open_writers(cfg: Config, inputs: Inputs, plan: _Plan, path: Path) -> dict[
         path,
         chunk=etl.chunk_cells,
         layout={
-            name: (CELL, TIME, FEATURE), LABELS: (CELL, TIME), COMPLETE: (CELL, TIME),
-            LAT: (CELL,), LON: (CELL,),
+            name: (CELL, TIME, FEATURE),
+            LABELS: (CELL, TIME),
+            COMPLETE: (CELL, TIME),
+            LAT: (CELL,),
+            LON: (CELL,),
         },
         static=features.assign_coords({TIME: plan.time_values}),
         fill_values={name: np.float32(np.nan), LABELS: np.int8(MISSING), TIME: TIME_FILL},

@@ -197,8 +197,12 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
 def write_manifest(path: Path) -> Manifest:
     """Check that every chunk of every array (subgroups included) exists; record shapes and checksums."""
     group = zarr.open_group(path, mode="r")
-    members = sorted((name, node) for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array))
-    total = sum(math.prod(math.ceil(s / c) for s, c in zip(a.shape, a.chunks, strict=True)) for _, a in members)
+    members = sorted(
+        (name, node) for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)
+    )
+    total = sum(
+        math.prod(math.ceil(s / c) for s, c in zip(a.shape, a.chunks, strict=True)) for _, a in members
+    )
     arrays: dict[str, ArrayManifest] = {}
     with tqdm(total=total, unit="chunk", desc=f"manifest {path.name}", disable=None, leave=False) as progress:
         for name, array in members:

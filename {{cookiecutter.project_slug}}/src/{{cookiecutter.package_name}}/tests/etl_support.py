@@ -13,7 +13,9 @@ from ..config import Config
 from ..synthetic import MODEL_FILE, REFERENCE_FILE, SIZES, SyntheticSize, generate
 
 
-def tiny_datasets(cfg: Config, size: SyntheticSize = SIZES["tiny"], **kwargs: Any) -> tuple[xr.Dataset, xr.Dataset]:
+def tiny_datasets(
+    cfg: Config, size: SyntheticSize = SIZES["tiny"], **kwargs: Any
+) -> tuple[xr.Dataset, xr.Dataset]:
     """The tiny (or `size`) synthetic model output and reference, in memory, to be modified by a test."""
     return generate(cfg.data.variables, size, **kwargs)
 
@@ -42,7 +44,9 @@ def manifest(store: Path) -> dict[str, Any]:
 def checksums(store: Path, prefix: str = "") -> dict[str, str]:
     """Chunk key -> sha256 over every array of a store whose name starts with `prefix` (manifest)."""
     arrays = manifest(store)["arrays"]
-    return {k: v for name, entry in arrays.items() if name.startswith(prefix) for k, v in entry["sha256"].items()}
+    return {
+        k: v for name, entry in arrays.items() if name.startswith(prefix) for k, v in entry["sha256"].items()
+    }
 
 
 def open_store(cfg: Config, group: str | None = None) -> xr.Dataset:

@@ -23,7 +23,18 @@ import zarr
 from ..etl.categories import percentile_to_code
 from ..etl.store import ChunkAppender, finalize
 from ..store_format import (
-    CELL, COMPLETE, FEATURE, LABELS, LAT, LON, MISSING, TIME, TIME_FILL, split_attrs, split_blocks, store_name,
+    CELL,
+    COMPLETE,
+    FEATURE,
+    LABELS,
+    LAT,
+    LON,
+    MISSING,
+    TIME,
+    TIME_FILL,
+    split_attrs,
+    split_blocks,
+    store_name,
 )  # fmt: skip
 
 DAY = 10_000  # feature 0 = cell * DAY + day in indexed series
@@ -37,7 +48,9 @@ def indexed_series(n_cells: int, n_time: int, n_features: int = 2) -> tuple[np.n
     return x, ((cell + day) % 11).astype(np.int8)
 
 
-def learnable_series(n_cells: int, n_time: int, n_features: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def learnable_series(
+    n_cells: int, n_time: int, n_features: int = 2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """AR(1) features (cells, T, F) and labels: the category of the last 7 days' mean of feature 0."""
     from scipy.signal import lfilter
     from scipy.stats import norm
@@ -75,10 +88,17 @@ def write_series_store(
         path,
         dim=CELL,
         chunk=chunk_cells,
-        layout={dataset_name: (CELL, TIME, FEATURE), LABELS: (CELL, TIME), COMPLETE: (CELL, TIME),
-                LAT: (CELL,), LON: (CELL,)},  # fmt: skip
+        layout={
+            dataset_name: (CELL, TIME, FEATURE),
+            LABELS: (CELL, TIME),
+            COMPLETE: (CELL, TIME),
+            LAT: (CELL,),
+            LON: (CELL,),
+        },
         coords=(LAT, LON),
-        static=xr.Dataset(coords={TIME: dates, FEATURE: np.array([f"f{i}" for i in range(n_features)], dtype=object)}),
+        static=xr.Dataset(
+            coords={TIME: dates, FEATURE: np.array([f"f{i}" for i in range(n_features)], dtype=object)}
+        ),
         fill_values={dataset_name: np.float32(np.nan), LABELS: np.int8(MISSING), TIME: TIME_FILL},
         zarr_format=zarr_format,
         time_units="days since 2000-01-01",

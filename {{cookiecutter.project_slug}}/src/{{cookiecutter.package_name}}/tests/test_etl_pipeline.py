@@ -60,11 +60,17 @@ def test_store_layout_dtypes_chunks_and_attributes(built: Config) -> None:
     assert ds.attrs["transform"] == cfg.etl.transform and ds.attrs["time_lookback"] == LOOKBACK
     blocks = blocks_from_attrs(ds.attrs)
     assert list(blocks) == ["train", "valid", "test"] and ds.attrs["split_gap_days"] == LOOKBACK
-    assert blocks["valid"].start - blocks["train"].stop == LOOKBACK == blocks["test"].start - blocks["valid"].stop
+    assert (
+        blocks["valid"].start - blocks["train"].stop
+        == LOOKBACK
+        == blocks["test"].start - blocks["valid"].stop
+    )
     prov = ds.attrs["provenance"]
     assert prov["package_version"] == __version__ and prov["config"]["etl"]["time_lookback"] == LOOKBACK
     raw = cfg.path(cfg.data.raw_dir)
-    assert {i["name"]: i["sha256"] for i in prov["inputs"]} == {p.name: sha256_file(p) for p in raw.glob("*.nc")}
+    assert {i["name"]: i["sha256"] for i in prov["inputs"]} == {
+        p.name: sha256_file(p) for p in raw.glob("*.nc")
+    }
     assert prov["created_utc"].endswith("Z")
     assert zarr.open_group(cfg.store_path, mode="r").metadata.zarr_format == cfg.etl.zarr_format
     climatology = quantiles.load_climatology(cfg.store_path)
@@ -280,9 +286,13 @@ def test_missing_labels_and_inputs_inside_the_period_drop_only_their_windows(tin
     run_etl(tiny_config)
     ds = open_store(tiny_config)
     labels, complete = ds["category"].values, ds["complete"].values
-    cell = int(np.flatnonzero((ds.lat.values == model.lat.values[1]) & (ds.lon.values == model.lon.values[1]))[0])
+    cell = int(
+        np.flatnonzero((ds.lat.values == model.lat.values[1]) & (ds.lon.values == model.lon.values[1]))[0]
+    )
     assert (labels[:, 400] == MISSING).all() and not complete[cell, 500] and complete[cell, 499]
-    pairs = valid_pairs(labels, complete, window_ends(blocks_from_attrs(ds.attrs)["train"], LOOKBACK), LOOKBACK)
+    pairs = valid_pairs(
+        labels, complete, window_ends(blocks_from_attrs(ds.attrs)["train"], LOOKBACK), LOOKBACK
+    )
     cells, ends = pairs // ds.sizes["time"], pairs % ds.sizes["time"]
     assert 400 not in ends
     mine = set(ends[cells == cell])

@@ -154,7 +154,9 @@ def test_ranks_draw_disjoint_shares_covering_the_epoch(cfg: Config, series: Seri
     assert set().union(*shares) == expected(series, "train")
 
 
-def test_streamed_rounds_cover_the_epoch_and_mix_the_cells_of_a_round(cfg: Config, server: FaultServer) -> None:
+def test_streamed_rounds_cover_the_epoch_and_mix_the_cells_of_a_round(
+    cfg: Config, server: FaultServer
+) -> None:
     small = cfg.override({"train.resident_max_mb": 1})
     series = open_series(small, url=server.url, progress=False)
     series.budget_bytes = series.labels.nbytes + 2 * CHUNK * N_TIME * 2 * 4  # room for two one-chunk rounds

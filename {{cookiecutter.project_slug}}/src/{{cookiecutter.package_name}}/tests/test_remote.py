@@ -227,5 +227,5 @@ def test_the_template_placeholder_url_is_refused_at_once(cfg: Config) -> None:
 
 def test_an_unresolvable_host_fails_at_once(cfg: Config) -> None:
     """Raised by the branch that does not retry (a host name that does not resolve cannot start to)."""
-    with pytest.raises(RemoteReadError, match="'no-such-host.invalid' does not resolve"):
+    with pytest.raises(RemoteReadError, match=r"'no-such-host\.invalid' does not resolve"):
         open_remote("http://no-such-host.invalid:8080", cfg=cfg.override({"train.retries": 5}))

@@ -94,7 +94,9 @@ def test_early_stopping_and_incompatible_checkpoint(cfg: Config, url: str, tmp_p
               progress=False)  # fmt: skip
 
 
-def test_a_fresh_run_never_evaluates_the_best_model_of_an_earlier_one(cfg: Config, url: str, tmp_path: Path) -> None:
+def test_a_fresh_run_never_evaluates_the_best_model_of_an_earlier_one(
+    cfg: Config, url: str, tmp_path: Path
+) -> None:
     stale = tmp_path / "out" / "checkpoints" / "best.pt"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"a best model of another run")
@@ -116,18 +118,29 @@ def test_labels_shifted_by_a_month_leave_no_skill(tiny_config: Config, tmp_path:
     model, reference = tiny_datasets(cfg, size=size, train_days=days)
     summaries = {}
     for name, shift in (("aligned", 0), ("shifted", 30)):
-        case = cfg.override({"data.raw_dir": str(tmp_path / name / "raw"), "data.zarr_dir": str(tmp_path / name / "zarr")})
+        case = cfg.override(
+            {"data.raw_dir": str(tmp_path / name / "raw"), "data.zarr_dir": str(tmp_path / name / "zarr")}
+        )
         labels = reference.drought_category.shift(time=-shift, fill_value=MISSING)
         write_inputs(case, model, reference.assign(drought_category=labels))
         run_etl(case)
         with FaultServer(case.path(case.data.zarr_dir)) as server:
-            summaries[name] = train(case, url=server.url, epochs=3, out_dir=tmp_path / name / "out", progress=False)
+            summaries[name] = train(
+                case, url=server.url, epochs=3, out_dir=tmp_path / name / "out", progress=False
+            )
     aligned, shifted = summaries["aligned"], summaries["shifted"]
     for name in ("majority", "logistic"):
-        assert aligned["test"]["accuracy"] > aligned["baselines"][name]["accuracy"] + 0.1, aligned["baselines"]
-        assert aligned["test"]["macro_f1"] > aligned["baselines"][name]["macro_f1"] + 0.1, aligned["baselines"]
+        assert aligned["test"]["accuracy"] > aligned["baselines"][name]["accuracy"] + 0.1, aligned[
+            "baselines"
+        ]
+        assert aligned["test"]["macro_f1"] > aligned["baselines"][name]["macro_f1"] + 0.1, aligned[
+            "baselines"
+        ]
     best_baseline = max(b["accuracy"] for b in shifted["baselines"].values())
-    assert shifted["test"]["accuracy"] < best_baseline + 0.1, (shifted["test"]["accuracy"], shifted["baselines"])
+    assert shifted["test"]["accuracy"] < best_baseline + 0.1, (
+        shifted["test"]["accuracy"],
+        shifted["baselines"],
+    )
     assert shifted["test"]["macro_f1"] < aligned["test"]["macro_f1"] / 2
 
 

@@ -376,8 +376,8 @@ class WindowLoader:
         self.stats = stats
         remote = self.series.remote.stats
         before = remote.snapshot()
-        bar = tqdm(total=len(self), desc=self.desc or f"epoch {epoch}", unit="batch", disable=not self.progress,
-                   leave=False)  # fmt: skip
+        desc = self.desc or f"epoch {epoch}"
+        bar = tqdm(total=len(self), desc=desc, unit="batch", disable=not self.progress, leave=False)
         start = time.perf_counter()
         batches = self._resident_batches(epoch) if self.series.resident else self._streamed_batches(epoch)
         try:

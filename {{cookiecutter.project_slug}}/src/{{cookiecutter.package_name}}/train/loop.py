@@ -311,7 +311,9 @@ def train(
     dev = select_device(device)
     seed_everything(t.seed, deterministic=dev.type == "cpu")
 
-    series = open_series(cfg, url=url, token=token, user=user, password=password, device=dev, progress=progress)
+    series = open_series(
+        cfg, url=url, token=token, user=user, password=password, device=dev, progress=progress
+    )
     try:
         train_loader = make_loader(cfg, series, "train", progress=progress)
         valid_loader = make_loader(cfg, series, "valid", shuffle=False, progress=progress)
@@ -321,7 +323,11 @@ def train(
         majority = int(np.bincount(train_labels, minlength=N_CLASSES).argmax())
 
         model = build_model(
-            series.n_features, N_CLASSES, hidden_size=t.hidden_size, num_layers=t.num_layers, dropout=t.dropout
+            series.n_features,
+            N_CLASSES,
+            hidden_size=t.hidden_size,
+            num_layers=t.num_layers,
+            dropout=t.dropout,
         ).to(dev)
         optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
         scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
@@ -447,5 +453,9 @@ def write_results(out: Path, summary: dict[str, Any], results: dict[str, dict[st
     if summary["history"]:
         _atomic_write(out / "history.csv", history_csv)
         plot_history(summary["history"], out / "loss.png")
-    _write_text(out / "classification_report.txt", "\n".join(f"== {s} ==\n{m['report']}" for s, m in results.items()))
-    plot_confusion(results["test"]["confusion_matrix"], "Confusion matrix (test)", out / "confusion_matrix.png")
+    _write_text(
+        out / "classification_report.txt", "\n".join(f"== {s} ==\n{m['report']}" for s, m in results.items())
+    )
+    plot_confusion(
+        results["test"]["confusion_matrix"], "Confusion matrix (test)", out / "confusion_matrix.png"
+    )
