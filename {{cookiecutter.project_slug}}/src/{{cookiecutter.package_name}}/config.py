@@ -136,8 +136,12 @@ class TrainSection:
     )
     cache_dir: str = key("Folder of the disk chunk cache.")
     cache_max_mb: int = key("Size cap of the chunk cache in MB.", low=1)
-    timeout_s: float = key("Seconds a stalled read may take before it fails.", low=0)
-    retries: int = key("Retries of transient errors (connection, timeout, 5xx).", low=0, high=20)
+    timeout_s: float = key("Seconds a read may wait for data before that attempt fails.", low=0)
+    retry_budget_s: float = key(
+        "Seconds a read may spend retrying transient errors (connection, timeout, 429, 5xx), with "
+        "exponential backoff, jitter and the server's Retry-After; then it fails.",
+        low=0,
+    )
     out_dir: str = key("Folder for checkpoints, metrics and plots.")
 
 

@@ -8,9 +8,12 @@ filesystem does not do by itself:
   filesystem we build ourselves (passing it through `storage_options` breaks
   `xr.open_zarr`, which JSON-serialises them), so a stalled read fails instead
   of hanging for minutes;
-* **retries** with exponential backoff for connection errors, timeouts, 429 and
-  5xx answers; 401/403 fail at once with a message about credentials, and a host
-  name that does not resolve fails at once too;
+* **retries** for connection errors, timeouts, 429 and 5xx answers, with
+  exponential backoff and full jitter (so many readers do not retry in step),
+  honouring the server's `Retry-After`, within a time budget
+  (`train.retry_budget_s`) rather than a fixed count; 401/403 fail at once with
+  a message about credentials, and a host name that does not resolve fails at
+  once too;
 * **no silent fill values**: zarr turns a "not found" chunk into fill values,
   so `ResilientStore` treats any missing key other than metadata as an error,
   verifies each downloaded chunk against the ETL's `manifest.json` CRC32C, and
@@ -33,10 +36,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import email.utils
+import math
 import os
+import random
 import socket
 import threading
+import time
 import warnings
+import weakref
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -65,6 +73,7 @@ USER_ENV = "DATA_USER"
 PASSWORD_ENV = "DATA_PASSWORD"
 # HTTP answers worth another try: the server or a proxy is busy or restarting.
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+BACKOFF_CAP_S = 30.0  # the longest wait between two attempts (before the server's Retry-After)
 # Chunks up to this size are checked on the I/O loop (CRC32C: ~0.03 ms per MB); larger ones in a thread.
 INLINE_CHECK_BYTES = 8 * 2**20
 # Host names reserved for documentation (RFC 2606), like the bake-time default: never a data server.
@@ -296,6 +305,16 @@ def _is_dns_failure(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, socket.gaierror)
 
 
+def _retry_after(exc: aiohttp.ClientResponseError) -> float:
+    """The server's Retry-After (seconds, or an HTTP date), 0 when absent or unreadable."""
+    value = (exc.headers or {}).get("Retry-After", "")
+    if value.strip().isdigit():
+        return float(value)
+    with contextlib.suppress(TypeError, ValueError):
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    return 0.0
+
+
 def _describe(exc: BaseException) -> str:
     """A short, secret-free description of a transport error."""
     if isinstance(exc, aiohttp.ClientResponseError):
@@ -329,17 +348,20 @@ class ResilientStore(WrapperStore):
         *,
         url: str = "",
         credentials: Credentials | None = None,
-        retries: int = 4,
+        timeout_s: float = 30.0,
+        retry_budget_s: float = 60.0,
         backoff_s: float = 0.5,
         in_flight: int = 8,
         manifest: Manifest | None = None,
         cache: ChunkCache | None = None,
         stats: TransferStats | None = None,
         io: IOLoop | None = None,
+        sessions: list[aiohttp.ClientSession] | None = None,
     ) -> None:
         super().__init__(store)
         self.url = url
-        self.retries = retries
+        self.timeout_s = timeout_s
+        self.retry_budget_s = retry_budget_s
         self.backoff_s = backoff_s
         self.in_flight = in_flight
         self.cache = cache
@@ -350,6 +372,10 @@ class ResilientStore(WrapperStore):
         self._crc32c: dict[str, int] = {}
         self._limit: asyncio.Semaphore | None = None  # made on the I/O loop, used only there
         self._tasks: set[asyncio.Task[Any]] = set()
+        if sessions is None:  # the filesystem's session, once made: closed by aclose, or with the filesystem
+            sessions = []
+            weakref.finalize(store.fs, _close_sessions, self.io, sessions)
+        self._sessions = sessions
         self.use_manifest(manifest)
 
     def use_manifest(self, manifest: Manifest | None) -> None:
@@ -362,12 +388,14 @@ class ResilientStore(WrapperStore):
             store,
             url=self.url,
             credentials=self._credentials,
-            retries=self.retries,
+            timeout_s=self.timeout_s,
+            retry_budget_s=self.retry_budget_s,
             backoff_s=self.backoff_s,
             in_flight=self.in_flight,
             cache=self.cache,
             stats=self.stats,
             io=self.io,
+            sessions=self._sessions,
         )
         clone._sha256, clone._crc32c = self._sha256, self._crc32c
         return clone
@@ -413,6 +441,8 @@ class ResilientStore(WrapperStore):
                 return prototype.buffer.from_bytes(cached)
         if self._limit is None:
             self._limit = asyncio.Semaphore(max(1, self.in_flight))
+            if not self._sessions:  # clones share the list (and the filesystem)
+                self._sessions.append(await self._store.fs.set_session())
         async with self._limit:
             value = await self._fetch(key, prototype, byte_range)
         if value is None:
@@ -429,10 +459,12 @@ class ResilientStore(WrapperStore):
         return value
 
     async def _fetch(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None) -> Any:
-        """One read with bounded retries; auth, DNS and permanent errors raise at once."""
+        """One read, retried while the budget lasts; auth, DNS and permanent errors raise at once."""
         where = f"{self.url}/{key}"
+        started = time.monotonic()
         attempt = 0
         while True:
+            retry_after = 0.0
             try:
                 value = await self._store.get(key, prototype, byte_range)
                 self.stats.add(requests=1, bytes=len(value) if value is not None else 0)
@@ -444,6 +476,7 @@ class ResilientStore(WrapperStore):
                 if exc.status not in TRANSIENT_STATUS:
                     raise RemoteReadError(f"reading {where} failed: {_describe(exc)}") from None
                 error: BaseException = exc
+                retry_after = _retry_after(exc)
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 self.stats.add(requests=1)
                 if _is_dns_failure(exc):
@@ -452,15 +485,18 @@ class ResilientStore(WrapperStore):
                         f"the data server's host name {host!r} does not resolve; check {URL_ENV} / --url"
                     ) from None
                 error = exc
-            if attempt >= self.retries:
+            attempt += 1
+            delay = max(retry_after, random.uniform(0, min(BACKOFF_CAP_S, self.backoff_s * 2**attempt)))
+            waited = time.monotonic() - started
+            if waited + delay > self.retry_budget_s:
                 raise RemoteReadError(
-                    f"reading {where} failed after {attempt + 1} attempts: {_describe(error)}; "
-                    "check that the data server is up and reachable (timeouts and retries: "
-                    "train.timeout_s and train.retries in study.toml)"
+                    f"reading {where} failed: {_describe(error)}, {attempt} attempt(s) over {waited:.0f} s; "
+                    "check that the data server is up and reachable. Each attempt waits up to "
+                    f"train.timeout_s = {self.timeout_s:g} s for data and retries stop after "
+                    f"train.retry_budget_s = {self.retry_budget_s:g} s (study.toml): lower them to fail sooner"
                 ) from None
             self.stats.add(retries=1)
-            await asyncio.sleep(min(self.backoff_s * 2**attempt, 30.0))
-            attempt += 1
+            await asyncio.sleep(delay)
 
     def _verify(self, key: str, digest: str, value: Buffer) -> None:
         """Check a downloaded chunk against its manifest CRC32C (`ChecksumError` if it differs),
@@ -487,10 +523,15 @@ class ResilientStore(WrapperStore):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        fs = self._store.fs
-        if getattr(fs, "_session", None) is not None:  # only if a request ever made one
-            session = await fs.set_session()
+        for session in self._sessions:
             await session.close()
+
+
+def _close_sessions(io: IOLoop, sessions: list[aiohttp.ClientSession]) -> None:
+    """Close a collected filesystem's session on the I/O loop (without waiting: this may run anywhere)."""
+    for session in sessions:
+        if not session.closed and io.loop.is_running():
+            asyncio.run_coroutine_threadsafe(session.close(), io.loop)
 
 
 def check_manifest(group: Any, manifest: Manifest, url: str) -> None:
@@ -499,8 +540,6 @@ def check_manifest(group: Any, manifest: Manifest, url: str) -> None:
     A chunk count below the expected number means the ETL did not write every
     chunk; zarr would read the missing ones as fill values.
     """
-    import math
-
     problems = []
     arrays = {name: node for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
     for name in sorted(set(arrays) - set(manifest.arrays)):
@@ -562,14 +601,14 @@ class RemoteStore:
 
 
 def open_store(
-    url: str, *, credentials: Credentials | None = None, timeout_s: float = 30.0, retries: int = 4,
+    url: str, *, credentials: Credentials | None = None, timeout_s: float = 30.0, retry_budget_s: float = 60.0,
     backoff_s: float = 0.5, in_flight: int = 8,
 ) -> RemoteStore:  # fmt: skip
     """A `RemoteStore` on `url` without the manifest checks (see `connect`)."""
     fs = make_filesystem(credentials, timeout_s=timeout_s)
     store = ResilientStore(
-        FsspecStore(fs, path=url, read_only=True), url=url, credentials=credentials, retries=retries,
-        backoff_s=backoff_s, in_flight=in_flight,
+        FsspecStore(fs, path=url, read_only=True), url=url, credentials=credentials, timeout_s=timeout_s,
+        retry_budget_s=retry_budget_s, backoff_s=backoff_s, in_flight=in_flight,
     )  # fmt: skip
     return RemoteStore(url=url, store=store, manifest=None, stats=store.stats)
 
@@ -582,7 +621,7 @@ def connect(
     user: str | None = None,
     password: str | None = None,
     timeout_s: float | None = None,
-    retries: int | None = None,
+    retry_budget_s: float | None = None,
     backoff_s: float = 0.5,
     in_flight: int | None = None,
     cache: ChunkCache | None = None,
@@ -592,8 +631,8 @@ def connect(
     """Open the study's store and check it against its manifest.
 
     URL: `url`, then $DATA_URL, then `server.url` of study.toml, plus the store's
-    name (`full_url` gives the store's own URL instead). Timeouts, retries and
-    requests in flight default to `train.timeout_s`, `train.retries` and
+    name (`full_url` gives the store's own URL instead). Timeouts, the retry budget
+    and requests in flight default to `train.timeout_s`, `train.retry_budget_s` and
     `train.prefetch_chunks`.
     """
     if full_url is None:
@@ -609,7 +648,7 @@ def connect(
         full_url,
         credentials=credentials_from(token, user, password, prefer=cfg.server.auth if cfg else "token"),
         timeout_s=timeout_s if timeout_s is not None else (t.timeout_s if t else 30.0),
-        retries=retries if retries is not None else (t.retries if t else 4),
+        retry_budget_s=retry_budget_s if retry_budget_s is not None else (t.retry_budget_s if t else 60.0),
         backoff_s=backoff_s,
         in_flight=in_flight if in_flight is not None else (t.prefetch_chunks if t else 8),
     )
@@ -648,7 +687,7 @@ def open_remote(
     user: str | None = None,
     password: str | None = None,
     timeout_s: float | None = None,
-    retries: int | None = None,
+    retry_budget_s: float | None = None,
     cache: ChunkCache | None = None,
     require_manifest: bool = True,
 ) -> xr.Dataset:
@@ -660,8 +699,8 @@ def open_remote(
     through the dataset is retried, checksum-verified and never filled in.
     """
     remote = connect(
-        url, cfg=cfg, token=token, user=user, password=password, timeout_s=timeout_s, retries=retries,
-        cache=cache, require_manifest=require_manifest,
+        url, cfg=cfg, token=token, user=user, password=password, timeout_s=timeout_s,
+        retry_budget_s=retry_budget_s, cache=cache, require_manifest=require_manifest,
     )  # fmt: skip
     ds = remote.open_dataset(group)
     ds.attrs.setdefault("source_url", remote.url)
@@ -679,7 +718,7 @@ def check_access(
     """
     full_url = resolve_base_url(full_url, None)
     with open_store(
-        full_url, credentials=credentials_from(token, user, password), timeout_s=timeout_s, retries=1
+        full_url, credentials=credentials_from(token, user, password), timeout_s=timeout_s, retry_budget_s=0
     ) as remote:
         for key in (".zmetadata", "zarr.json"):
             if remote.store.io.run(remote.store.get(key, default_buffer_prototype())) is not None:

@@ -18,13 +18,13 @@ and it cannot).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from .atomic import atomic_write
 from .etl import quantiles
 from .etl.categories import CATEGORIES, MISSING, percentile_to_code
 from .store_format import split_blocks
@@ -203,18 +203,13 @@ def generate(
 
 
 def _write_netcdf(ds: xr.Dataset, path: Path, fill: dict[str, object]) -> None:
-    """Write to a temporary file in the same folder, then rename into place."""
+    """Write NetCDF (compressed, explicit fill values) atomically."""
     encoding = {
         name: {"zlib": True, "complevel": 1, "_FillValue": fill.get(name, np.float32(np.nan))}
         for name in ds.data_vars
     }
     encoding["time"] = {"units": "days since 2000-01-01", "dtype": "int32"}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding))
 
 
 def write_synthetic(

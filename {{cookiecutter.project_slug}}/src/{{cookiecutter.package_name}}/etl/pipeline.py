@@ -227,6 +227,8 @@ def _process_block(
 ) -> int:  # fmt: skip
     """Mask, fit, transform and encode one block of cells; returns how many cells it had."""
     values, codes = inputs.read_block(rows, cols)
+    for i, name in enumerate(inputs.features):  # which variables have any value at all
+        counts[f"finite {name}"] += int(np.isfinite(values[:, :, i]).any())
     usable, no_labels, all_nan = cell_status(values, codes)
     counts.update(masked=int((~usable).sum()), no_labels=int(no_labels.sum()), all_nan=int(all_nan.sum()))
     if not usable.any():
@@ -264,6 +266,13 @@ def _write_store(cfg: Config, inputs: Inputs, path: Path) -> Counter[str]:
             progress.update(_process_block(cfg, inputs, plan, rows, cols, writers, counts))
     for writer in writers.values():
         writer.close()
+    empty = [name for name in inputs.features if not counts[f"finite {name}"]]
+    if empty:
+        raise EtlInputError(
+            f"{', '.join(p.name for p in inputs.model_files)}: variable {empty[0]!r} is NaN on every cell and "
+            "day of the common period; check its fill value and scale in the file, or leave it out of "
+            "data.variables"
+        )
     for split in SPLITS:
         if counts[split] == 0:
             raise EtlInputError(

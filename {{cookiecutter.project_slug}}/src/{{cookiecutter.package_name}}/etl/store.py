@@ -45,6 +45,7 @@ import xarray as xr
 import zarr
 from tqdm.auto import tqdm
 
+from ..atomic import write_text
 from ..store_format import MANIFEST, ArrayManifest, Manifest
 from .errors import EtlError, StoreExistsError
 
@@ -219,9 +220,7 @@ def write_manifest(path: Path) -> Manifest:
                 sha256=sha256, crc32c=crc32c,
             )  # fmt: skip
     manifest = Manifest(zarr_format=group.metadata.zarr_format, arrays=arrays)
-    tmp = path / f".{MANIFEST}.tmp"
-    tmp.write_text(manifest.to_json(), encoding="utf-8")
-    tmp.replace(path / MANIFEST)
+    write_text(path / MANIFEST, manifest.to_json())
     return manifest
 
 

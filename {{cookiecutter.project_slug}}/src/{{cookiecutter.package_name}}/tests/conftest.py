@@ -12,6 +12,19 @@ from ..synthetic import SIZES, write_synthetic
 STUDY_ROOT = Path(__file__).resolve().parents[3]
 
 
+def study_toml(path: Path, **values: object) -> Path:
+    """A copy of the shipped study.toml at `path` with the given keys' values replaced
+    (keys are unique across sections; values are written as TOML literals via repr)."""
+    lines = (STUDY_ROOT / "study.toml").read_text().splitlines()
+    for name, value in values.items():
+        literal = f'"{value}"' if isinstance(value, str) else repr(value)
+        matches = [i for i, line in enumerate(lines) if line.startswith(f"{name} = ")]
+        assert len(matches) == 1, f"{name} is not one key of study.toml"
+        lines[matches[0]] = f"{name} = {literal}"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests decide credentials and URLs themselves, whatever the developer has exported."""

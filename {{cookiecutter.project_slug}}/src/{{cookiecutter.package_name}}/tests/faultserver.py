@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 STALL_S = 60.0
+Action = int | str | tuple[int, dict[str, str]]
 
 
 class FaultServer:
@@ -24,16 +25,17 @@ class FaultServer:
     `fail(pattern, *actions)` queues actions for the next requests whose path
     matches `pattern` (one action per request, then normal service);
     `always(pattern, action)` applies an action to every matching request.
-    Actions: an HTTP status (int), "drop" (half the body, then close), "stall"
-    (half the body, then silence). `token` requires `Authorization: Bearer <token>`.
+    Actions: an HTTP status (int), a status with headers (`(429, {"Retry-After": "1"})`),
+    "drop" (half the body, then close), "stall" (half the body, then silence). `token`
+    requires `Authorization: Bearer <token>`.
     """
 
     def __init__(self, root: Path, token: str | None = None) -> None:
         self.root = Path(root)
         self.token = token
         self.requests: Counter[str] = Counter()
-        self._queued: list[tuple[str, list[int | str]]] = []
-        self._always: list[tuple[str, int | str]] = []
+        self._queued: list[tuple[str, list[Action]]] = []
+        self._always: list[tuple[str, Action]] = []
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -44,11 +46,11 @@ class FaultServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def fail(self, pattern: str, *actions: int | str) -> None:
+    def fail(self, pattern: str, *actions: Action) -> None:
         with self._lock:
             self._queued.append((pattern, list(actions)))
 
-    def always(self, pattern: str, action: int | str) -> None:
+    def always(self, pattern: str, action: Action) -> None:
         with self._lock:
             self._always.append((pattern, action))
 
@@ -62,7 +64,7 @@ class FaultServer:
         with self._lock:
             return sum(n for path, n in self.requests.items() if fnmatch.fnmatch(path, pattern))
 
-    def _action(self, path: str) -> int | str | None:
+    def _action(self, path: str) -> Action | None:
         with self._lock:
             self.requests[path] += 1
             for pattern, actions in self._queued:
@@ -82,6 +84,9 @@ class FaultServer:
         action = self._action(path)
         if isinstance(action, int):
             return web.Response(status=action, text=f"injected {action}")
+        if isinstance(action, tuple):
+            status, headers = action
+            return web.Response(status=status, headers=headers, text=f"injected {status}")
         file = (self.root / path).resolve()
         if not file.is_relative_to(self.root.resolve()) or not file.is_file():
             return web.Response(status=404, text="not found")

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from ..cli import main
-from .conftest import STUDY_ROOT
+from ..config import load_config
+from .conftest import STUDY_ROOT, study_toml
+from .faultserver import FaultServer
+from .stores import learnable_series, write_series_store
 
 PACKAGE = __package__.rsplit(".", 1)[0]
 
@@ -45,3 +48,43 @@ def test_every_command_has_help(command: str, capsys) -> None:
         main([command, "--help"])
     assert info.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+UNWANTED = (
+    "Traceback",
+    "Task was destroyed",
+    "Event loop is closed",
+    "Session is closed",
+    "Unclosed",
+    "Warning",
+)
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (404, "is missing on the server"),
+        (403, "refused access (HTTP 403)"),
+        ("drop", "attempt(s) over"),
+        ("stall", "no data within the read timeout"),
+    ],
+)
+def test_a_failed_read_ends_train_with_one_clear_line(tmp_path: Path, fault: int | str, message: str) -> None:
+    """A user sees the error line last: no traceback, no asyncio or aiohttp noise after it."""
+    config = study_toml(
+        tmp_path / "study.toml", time_lookback=20, split_gap_days=20, timeout_s=1.0, retry_budget_s=2.0,
+        cache="none", out_dir=str(tmp_path / "results"),
+    )  # fmt: skip
+    name = load_config(config).study.dataset_name
+    x, y = learnable_series(8, 200)
+    write_series_store(tmp_path / "srv", x, y, dataset_name=name, lookback=20, chunk_cells=4)
+    with FaultServer(tmp_path / "srv") as server:
+        server.always(f"*/{name}/1.0.0", fault)
+        done = subprocess.run(
+            [sys.executable, "-m", PACKAGE, "--config", str(config), "train", "--url", server.url, "--epochs", "1"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and message in lines[-1], done.stderr
+    assert not [line for line in lines if any(word in line for word in UNWANTED)], done.stderr

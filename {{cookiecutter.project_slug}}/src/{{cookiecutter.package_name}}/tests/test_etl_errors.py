@@ -66,6 +66,10 @@ BAD_INPUTS: dict[str, tuple[Mutation, str]] = {
         lambda m, r: (m, r.assign(drought_category=r.drought_category.where(r.time.dt.year < 2002, 12))),
         r"reference\.nc: variable 'drought_category': \d+ values are not category codes",
     ),
+    "a variable all NaN": (
+        lambda m, r: (m.assign(snow_water_equivalent=m.snow_water_equivalent * np.nan), r),
+        r"model_output\.nc: variable 'snow_water_equivalent' is NaN on every cell and day",
+    ),
 }
 
 

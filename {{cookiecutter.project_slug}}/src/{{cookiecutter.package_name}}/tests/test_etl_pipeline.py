@@ -22,7 +22,7 @@ from ..etl.pipeline import run_etl
 from ..etl.store import ChunkAppender, finalize, sha256_file
 from ..store_format import CLIMATOLOGY, blocks_from_attrs, valid_pairs, window_ends
 from ..synthetic import SIZES, write_synthetic
-from .conftest import STUDY_ROOT
+from .conftest import study_toml
 from .etl_support import (
     checksums,
     codes_to_percentile,
@@ -264,10 +264,7 @@ def test_chunk_appender_writes_every_chunk_even_all_fill_ones_and_round_trips(tm
 
 
 def test_cli_runs_the_etl_and_refuses_to_overwrite(tmp_path: Path, capsys) -> None:
-    text = (STUDY_ROOT / "study.toml").read_text()
-    for key in ("time_lookback", "split_gap_days"):
-        text = "\n".join(f"{key} = 20" if line.startswith(f"{key} =") else line for line in text.splitlines())
-    (tmp_path / "study.toml").write_text(text + "\n")
+    study_toml(tmp_path / "study.toml", time_lookback=20, split_gap_days=20)
     variables = load_config(tmp_path / "study.toml").data.variables
     write_synthetic(tmp_path / "data" / "raw", variables, SIZES["tiny"])
     config = ["--config", str(tmp_path / "study.toml")]

@@ -41,7 +41,7 @@ SECRET = "s3cr3t-token-value"
 
 @pytest.fixture
 def cfg(tiny_config: Config) -> Config:
-    return tiny_config.override({"train.timeout_s": 1.0, "train.retries": 2})
+    return tiny_config.override({"train.timeout_s": 1.0, "train.retry_budget_s": 3.0})
 
 
 def write(cfg: Config, root: Path, zarr_format: int = 2, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -137,14 +137,27 @@ def test_transient_503_is_retried_and_data_are_exact(cfg: Config, data_root: Pat
         remote.close()
 
 
+def test_retry_after_is_honoured(cfg: Config, data_root: Path) -> None:
+    key = f"{store_path(cfg)}/{cfg.study.dataset_name}/2.0.0"
+    expected = local(data_root, cfg)[cfg.study.dataset_name].values[8:12]
+    with FaultServer(data_root) as server:
+        remote = connect(server.url, cfg=cfg, backoff_s=0.01)
+        server.fail(key, (429, {"Retry-After": "1"}))
+        started = time.monotonic()
+        np.testing.assert_array_equal(remote.open_dataset()[cfg.study.dataset_name][8:12].values, expected)
+        assert time.monotonic() - started >= 1.0  # waited as told, not the 0.01 s backoff
+        assert server.count(f"*/{cfg.study.dataset_name}/2.0.0") == 2 and remote.stats.retries == 1
+        remote.close()
+
+
 @pytest.mark.parametrize(
     ("action", "error", "message"),
     [
         (500, RemoteReadError, "HTTP 500"),
         (403, RemoteAuthError, "HTTP 403"),
         (404, MissingChunkError, "missing on the server"),
-        ("drop", RemoteReadError, "after 3 attempts"),
-        ("stall", RemoteReadError, "read timeout"),
+        ("drop", RemoteReadError, r"attempt\(s\) over \d+ s"),
+        ("stall", RemoteReadError, r"read timeout.*train\.timeout_s = 1 s.*train\.retry_budget_s = 3 s"),
     ],
 )
 def test_failed_chunk_raises_clear_error_never_fill_values(
@@ -154,15 +167,11 @@ def test_failed_chunk_raises_clear_error_never_fill_values(
         remote = connect(server.url, cfg=cfg, backoff_s=0.05)
         ds = remote.open_dataset()
         server.always(f"{store_path(cfg)}/{cfg.study.dataset_name}/3.0.0", action)
-        started = time.monotonic()
         with pytest.raises(error, match=message) as info:
             ds[cfg.study.dataset_name].isel(cell=slice(12, 16)).values  # noqa: B018
-        elapsed = time.monotonic() - started
         assert f"{cfg.study.dataset_name}/3.0.0" in str(info.value)
-        # Bounded: (retries + 1) reads of at most timeout_s each, plus backoff.
-        assert elapsed < (cfg.train.retries + 1) * cfg.train.timeout_s + 3
-        attempts = 1 if action in (403, 404) else cfg.train.retries + 1
-        assert server.count(f"*/{cfg.study.dataset_name}/3.0.0") == attempts
+        attempts = server.count(f"*/{cfg.study.dataset_name}/3.0.0")
+        assert attempts == 1 if action in (403, 404) else attempts >= 2  # transient errors (5xx too) retry
         remote.close()
 
 
@@ -228,4 +237,4 @@ def test_the_template_placeholder_url_is_refused_at_once(cfg: Config) -> None:
 def test_an_unresolvable_host_fails_at_once(cfg: Config) -> None:
     """Raised by the branch that does not retry (a host name that does not resolve cannot start to)."""
     with pytest.raises(RemoteReadError, match=r"'no-such-host\.invalid' does not resolve"):
-        open_remote("http://no-such-host.invalid:8080", cfg=cfg.override({"train.retries": 5}))
+        open_remote("http://no-such-host.invalid:8080", cfg=cfg.override({"train.retry_budget_s": 60.0}))

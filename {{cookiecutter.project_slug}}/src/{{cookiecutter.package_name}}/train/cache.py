@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..errors import StudyError
 
 CACHE_KINDS = ("none", "memory", "disk")
@@ -64,7 +64,7 @@ class DiskCache:
     """Chunk bytes as files named by their sha256 under `root`, at most `max_bytes` in total.
 
     Writes go to a temporary file renamed into place, so concurrent processes
-    (loader workers, DDP ranks) can share one folder; the least recently used
+    (DDP ranks, runs) can share one folder; the least recently used
     files are removed when the cap is exceeded.
     """
 
@@ -105,15 +105,7 @@ class DiskCache:
         path = self._path(digest)
         if path.exists():
             return
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
         with self._lock:
             self.nbytes += size
             if self.nbytes > self.max_bytes:

@@ -111,7 +111,7 @@ class StoreSource:
     features: str
     credentials: Credentials | None = None
     timeout_s: float = 30.0
-    retries: int = 4
+    retry_budget_s: float = 60.0
     backoff_s: float = 0.5
     in_flight: int = 8
     cache: str = "none"
@@ -136,7 +136,7 @@ class StoreSource:
             features=cfg.study.dataset_name,
             credentials=credentials_from(token, user, password, prefer=cfg.server.auth),
             timeout_s=t.timeout_s,
-            retries=t.retries,
+            retry_budget_s=t.retry_budget_s,
             in_flight=t.prefetch_chunks,
             cache=cache or t.cache,
             cache_dir=str(cfg.path(t.cache_dir)),
@@ -152,7 +152,7 @@ class StoreSource:
             user=creds.user if creds else None,
             password=creds.password if creds else None,
             timeout_s=self.timeout_s,
-            retries=self.retries,
+            retry_budget_s=self.retry_budget_s,
             backoff_s=self.backoff_s,
             in_flight=self.in_flight,
             cache=make_cache(self.cache, max_mb=self.cache_max_mb, cache_dir=self.cache_dir),

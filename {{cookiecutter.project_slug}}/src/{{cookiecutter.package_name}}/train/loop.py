@@ -28,7 +28,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write, write_text
 from ..errors import StudyError
 from ..etl.categories import CATEGORIES, N_CLASSES
 from .baselines import FIT_SAMPLES, baselines, scores, window_means
@@ -83,24 +83,6 @@ def class_weights(labels: np.ndarray, mode: str, n_classes: int = N_CLASSES) -> 
         balanced = counts[present].sum() / (present.sum() * counts[present])
         weights[present] = balanced if mode == "balanced" else np.sqrt(balanced)
     return torch.tensor(weights, dtype=torch.float32)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temporary file renamed into place: never a half-written result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are ordinary, readable files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def run_epoch(
@@ -189,7 +171,7 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
@@ -215,7 +197,7 @@ def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
                 ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if share[i, j] > 0.5 else "black")  # fmt: skip
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _model_settings(cfg: Config, n_features: int) -> dict[str, Any]:
@@ -236,7 +218,7 @@ def _model_settings(cfg: Config, n_features: int) -> dict[str, Any]:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -442,7 +424,7 @@ def _public(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def write_results(out: Path, summary: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
     """summary.json, history.csv, classification_report.txt and the PNG plots."""
-    _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
     def history_csv(tmp: Path) -> None:
         with tmp.open("w", newline="") as handle:
@@ -451,9 +433,9 @@ def write_results(out: Path, summary: dict[str, Any], results: dict[str, dict[st
             writer.writerows(summary["history"])
 
     if summary["history"]:
-        _atomic_write(out / "history.csv", history_csv)
+        atomic_write(out / "history.csv", history_csv)
         plot_history(summary["history"], out / "loss.png")
-    _write_text(
+    write_text(
         out / "classification_report.txt", "\n".join(f"== {s} ==\n{m['report']}" for s, m in results.items())
     )
     plot_confusion(
