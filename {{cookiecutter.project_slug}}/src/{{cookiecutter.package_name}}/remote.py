@@ -493,7 +493,8 @@ class ResilientStore(WrapperStore):
                     f"reading {where} failed: {_describe(error)}, {attempt} attempt(s) over {waited:.0f} s; "
                     "check that the data server is up and reachable. Each attempt waits up to "
                     f"train.timeout_s = {self.timeout_s:g} s for data and retries stop after "
-                    f"train.retry_budget_s = {self.retry_budget_s:g} s (study.toml): lower them to fail sooner"
+                    f"train.retry_budget_s = {self.retry_budget_s:g} s (study.toml): lower them to fail "
+                    "sooner"
                 ) from None
             self.stats.add(retries=1)
             await asyncio.sleep(delay)
@@ -601,9 +602,14 @@ class RemoteStore:
 
 
 def open_store(
-    url: str, *, credentials: Credentials | None = None, timeout_s: float = 30.0, retry_budget_s: float = 60.0,
-    backoff_s: float = 0.5, in_flight: int = 8,
-) -> RemoteStore:  # fmt: skip
+    url: str,
+    *,
+    credentials: Credentials | None = None,
+    timeout_s: float = 30.0,
+    retry_budget_s: float = 60.0,
+    backoff_s: float = 0.5,
+    in_flight: int = 8,
+) -> RemoteStore:
     """A `RemoteStore` on `url` without the manifest checks (see `connect`)."""
     fs = make_filesystem(credentials, timeout_s=timeout_s)
     store = ResilientStore(

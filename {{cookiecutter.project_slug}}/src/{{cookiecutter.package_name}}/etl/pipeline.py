@@ -269,9 +269,9 @@ def _write_store(cfg: Config, inputs: Inputs, path: Path) -> Counter[str]:
     empty = [name for name in inputs.features if not counts[f"finite {name}"]]
     if empty:
         raise EtlInputError(
-            f"{', '.join(p.name for p in inputs.model_files)}: variable {empty[0]!r} is NaN on every cell and "
-            "day of the common period; check its fill value and scale in the file, or leave it out of "
-            "data.variables"
+            f"{', '.join(p.name for p in inputs.model_files)}: variable {empty[0]!r} is NaN on every cell "
+            "and day of the common period; check its fill value and scale in the file, or leave it out "
+            "of data.variables"
         )
     for split in SPLITS:
         if counts[split] == 0:

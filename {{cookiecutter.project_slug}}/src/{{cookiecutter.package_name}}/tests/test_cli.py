@@ -80,10 +80,19 @@ def test_a_failed_read_ends_train_with_one_clear_line(tmp_path: Path, fault: int
     write_series_store(tmp_path / "srv", x, y, dataset_name=name, lookback=20, chunk_cells=4)
     with FaultServer(tmp_path / "srv") as server:
         server.always(f"*/{name}/1.0.0", fault)
-        done = subprocess.run(
-            [sys.executable, "-m", PACKAGE, "--config", str(config), "train", "--url", server.url, "--epochs", "1"],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            PACKAGE,
+            "--config",
+            config,
+            "train",
+            "--url",
+            server.url,
+            "--epochs",
+            "1",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and message in lines[-1], done.stderr
