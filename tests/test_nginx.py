@@ -476,6 +476,22 @@ def test_every_path_needs_the_right_token(srv: str, data: dict, token: str) -> N
             assert session.get(f"{srv}/{path}", headers=bearer(token), timeout=5).status_code == 200, path
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR", "Bearer "])
+def test_the_bearer_scheme_is_case_insensitive(srv: str, token: str, scheme: str) -> None:
+    """RFC 7235: the auth scheme is case-insensitive, and one or more spaces follow it."""
+    assert raw_get(srv, f"/{V2}/.zgroup", {"Authorization": f"{scheme} {token}"})[0] == 200
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["bearer {swapcase}", "Bearer{token}", "Bearer\t{token}", "bearer {token} x", "bearer {token}x",
+     "xbearer {token}", "bearer", "Token {token}"],
+)  # fmt: skip
+def test_the_token_itself_is_compared_exactly(srv: str, token: str, value: str) -> None:
+    header = value.format(token=token, swapcase=token.swapcase())
+    assert raw_get(srv, f"/{V2}/.zgroup", {"Authorization": header})[0] == 401, header
+
+
 # ---------------------------------------------------------------- default limits, xarray
 
 
@@ -639,6 +655,8 @@ def test_basic_auth_on_every_path(basic_study, data: dict, tmp_path: Path) -> No
             assert requests.get(f"{url}/{path}", headers=good, timeout=5).status_code == 200, path
         assert requests.options(f"{url}/{V2}/.zgroup", timeout=5).status_code == 204
         assert raw_get(url, "/.htpasswd", good)[0] == 404
+        lower = {"Authorization": "basic " + good["Authorization"].split(" ", 1)[1]}  # RFC 7235
+        assert requests.get(f"{url}/{V2}/.zgroup", headers=lower, timeout=5).status_code == 200
         remote = open_remote(f"{url}/{V3}", good).load()
         xr.testing.assert_identical(remote.drop_encoding(), data["datasets"][V3])
 
