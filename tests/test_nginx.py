@@ -20,6 +20,7 @@ import os
 import pickle
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -691,6 +692,42 @@ def test_no_auth_serves_data_and_still_hides_dotfiles(none_study, data: dict) ->
             assert raw_get(url, path)[0] == 404, path
         assert requests.delete(f"{url}/{V2}/.zgroup", timeout=5).status_code == 405
         xr.testing.assert_identical(open_remote(f"{url}/{V2}", {}).load().drop_encoding(), data["datasets"][V2])
+
+
+def free_local_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_listens_on_server_port_unless_told_otherwise(token_study, data: dict, token: str,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    """Without --port, serve uses server.port (compose's DATA_PORT counterpart)."""
+    require_tool("nginx")
+    study, python = token_study
+    port = free_local_port()
+    config = config_copy(study, tmp_path / "port", port=port)
+    env = {"DATA_TOKEN": token, "STUDY_CONFIG": str(config)}
+    with study_server(python, study, data["root"], auth_env=env, port=None) as url:
+        assert urlsplit(url).port == port
+        assert requests.get(f"{url}/{V2}/.zgroup", headers=bearer(token), timeout=5).status_code == 200
+
+
+def test_serve_says_which_port_is_taken_and_what_to_do(token_study, data: dict, token: str, tmp_path: Path) -> None:
+    require_tool("nginx")
+    study, python = token_study
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = config_copy(study, tmp_path / "port", port=port)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DATA_")}
+        env.update(DATA_TOKEN=token, STUDY_CONFIG=str(config), PATH=f"/usr/sbin:{os.environ['PATH']}")
+        result = subprocess.run([python, "-m", study_package(study), "serve", "--data", data["root"]], cwd=study,
+                                env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr and "--port 0" in result.stderr
+    assert str(config) in result.stderr and "Traceback" not in result.stderr and token not in result.stderr
 
 
 def test_serve_refuses_to_start_without_credentials(token_study, data: dict) -> None:

@@ -89,7 +89,12 @@ class EtlSection:
 class ServerSection:
     url: str = key("Public base URL of the data server (DATA_URL overrides it).")
     auth: str = key("Authentication of the data server.", choices=("token", "basic", "none"))
-    port: int = key("Port nginx listens on (compose publishes it).", low=1, high=65535)
+    port: int = key(
+        "Port `serve` listens on when no --port is given (--port 0: any free port). Docker publishes "
+        "DATA_PORT of .env instead: keep the two equal.",
+        low=1,
+        high=65535,
+    )
     limit_rate: str = key("Per-connection bandwidth cap, nginx syntax (e.g. 2m); 0 = off.")
     requests_per_second: int = key(
         "Requests per second nginx serves to one client address; faster ones wait their turn "
