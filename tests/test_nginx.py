@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import http.client
 import json
 import os
-import pickle
 import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import tomllib
 import warnings
@@ -35,6 +34,7 @@ import numpy as np
 import pytest
 import requests
 import xarray as xr
+from fsspec.implementations.http import HTTPFileSystem
 
 from servers import study_package, study_server
 
@@ -44,7 +44,7 @@ pytestmark = pytest.mark.slow
 
 STORE = "columbia_gridcells_lb30"
 V2, V3 = f"{STORE}/train.zarr", f"{STORE}/valid.zarr"
-# A store of a few hundred small chunks (one request each), for the rate-limit checks.
+# A store of 200 small chunks (one request each), for the rate-limit checks.
 MANY = "readers/many.zarr"
 SECRET = "TOP-SECRET-CONTENT"
 CORS = ("Access-Control-Allow-Origin", "Access-Control-Allow-Methods", "Access-Control-Allow-Headers")
@@ -106,7 +106,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (root / "escape_dir").symlink_to(outside, target_is_directory=True)
     (root / "big.bin").write_bytes(np.random.default_rng(0).bytes(300_000))
     rng = np.random.default_rng(3)
-    many = xr.Dataset({"a": ("n", rng.normal(size=2400).astype("float32")), "b": ("n", rng.integers(0, 9, 2400))})
+    many = xr.Dataset({"a": ("n", rng.normal(size=1600).astype("float32")), "b": ("n", rng.integers(0, 9, 1600))})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         many.to_zarr(
@@ -519,7 +519,7 @@ def test_one_sequential_reader_of_every_file_is_never_refused(srv_default: str, 
     """As fast as a plain client goes (one keep-alive connection, no think time): the shipped
     limits pace it, they never answer 429 (before: 429 for most of these requests)."""
     files = files_on_disk(data["root"], MANY)
-    assert len(files) > 300
+    assert len(files) > 200  # enough that the former limits (burst 50 nodelay) refused most
     parts = urlsplit(srv_default)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     statuses = []
@@ -535,38 +535,23 @@ def test_one_sequential_reader_of_every_file_is_never_refused(srv_default: str, 
     assert statuses == [200] * len(files), {s: statuses.count(s) for s in set(statuses)}
 
 
-# The original post's client, verbatim but for the URL and token; no retries. It saves
-# what it read so the test can compare it with the store.
-POST_CLIENT = """
-import pickle, sys
-import xarray as xr
-from fsspec.implementations.http import HTTPFileSystem
-
-url, token, out = sys.argv[1:]
-fs = HTTPFileSystem(headers={"Authorization": f"Bearer {token}"})
-ds = xr.open_zarr(fs.get_mapper(url), consolidated=True).load()
-with open(out, "wb") as f:
-    pickle.dump(ds.drop_encoding(), f)
-"""
+def read_like_the_post(url: str, token: str) -> xr.Dataset:
+    """The original post's client, verbatim but for the URL and token: no retries."""
+    fs = HTTPFileSystem(headers={"Authorization": f"Bearer {token}"})
+    return xr.open_zarr(fs.get_mapper(url), consolidated=True).load()
 
 
-def test_four_concurrent_full_reads_with_the_original_posts_client(
-    srv_default: str, data: dict, token: str, tmp_path: Path
-) -> None:
-    """Four processes (four notebooks behind one address) read the whole store at once with
-    the post's code and no retries: every one succeeds with exact data (before: 3 of 4 failed
-    with 429)."""
-    outs = [tmp_path / f"read{i}.pickle" for i in range(4)]
-    run_post = [sys.executable, "-c", POST_CLIENT, f"{srv_default}/{MANY}", token]
-    procs = [
-        subprocess.Popen([*run_post, out], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for out in outs
-    ]
-    errors = [proc.communicate(timeout=300)[1] for proc in procs]
-    failed = [err.strip().splitlines()[-1:] for proc, err in zip(procs, errors, strict=True) if proc.returncode]
+def test_four_concurrent_full_reads_with_the_original_posts_client(srv_default: str, data: dict, token: str) -> None:
+    """Four readers at once (four notebooks behind one address; threads, each with its own
+    filesystem and HTTP session) read the whole store with the post's code: every one
+    succeeds with exact data (before: all four failed with 429 here)."""
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        reads = [pool.submit(read_like_the_post, f"{srv_default}/{MANY}", token) for _ in range(4)]
+        concurrent.futures.wait(reads)
+    failed = [f"{type(e).__name__}: {e}" for read in reads if (e := read.exception())]
     assert not failed, f"{len(failed)} of 4 readers failed: {failed}"
-    for out in outs:
-        with out.open("rb") as f:
-            xr.testing.assert_identical(pickle.load(f), data["datasets"][MANY])
+    for read in reads:
+        xr.testing.assert_identical(read.result().drop_encoding(), data["datasets"][MANY])
 
 
 async def runaway(url: str, path: str, headers: dict[str, str], n: int) -> list[tuple[int, dict[str, str]]]:
