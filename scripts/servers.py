@@ -77,6 +77,8 @@ def study_server(
     *,
     auth_env: dict[str, str],
     limit_rate: str | None = None,
+    port: int | None = 0,
+    stderr: list[str] | None = None,
     timeout: float = 30.0,
 ) -> Iterator[str]:
     """Serve `data_dir` with the study's `serve` command; yield its base URL (no trailing slash).
@@ -84,8 +86,12 @@ def study_server(
     `auth_env` holds the credential variables of the baked auth mode, e.g.
     {"DATA_TOKEN": "..."} or {"DATA_USER": "u", "DATA_PASSWORD": "p"} ({} for auth none);
     any such variable inherited from the caller's environment is removed first.
+    `port` 0 takes a free port; None passes no --port (serve then uses server.port).
+    `stderr`, when given, receives serve's (and nginx's) error output line by line.
     """
-    cmd = [str(python), "-m", study_package(study), "serve", "--port", "0", "--data", str(data_dir)]
+    cmd = [str(python), "-m", study_package(study), "serve", "--data", str(data_dir)]
+    if port is not None:
+        cmd += ["--port", str(port)]
     if limit_rate is not None:
         cmd += ["--limit-rate", limit_rate]
     env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
@@ -97,7 +103,7 @@ def study_server(
         start_new_session=True,  # our own process group: a hung server can be killed as a whole
     )  # fmt: skip
     out: list[str] = []
-    err: list[str] = []
+    err: list[str] = stderr if stderr is not None else []
     ready = threading.Event()
     pumps = [
         threading.Thread(target=_pump, args=(proc.stdout, out, ready), daemon=True),

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,25 @@ def test_env_example_documents_every_variable_and_works_as_env(baked: tuple[str,
     assert nginx["ports"][0]["published"] == "8181"
     if auth == "token":
         assert nginx["environment"]["STUDY_TOKEN"] == TOKEN
+
+
+def test_compose_defaults_are_the_study_toml_server_settings(baked: tuple[str, Path]) -> None:
+    """Compose cannot read study.toml, so its defaults, .env.example and the limits stated in
+    storage/README.md repeat server.port and the limits: they must agree (serve reads study.toml)."""
+    auth, study = baked
+    server = tomllib.loads((study / "study.toml").read_text())["server"]
+    nginx = config(study, env=SECRET_ENV[auth])["services"]["nginx"]
+    assert nginx["ports"][0]["published"] == str(server["port"])
+    env = nginx["environment"]
+    assert env["STUDY_LIMIT_RATE"] == server["limit_rate"]
+    assert env["STUDY_REQUESTS_PER_SECOND"] == str(server["requests_per_second"])
+    assert env["STUDY_BURST"] == str(server["burst"])
+    example = dict(re.findall(r"^(\w+)=(.*)$", (study / ".env.example").read_text(), re.MULTILINE))
+    assert example["DATA_PORT"] == str(server["port"]) and example["DATA_LIMIT_RATE"] == server["limit_rate"]
+    assert example["DATA_REQUESTS_PER_SECOND"] == str(server["requests_per_second"])
+    assert example["DATA_BURST"] == str(server["burst"])
+    readme = (study / "storage" / "README.md").read_text()
+    assert f"(rate {server['requests_per_second']}, burst {server['burst']})" in readme
 
 
 def test_secrets_are_git_ignored(baked: tuple[str, Path], tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve the zarr folder with the study's nginx config (no Docker)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=0, help="port (0 = a free port)")
+    p.add_argument("--port", type=int, help="port (default: server.port of study.toml; 0 = a free port)")
     p.add_argument("--data", help="folder to serve (default: data.zarr_dir)")
     p.add_argument("--limit-rate", default=None, help="per-connection bandwidth cap, e.g. 2m")
     p.set_defaults(func=_serve)

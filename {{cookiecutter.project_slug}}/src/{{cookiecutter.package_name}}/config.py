@@ -97,14 +97,22 @@ class EtlSection:
 class ServerSection:
     url: str = key("Public base URL of the data server (DATA_URL overrides it).")
     auth: str = key("Authentication of the data server.", choices=("token", "basic", "none"))
-    port: int = key("Port nginx listens on (compose publishes it).", low=1, high=65535)
+    port: int = key(
+        "Port `serve` listens on when no --port is given (--port 0: any free port). Docker publishes "
+        "DATA_PORT of .env instead: keep the two equal.",
+        low=1,
+        high=65535,
+    )
     limit_rate: str = key("Per-connection bandwidth cap, nginx syntax (e.g. 2m); 0 = off.")
     requests_per_second: int = key(
-        "Per-client request rate nginx sustains; above it (and the burst) it answers 429.", low=1
+        "Requests per second nginx serves to one client address; faster ones wait their turn "
+        "(paced, not refused). Readers behind one address (a NAT) share it.",
+        low=1,
     )
     burst: int = key(
-        "Requests a client may send at once above the rate (a loader has about "
-        "train.prefetch_chunks chunk requests in flight, plus a few metadata requests).",
+        "Requests one client address may have waiting at once; beyond it nginx answers 429 with "
+        "Retry-After: 1 (a runaway client). A reader has about train.prefetch_chunks requests in "
+        "flight, an fsspec/aiohttp client at most 100.",
         low=1,
     )
 

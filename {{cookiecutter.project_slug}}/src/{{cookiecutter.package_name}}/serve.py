@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import errno
 import grp
 import hashlib
 import ipaddress
@@ -31,6 +32,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -214,12 +216,33 @@ def _client_host(host: str) -> str:
 
 def free_port(host: str) -> int:
     """A port the OS reports free on `host` right now (nginx cannot bind port 0 and tell us)."""
-    import socket
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host if host not in ("", "0.0.0.0") else "127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def check_port_free(host: str, port: int, source: str) -> None:
+    """Refuse, with what to do instead, a fixed port another program already listens on
+    (nginx would only log a bind() error); port 0 is always free."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nginx does
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                reason = "is already in use (another server, or Docker's nginx?)"
+            elif exc.errno == errno.EACCES:
+                reason = "needs root (ports below 1024 are privileged)"
+            else:
+                raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise ServeError(
+                f"port {port} on {host} {reason}; choose another with --port N or server.port in "
+                f"{source}, or --port 0 for any free port"
+            ) from None
 
 
 def _main_conf(prefix: Path, user: str | None) -> str:
@@ -343,6 +366,7 @@ def _running(
             test = subprocess.run([*cmd, "-t", "-q"], capture_output=True, text=True)
             if test.returncode != 0:
                 raise ServeError(f"nginx rejected the rendered configuration:\n{test.stderr.strip()}")
+            check_port_free(host, port, cfg.source)
             proc = subprocess.Popen(
                 [*cmd, "-g", "daemon off;"], stdin=subprocess.DEVNULL, start_new_session=True,
                 preexec_fn=_die_with_parent,
@@ -383,11 +407,16 @@ def serve(
     cfg: Config,
     *,
     host: str = "127.0.0.1",
-    port: int = 0,
+    port: int | None = None,
     data_dir: Path,
     limit_rate: str | None = None,
 ) -> int:
-    """Serve until SIGINT/SIGTERM (exit status 0); prints `Serving <data_dir> at <url>/` once ready."""
+    """Serve until SIGINT/SIGTERM (exit status 0); prints `Serving <data_dir> at <url>/` once ready.
+
+    `port` None means `server.port` of study.toml (the port the docs and clients expect);
+    0 means any free port (tests, a second server on the same machine)."""
+    if port is None:
+        port = cfg.server.port
     if not 0 <= port <= 65535:
         raise ServeError(f"--port {port} is out of range; allowed: 0 (a free port) to 65535")
 

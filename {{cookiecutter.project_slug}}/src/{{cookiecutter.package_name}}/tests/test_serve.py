@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -45,6 +46,17 @@ def test_tokens_must_be_long_and_plain() -> None:
         check_token("short", "DATA_TOKEN")
     with pytest.raises(ServeError, match="characters nginx cannot compare"):
         check_token('abcdefghijklmnop"; return 200; #', "DATA_TOKEN")
+
+
+def test_a_taken_port_is_refused_with_what_to_do() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ServeError, match=rf"port {port} on 127.0.0.1 is already in use.*--port 0"):
+            serve.check_port_free("127.0.0.1", port, "study.toml")
+    serve.check_port_free("127.0.0.1", port, "study.toml")  # free again
+    serve.check_port_free("127.0.0.1", 0, "study.toml")  # 0: nginx is given a free port
 
 
 def test_missing_nginx_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
