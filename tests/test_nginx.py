@@ -554,6 +554,42 @@ def test_four_concurrent_full_reads_with_the_original_posts_client(srv_default: 
         xr.testing.assert_identical(read.result().drop_encoding(), data["datasets"][MANY])
 
 
+THIRTY_TWO_READERS = """
+import concurrent.futures, json, sys
+import xarray as xr
+from {package}.remote import connect
+
+url, token, local = sys.argv[1:4]
+expected = xr.open_zarr(local, consolidated=True).load()
+
+
+def read(_: int) -> None:
+    with connect(full_url=url, token=token) as remote:  # its own session, retries and checks
+        xr.testing.assert_identical(remote.open_dataset().load(), expected)
+
+
+with concurrent.futures.ThreadPoolExecutor(32) as pool:
+    reads = [pool.submit(read, i) for i in range(32)]
+print(json.dumps([f"{type(e).__name__}: {e}" for r in reads if (e := r.exception())]))
+"""
+
+
+def test_thirty_two_concurrent_readers_with_the_studys_reader_get_exact_data(
+    token_study, fast_store: tuple[Path, Path], token: str
+) -> None:
+    """A classroom behind one address: 32 readers at once, each with the study's own reader
+    (retries, manifest and checksums), read the ETL's whole store through the shipped limits."""
+    require_tool("nginx")
+    study, python = token_study
+    _, data = fast_store
+    (store,) = [p for p in data.iterdir() if p.suffix == ".zarr"]
+    script = THIRTY_TWO_READERS.replace("{package}", study_package(study))
+    with study_server(python, study, data, auth_env={"DATA_TOKEN": token}) as url:
+        done = run([python, "-c", script, f"{url}/{store.name}", token, store], cwd=data, timeout=600)
+    failed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not failed, f"{len(failed)} of 32 readers failed: {failed[:3]}"
+
+
 async def runaway(url: str, path: str, headers: dict[str, str], n: int) -> list[tuple[int, dict[str, str]]]:
     """n requests at once, one per connection (opened first, so the requests arrive together):
     (status, headers) of each answer."""
