@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -104,6 +105,12 @@ def main() -> int:
         result = run([python, "-m", package, *argv], cwd=study, timeout=timeout, env=env)
         return result.stdout
 
+    def cli_live(*argv: str, env: dict[str, str]) -> None:
+        """A long command whose progress bars and per-epoch lines the user should see."""
+        done = subprocess.run([python, "-m", package, *argv], cwd=study, env={**os.environ, **env})
+        if done.returncode:
+            raise SystemExit(f"{package} {argv[0]} failed with exit status {done.returncode} (see above)")
+
     with steps.step(f"synthetic inputs ({args.size})"):
         print("      " + cli("synth", "--size", args.size).strip().replace("\n", "\n      "))
     with steps.step("ETL: validate, quantiles, categories, the series store (zarr)"):
@@ -128,7 +135,7 @@ def main() -> int:
             print(f"      {speed['mb_per_s']:.1f} MB/s, {speed['cells_per_s']:,.0f} cell series/s")
         with steps.step(f"train {args.epochs} epochs over HTTP"):
             results = out / "results"
-            cli("train", "--url", url, "--epochs", str(args.epochs), "--out", str(results), env=env)
+            cli_live("train", "--url", url, "--epochs", str(args.epochs), "--out", str(results), env=env)
             summary = json.loads((results / "summary.json").read_text())
         if not args.skip_notebook:
             with steps.step("execute the Colab notebook in a Colab-like kernel"):
