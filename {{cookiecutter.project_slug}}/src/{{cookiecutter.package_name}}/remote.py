@@ -383,7 +383,7 @@ class ResilientStore(WrapperStore):
         self._sha256 = manifest.sha256 if manifest else {}
         self._crc32c = manifest.crc32c if manifest else {}
 
-    def _with_store(self, store: Any) -> ResilientStore:
+    def _with_store(self, store: Any) -> ResilientStore:  # WrapperStore's hook for its copies
         clone = type(self)(
             store,
             url=self.url,
@@ -613,9 +613,14 @@ def open_store(
     """A `RemoteStore` on `url` without the manifest checks (see `connect`)."""
     fs = make_filesystem(credentials, timeout_s=timeout_s)
     store = ResilientStore(
-        FsspecStore(fs, path=url, read_only=True), url=url, credentials=credentials, timeout_s=timeout_s,
-        retry_budget_s=retry_budget_s, backoff_s=backoff_s, in_flight=in_flight,
-    )  # fmt: skip
+        FsspecStore(fs, path=url, read_only=True),
+        url=url,
+        credentials=credentials,
+        timeout_s=timeout_s,
+        retry_budget_s=retry_budget_s,
+        backoff_s=backoff_s,
+        in_flight=in_flight,
+    )
     return RemoteStore(url=url, store=store, manifest=None, stats=store.stats)
 
 
@@ -705,18 +710,29 @@ def open_remote(
     through the dataset is retried, checksum-verified and never filled in.
     """
     remote = connect(
-        url, cfg=cfg, token=token, user=user, password=password, timeout_s=timeout_s,
-        retry_budget_s=retry_budget_s, cache=cache, require_manifest=require_manifest,
-    )  # fmt: skip
+        url,
+        cfg=cfg,
+        token=token,
+        user=user,
+        password=password,
+        timeout_s=timeout_s,
+        retry_budget_s=retry_budget_s,
+        cache=cache,
+        require_manifest=require_manifest,
+    )
     ds = remote.open_dataset(group)
     ds.attrs.setdefault("source_url", remote.url)
     return ds
 
 
 def check_access(
-    full_url: str, *, token: str | None = None, user: str | None = None, password: str | None = None,
+    full_url: str,
+    *,
+    token: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
     timeout_s: float = 30.0,
-) -> None:  # fmt: skip
+) -> None:
     """Fail early, with a clear message, if the store cannot be read with these credentials.
 
     Reads the store's zarr metadata once: 401/403 raise `RemoteAuthError`

@@ -192,7 +192,6 @@ class ArrayManifest:
 
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
-    dtype: str
     sha256: dict[str, str]  # chunk key (relative to the store) -> sha256 of its stored bytes
     crc32c: dict[str, int]  # chunk key -> CRC32C of its stored bytes (zarr 3's own checksum)
 
@@ -221,7 +220,6 @@ class Manifest:
             name: {
                 "shape": list(a.shape),
                 "chunks": list(a.chunks),
-                "dtype": a.dtype,
                 "chunk_count": a.chunk_count,
                 "sha256": a.sha256,
                 "crc32c": {k: f"{v:08x}" for k, v in a.crc32c.items()},
@@ -246,7 +244,6 @@ class Manifest:
                 arrays[name] = ArrayManifest(
                     shape=tuple(int(s) for s in entry["shape"]),
                     chunks=tuple(int(c) for c in entry["chunks"]),
-                    dtype=str(entry["dtype"]),
                     sha256={str(k): str(v) for k, v in entry["sha256"].items()},
                     crc32c={str(k): int(v, 16) for k, v in entry["crc32c"].items()},
                 )

@@ -90,9 +90,14 @@ def derived_labels(values: np.ndarray, time: xr.DataArray, train_days: int, wind
     spec = quantiles.TransformSpec(period=quantiles.calendar_period(_calendar_of(time)))
     doy = quantiles.day_of_year(time)
     percentile = quantiles.doy_percentiles(
-        trailing[:train_days].T, doy[:train_days], trailing.T, doy,
-        window=spec.doy_window, period=spec.period, a=spec.a,
-    )  # fmt: skip
+        trailing[:train_days].T,
+        doy[:train_days],
+        trailing.T,
+        doy,
+        window=spec.doy_window,
+        period=spec.period,
+        a=spec.a,
+    )
     return percentile_to_code(percentile.T)
 
 

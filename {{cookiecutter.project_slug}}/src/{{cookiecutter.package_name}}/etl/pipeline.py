@@ -65,7 +65,7 @@ from ..store_format import (
     split_attrs,
     valid_pairs,
     window_ends,
-)  # fmt: skip
+)
 from . import quantiles
 from .categories import encoding_attrs
 from .errors import EtlError, EtlInputError, StoreExistsError
@@ -116,8 +116,9 @@ def run_etl(cfg: Config, *, overwrite: bool = False) -> Path:
     if stale:
         log.warning(
             "%s holds leftovers of interrupted runs (%s); delete them when no ETL is running",
-            target.parent, ", ".join(stale),
-        )  # fmt: skip
+            target.parent,
+            ", ".join(stale),
+        )
     started = time.perf_counter()
     inputs = open_inputs(cfg)
     n_time, ny, nx = inputs.shape
@@ -125,29 +126,44 @@ def run_etl(cfg: Config, *, overwrite: bool = False) -> Path:
         "inputs: %s | reference: %s | grid %dx%d, %d days (%s calendar)",
         ", ".join(p.name for p in inputs.model_files),
         ", ".join(p.name for p in inputs.reference_files),
-        ny, nx, n_time, inputs.calendar,
-    )  # fmt: skip
+        ny,
+        nx,
+        n_time,
+        inputs.calendar,
+    )
     days = inputs.time.values
     for block in inputs.blocks.values():
         log.info(
             "split %-5s label dates %s .. %s (%d days)",
-            block.name, str(days[block.start])[:10], str(days[block.stop - 1])[:10], block.days,
-        )  # fmt: skip
+            block.name,
+            str(days[block.start])[:10],
+            str(days[block.stop - 1])[:10],
+            block.days,
+        )
     with _dask_scheduler(cfg.etl.dask_scheduler), staging(target, overwrite=overwrite) as tmp:
         counts = _write_store(cfg, inputs, tmp)
     seconds = time.perf_counter() - started
     log.info(
         "masked %d of %d cells: %d without reference labels, %d with all-NaN inputs (a cell may be both)",
-        counts["masked"], ny * nx, counts["no_labels"], counts["all_nan"],
-    )  # fmt: skip
+        counts["masked"],
+        ny * nx,
+        counts["no_labels"],
+        counts["all_nan"],
+    )
     log.info(
         "usable %d-day windows (label on the end day, no NaN input inside): %s",
-        cfg.etl.time_lookback, ", ".join(f"{s} {counts[s]:,}" for s in SPLITS),
-    )  # fmt: skip
+        cfg.etl.time_lookback,
+        ", ".join(f"{s} {counts[s]:,}" for s in SPLITS),
+    )
     log.info(
         "wrote %s: %d cells x %d days x %d features, %.1f MB in %.1f s",
-        target, counts["cells"], n_time, len(inputs.features), counts["bytes"] / 1e6, seconds,
-    )  # fmt: skip
+        target,
+        counts["cells"],
+        n_time,
+        len(inputs.features),
+        counts["bytes"] / 1e6,
+        seconds,
+    )
     return target
 
 
@@ -222,9 +238,14 @@ def _open_writers(cfg: Config, inputs: Inputs, plan: _Plan, path: Path) -> dict[
 
 
 def _process_block(
-    cfg: Config, inputs: Inputs, plan: _Plan, rows: slice, cols: slice,
-    writers: dict[str, ChunkAppender], counts: Counter[str],
-) -> int:  # fmt: skip
+    cfg: Config,
+    inputs: Inputs,
+    plan: _Plan,
+    rows: slice,
+    cols: slice,
+    writers: dict[str, ChunkAppender],
+    counts: Counter[str],
+) -> int:
     """Mask, fit, transform and encode one block of cells; returns how many cells it had."""
     values, codes = inputs.read_block(rows, cols)
     for i, name in enumerate(inputs.features):  # which variables have any value at all

@@ -216,9 +216,11 @@ def write_manifest(path: Path) -> Manifest:
                 sha256[key], crc32c[key] = hashlib.sha256(data).hexdigest(), google_crc32c.value(data)
                 progress.update()
             arrays[name] = ArrayManifest(
-                shape=tuple(array.shape), chunks=tuple(array.chunks), dtype=str(array.dtype),
-                sha256=sha256, crc32c=crc32c,
-            )  # fmt: skip
+                shape=tuple(array.shape),
+                chunks=tuple(array.chunks),
+                sha256=sha256,
+                crc32c=crc32c,
+            )
     manifest = Manifest(zarr_format=group.metadata.zarr_format, arrays=arrays)
     write_text(path / MANIFEST, manifest.to_json())
     return manifest

@@ -35,7 +35,7 @@ from ..store_format import (
     split_attrs,
     split_blocks,
     store_name,
-)  # fmt: skip
+)
 
 DAY = 10_000  # feature 0 = cell * DAY + day in indexed series
 

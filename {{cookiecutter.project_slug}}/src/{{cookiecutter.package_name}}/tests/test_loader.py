@@ -44,8 +44,9 @@ def cfg(tiny_config: Config) -> Config:
 def server(cfg: Config, tmp_path: Path) -> Iterator[FaultServer]:
     """Serves an indexed series: feature 0 of cell c on day t is c * DAY + t."""
     x, y = indexed_series(N_CELLS, N_TIME)
-    write_series_store(tmp_path / "srv", x, y, dataset_name=cfg.study.dataset_name, lookback=LOOKBACK,
-                       chunk_cells=CHUNK)  # fmt: skip
+    write_series_store(
+        tmp_path / "srv", x, y, dataset_name=cfg.study.dataset_name, lookback=LOOKBACK, chunk_cells=CHUNK
+    )
     with FaultServer(tmp_path / "srv") as srv:
         yield srv
 
@@ -148,8 +149,10 @@ def test_disk_cache_serves_a_new_run_without_the_network(cfg: Config, server: Fa
 
 
 def test_ranks_draw_disjoint_shares_covering_the_epoch(cfg: Config, series: Series) -> None:
-    shares = [as_set(windows_of(make_loader(cfg, series, "train", rank=r, world_size=3, progress=False)))
-              for r in range(3)]  # fmt: skip
+    shares = [
+        as_set(windows_of(make_loader(cfg, series, "train", rank=r, world_size=3, progress=False)))
+        for r in range(3)
+    ]
     assert sum(len(s) for s in shares) == len(expected(series, "train"))
     assert set().union(*shares) == expected(series, "train")
 
@@ -171,8 +174,9 @@ def test_streamed_rounds_cover_the_epoch_and_mix_the_cells_of_a_round(
     series.close()
 
 
-def test_windows_equal_plain_xarray_slicing_of_the_store(cfg: Config, series: Series, server: FaultServer,
-                                                         tmp_path: Path) -> None:  # fmt: skip
+def test_windows_equal_plain_xarray_slicing_of_the_store(
+    cfg: Config, series: Series, server: FaultServer, tmp_path: Path
+) -> None:
     ds = xr.open_zarr(tmp_path / "srv" / cfg.store_name, consolidated=True)[cfg.study.dataset_name]
     loader = make_loader(cfg, series, "valid", progress=False)
     xb, _ = next(iter(loader))

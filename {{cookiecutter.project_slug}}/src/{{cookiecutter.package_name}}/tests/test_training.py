@@ -43,8 +43,9 @@ def cfg(tiny_config: Config) -> Config:
 @pytest.fixture
 def url(cfg: Config, tmp_path: Path) -> Iterator[str]:
     x, y = learnable_series(N_CELLS, N_TIME)
-    write_series_store(tmp_path / "srv", x, y, dataset_name=cfg.study.dataset_name, lookback=LOOKBACK,
-                       chunk_cells=4)  # fmt: skip
+    write_series_store(
+        tmp_path / "srv", x, y, dataset_name=cfg.study.dataset_name, lookback=LOOKBACK, chunk_cells=4
+    )
     with FaultServer(tmp_path / "srv") as server:
         yield server.url
 
@@ -90,8 +91,13 @@ def test_early_stopping_and_incompatible_checkpoint(cfg: Config, url: str, tmp_p
     summary = train(frozen, url=url, epochs=5, out_dir=tmp_path / "out", progress=False)
     assert summary["stopped_early"] and summary["epochs_run"] == 2 and summary["best_epoch"] == 1
     with pytest.raises(TrainError, match="hidden_size"):
-        train(frozen.override({"train.hidden_size": 8}), url=url, epochs=5, out_dir=tmp_path / "out",
-              progress=False)  # fmt: skip
+        train(
+            frozen.override({"train.hidden_size": 8}),
+            url=url,
+            epochs=5,
+            out_dir=tmp_path / "out",
+            progress=False,
+        )
 
 
 def test_a_fresh_run_never_evaluates_the_best_model_of_an_earlier_one(
@@ -113,8 +119,9 @@ def test_labels_shifted_by_a_month_leave_no_skill(tiny_config: Config, tmp_path:
     )
     size = SyntheticSize(ny=3, nx=4, years=6)
     etl = cfg.etl
-    days = training_days(size, "standard", lookback=etl.time_lookback, gap=etl.split_gap_days,
-                         fractions=etl.split_fractions)  # fmt: skip
+    days = training_days(
+        size, "standard", lookback=etl.time_lookback, gap=etl.split_gap_days, fractions=etl.split_fractions
+    )
     model, reference = tiny_datasets(cfg, size=size, train_days=days)
     summaries = {}
     for name, shift in (("aligned", 0), ("shifted", 30)):
