@@ -167,6 +167,7 @@ pipeline.run_etl(cfg)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        proc.stdout.close()
     time.sleep(0.1)
     left = leftovers(tiny_inputs)
     assert tiny_inputs.store_dir.name not in left
