@@ -120,7 +120,10 @@ def colab_base(cache: Path = CACHE) -> Path:
         print(f"building the Colab kernel environment in {base} (once per {PINS.name} change)", flush=True)
         venv.EnvBuilder(with_pip=False, symlinks=True).create(base)
         python = base / "bin" / "python"
-        _pip("--python", python, "install", "--quiet", "--no-deps", "--only-binary", ":all:", "-r", PINS)
+        # --no-compile: Python writes the bytecode of what the kernel imports, on first import.
+        _pip(
+            "--python", python, "install", "--quiet", "--no-deps", "--no-compile", "--only-binary", ":all:", "-r", PINS
+        )
         for name in LINKED:
             _link_distribution(name, _site_packages(base))
         check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)

@@ -57,8 +57,8 @@ def _lock(cfg: Config, args: argparse.Namespace) -> int:
     from .lock import write_lock
 
     out = Path(args.out) if args.out else cfg.root / "requirements.lock"
-    versions = write_lock(out)
-    print(f"pinned {len(versions)} packages in {out}")
+    pins = write_lock(out, cfg.root)
+    print(f"pinned {len(pins)} packages in {out}")
     return 0
 
 
