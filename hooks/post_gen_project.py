@@ -14,6 +14,7 @@ from pathlib import Path
 
 ANSWERS = json.loads(
     r"""{
+  "auth": {{ cookiecutter.auth | tojson }},
   "license": {{ cookiecutter.license | tojson }},
   "package_name": {{ cookiecutter.package_name | tojson }},
   "project_slug": {{ cookiecutter.project_slug | tojson }}
@@ -22,9 +23,11 @@ ANSWERS = json.loads(
 
 # answer -> value -> paths (relative to the study root) to delete
 # The storage stack's auth variants are chosen by Jinja inside compose.yaml, .env.example,
-# storage/README.md and the nginx template, so every auth answer keeps the same files
-# (TLS and the etl profile are optional at run time, not at bake time).
+# storage/README.md and the nginx template; only the token's start-up script is a file of its
+# own (TLS and the etl profile are optional at run time, not at bake time).
+TOKEN_SCRIPT = "storage/nginx/entrypoint"
 PRUNE: dict[str, dict[str, list[str]]] = {
+    "auth": {"basic": [TOKEN_SCRIPT], "none": [TOKEN_SCRIPT]},
     "license": {"none": ["LICENSE"]},
 }
 # Files that are meant to be empty; any other empty file is a Jinja artefact.
