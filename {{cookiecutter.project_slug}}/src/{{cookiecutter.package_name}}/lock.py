@@ -57,8 +57,8 @@ def group_requirements(pyproject: Path) -> list[Requirement]:
 
 def study_dependencies(dist: md.Distribution, groups: list[Requirement]) -> set[str]:
     """Normalised names of what `dist` (with all its extras) and `groups` need, recursively."""
-    todo = [(Requirement(spec), set(dist.metadata.get_all("Provides-Extra") or ())) for spec in dist.requires or []]
-    todo += [(req, set()) for req in groups]
+    extras = set(dist.metadata.get_all("Provides-Extra") or ())
+    todo = [(Requirement(spec), extras) for spec in dist.requires or []] + [(req, set()) for req in groups]
     seen: set[tuple[str, frozenset[str]]] = set()
     found: set[str] = set()
     while todo:
@@ -108,9 +108,10 @@ def write_lock(path: Path, root: Path) -> list[str]:
     dist = own_distribution()
     pins = lock_lines(freeze(), study_dependencies(dist, group_requirements(root / "pyproject.toml")))
     header = (
-        f"# Exact versions that ran this study (`{__package__} lock`): pip freeze --exclude-editable on\n"
-        f"# Python {platform.python_version()} ({sys.platform}), limited to the study's dependencies, local labels\n"
-        f"# (+cpu) removed. Reproduce: pip install -r {path.name} && pip install --no-deps -e .\n"
+        f"# Exact versions that ran this study (`{__package__} lock`): pip freeze --all\n"
+        f"# --exclude-editable on Python {platform.python_version()} ({sys.platform}), limited to the\n"
+        "# study's dependencies, local labels (+cpu) removed. Reproduce:\n"
+        f"#   pip install -r {path.name} && pip install --no-deps -e .\n"
     )
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(header + "".join(f"{pin}\n" for pin in pins), encoding="utf-8")
