@@ -9,11 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from .conftest import TEMPLATE, require_tool, run
+from .conftest import LOCAL_STATE, TEMPLATE, require_tool, run
 from .precommit_offline import MANIFESTS, run_hooks
 
-# Local state that is not part of the template (git-ignored).
-LOCAL = shutil.ignore_patterns(".git", ".venv", ".cache", "__pycache__", ".pytest_cache", ".ruff_cache", "demo-output")
 CONFIGS = [TEMPLATE / ".pre-commit-config.yaml", TEMPLATE / "{{cookiecutter.project_slug}}" / ".pre-commit-config.yaml"]
 
 
@@ -44,7 +42,7 @@ def test_one_version_of_each_hook_tool() -> None:
 
 def test_template_passes_its_own_hooks(tmp_path: Path) -> None:
     repo = tmp_path / "template"
-    shutil.copytree(TEMPLATE, repo, ignore=LOCAL)
+    shutil.copytree(TEMPLATE, repo, ignore=LOCAL_STATE)
     run(["git", "init", "-q"], cwd=repo)
     run(["git", "add", "-A"], cwd=repo)
     result = run_hooks(repo, repo / ".pre-commit-config.yaml", tmp_path)

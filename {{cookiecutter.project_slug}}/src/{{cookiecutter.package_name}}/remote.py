@@ -2,7 +2,7 @@
 
 The notebook's recipe is three lines (HTTP filesystem -> zarr store ->
 `xr.open_zarr(..., consolidated=True)`); this module keeps that shape and adds
-what fsspec's HTTP filesystem does not do by itself (see DESIGN.md):
+what fsspec's HTTP filesystem does not do by itself:
 
 * **timeouts**: an aiohttp `ClientTimeout(sock_read=, sock_connect=)` on a
   filesystem we build ourselves (passing it through `storage_options` breaks
@@ -196,7 +196,7 @@ def make_filesystem(credentials: Credentials | None = None, *, timeout_s: float 
     """An async fsspec HTTP filesystem with read/connect timeouts and auth headers.
 
     The timeout object goes straight to aiohttp here; passed through
-    storage_options it would break `xr.open_zarr` (DESIGN.md). `total=None`
+    storage_options it would break `xr.open_zarr`, which JSON-serialises them. `total=None`
     lets a slow but steady transfer finish; `sock_read` stops a stalled one.
     """
     timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_s, sock_connect=timeout_s)
