@@ -105,7 +105,8 @@ def install_keeping_runtime(source: str) -> None:
         pins.writelines(f"{name}=={version}\\n" for name, version in before.items() if pinnable(version))
     cmd = [sys.executable, "-m", "pip", "install", "--constraint", pins.name, source]
     done = subprocess.run(cmd, capture_output=True, text=True)
-    print(done.stderr.strip())  # pip's warnings (resolver conflicts included), never swallowed
+    if done.stderr.strip():
+        print(done.stderr.strip())  # pip's warnings (resolver conflicts included), never swallowed
     if done.returncode:
         print(done.stdout[-4000:])
         lines = (done.stdout + done.stderr).splitlines()

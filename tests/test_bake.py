@@ -23,7 +23,7 @@ N_BAKES = max(len(values) for values in CHOICE_OPTIONS.values())
 # Bake i takes choice i (mod its count) of every option, so every choice is baked at least once.
 MATRIX = [{name: values[i % len(values)] for name, values in CHOICE_OPTIONS.items()} for i in range(N_BAKES)]
 NEWEST_PYTHON = "3.14"  # the study's CI tests its lowest supported Python and this one
-UNRENDERED = re.compile(r"(?<!\$)\{\{|\{%|cookiecutter\.")
+UNRENDERED = re.compile(r"(?<!\$)\{\{|\{%|(?<![.\w])cookiecutter\.")  # not .cookiecutter.json
 EXPECTED = [
     "README.md",
     "pyproject.toml",
@@ -31,6 +31,9 @@ EXPECTED = [
     ".gitignore",
     ".pre-commit-config.yaml",
     ".github/workflows/ci.yml",
+    ".github/dependabot.yml",
+    ".cookiecutter.json",
+    "requirements.lock",
     "data/raw/.gitkeep",
     "data/zarr/.gitkeep",
 ]
