@@ -871,7 +871,7 @@ def report(args, info, facts, r, old_div, skill, naive, xb, xb_note) -> None:
             "new cold epoch >= 5x the old loader's samples/s",
             v >= 5,
             f"{v:.2f}x",
-            f"batch assembly + download; even the ceiling is {c:.1f}x",
+            f"batch assembly + download (ceiling: {c:.1f}x)",
         )
     v = statistics.median(ratio(warm_new, memcpy))
     g = statistics.median(ratio(gather, memcpy))

@@ -410,9 +410,10 @@ class WindowLoader:
         the windows are gathered by numpy fancy indexing of the strided view (one block copy
         per window, in this thread); torch's CPU `index_select` copies each row through its
         own TensorIterator and forks its thread pool for every batch, which collapses when
-        the cores are busy (warm epoch of benchmarks/bench_loader.py, 627k windows of
-        (180, 2), 2 shared cores: 0.09-0.25 M windows/s with index_select, 0.9-2.8 M with
-        numpy). Other devices (a GPU) gather with one `index_select` per batch.
+        the cores are busy (warm epochs over the series of benchmarks/bench_loader.py, 627k
+        windows of (180, 2), 2 shared cores, medians of 7 interleaved: 0.05 M windows/s with
+        index_select, 0.98 M with torch limited to one thread, 1.33 M with numpy). Other
+        devices (a GPU) gather with one `index_select` per batch.
         """
         lookback, n_features, size = self.lookback, features.shape[2], self.batch_size
         n = len(ends) // size * size if self.drop_last else len(ends)
