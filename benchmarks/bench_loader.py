@@ -4,7 +4,7 @@ Usage (from the template repository, in its dev environment `.venv`, created by 
 
     .venv/bin/python benchmarks/bench_loader.py [--repeat 5] [--skill-steps 300] [--skill-seeds 1]
 
-About 12 minutes on a 2-core VM shared with other busy work, two thirds of it the two skill runs
+About 11 minutes on a 2-core VM shared with other busy work, two thirds of it the two skill runs
 (300 LSTM steps per loader, on one thread each); `--repeat 3 --skill-steps 100` shortens it.
 `--skip-old` drops the old study (and every ratio to it); `--workdir DIR --reuse` keeps and reuses
 the bakes, venvs and stores of an earlier run in DIR.
