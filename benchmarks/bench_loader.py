@@ -58,6 +58,7 @@ import io
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import statistics
@@ -520,8 +521,8 @@ def configure(study: Path, raw: Path, data: Path, *, lift_limits: bool = False) 
     text = toml.read_text().replace('raw_dir = "data/raw"', f'raw_dir = "{raw}"')
     text = text.replace('zarr_dir = "data/zarr"', f'zarr_dir = "{data}"')
     if lift_limits:  # nginx's per-client request limit would answer the naive pattern with 429s
-        text = text.replace("requests_per_second = 200", "requests_per_second = 100000")
-        text = text.replace("burst = 50", "burst = 100000")
+        text = re.sub(r"(?m)^requests_per_second = \d+$", "requests_per_second = 100000", text)
+        text = re.sub(r"(?m)^burst = \d+$", "burst = 100000", text)
     toml.write_text(text)
     return toml
 
