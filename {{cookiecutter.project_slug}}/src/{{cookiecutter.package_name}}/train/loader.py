@@ -404,15 +404,32 @@ class WindowLoader:
             bar.close()
 
     def _batches_of(self, features: torch.Tensor, labels: torch.Tensor, ends: np.ndarray) -> Iterator[Batch]:
-        """Batches of the windows ending at flat indices `ends` of (cells, T, F) `features`."""
-        lookback, n_features = self.lookback, features.shape[2]
+        """Batches of the windows ending at flat indices `ends` of (cells, T, F) `features`.
+
+        The labels of the whole pass are gathered once (each batch's are a slice). On the CPU
+        the windows are gathered by numpy fancy indexing of the strided view (one block copy
+        per window, in this thread); torch's CPU `index_select` copies each row through its
+        own TensorIterator and forks its thread pool for every batch, which collapses when
+        the cores are busy (warm epochs over the series of benchmarks/bench_loader.py, 627k
+        windows of (180, 2), 2 shared cores, medians of 7 interleaved: 0.05 M windows/s with
+        index_select, 0.98 M with torch limited to one thread, 1.33 M with numpy). Other
+        devices (a GPU) gather with one `index_select` per batch.
+        """
+        lookback, n_features, size = self.lookback, features.shape[2], self.batch_size
+        n = len(ends) // size * size if self.drop_last else len(ends)
+        starts = ends[:n] - (lookback - 1)  # row of each window in the strided view
+        y = labels[torch.from_numpy(ends[:n]).to(labels.device)].long()
+        if features.device.type == "cpu":
+            rows = window_rows(features.numpy(), lookback)
+            for b0 in range(0, n, size):
+                s = starts[b0 : b0 + size]
+                yield torch.from_numpy(rows[s]).view(len(s), lookback, n_features), y[b0 : b0 + size]
+            return
         rows = window_rows(features, lookback)
-        ends_on_device = torch.from_numpy(ends).to(features.device)
-        n = len(ends) // self.batch_size * self.batch_size if self.drop_last else len(ends)
-        for b0 in range(0, n, self.batch_size):
-            e = ends_on_device[b0 : b0 + self.batch_size]
-            x = torch.index_select(rows, 0, e - (lookback - 1)).view(len(e), lookback, n_features)
-            yield x, labels[e].long()
+        on_device = torch.from_numpy(starts).to(features.device)
+        for b0 in range(0, n, size):
+            s = on_device[b0 : b0 + size]
+            yield torch.index_select(rows, 0, s).view(len(s), lookback, n_features), y[b0 : b0 + size]
 
     def _resident_batches(self, epoch: int) -> Iterator[Batch]:
         yield from self._batches_of(self.series.resident_features(), self.series.labels_on_device(),
