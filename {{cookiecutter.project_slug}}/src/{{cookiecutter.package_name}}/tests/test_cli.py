@@ -72,7 +72,7 @@ UNWANTED = (
 def test_a_failed_read_ends_train_with_one_clear_line(tmp_path: Path, fault: int | str, message: str) -> None:
     """A user sees the error line last: no traceback, no asyncio or aiohttp noise after it."""
     config = study_toml(
-        tmp_path / "study.toml", time_lookback=20, split_gap_days=20, timeout_s=1.0, retry_budget_s=2.0,
+        tmp_path / "study.toml", time_lookback=20, split_gap=20, timeout_s=1.0, retry_budget_s=2.0,
         cache="none", out_dir=str(tmp_path / "results"),
     )  # fmt: skip
     name = load_config(config).study.dataset_name

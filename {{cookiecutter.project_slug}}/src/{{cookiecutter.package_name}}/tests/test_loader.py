@@ -30,7 +30,7 @@ def cfg(tiny_config: Config) -> Config:
     return tiny_config.override(
         {
             "etl.time_lookback": LOOKBACK,
-            "etl.split_gap_days": LOOKBACK,
+            "etl.split_gap": LOOKBACK,
             "train.batch_size": BATCH,
             "train.timeout_s": 1.0,
             "train.retry_budget_s": 1.5,

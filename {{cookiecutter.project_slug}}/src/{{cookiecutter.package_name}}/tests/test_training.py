@@ -15,7 +15,7 @@ import torch
 from ..config import Config
 from ..etl.categories import MISSING
 from ..etl.pipeline import run_etl
-from ..synthetic import SyntheticSize, training_days
+from ..synthetic import SyntheticSize, training_steps
 from ..train.loop import TrainError, class_weights, train
 from ..train.model import build_model
 from .etl_support import tiny_datasets, write_inputs
@@ -119,10 +119,10 @@ def test_labels_shifted_by_a_month_leave_no_skill(tiny_config: Config, tmp_path:
     )
     size = SyntheticSize(ny=3, nx=4, years=6)
     etl = cfg.etl
-    days = training_days(
-        size, "standard", lookback=etl.time_lookback, gap=etl.split_gap_days, fractions=etl.split_fractions
+    days = training_steps(
+        size, "standard", lookback=etl.time_lookback, gap=etl.split_gap, fractions=etl.split_fractions
     )
-    model, reference = tiny_datasets(cfg, size=size, train_days=days)
+    model, reference = tiny_datasets(cfg, size=size, train_steps=days)
     summaries = {}
     for name, shift in (("aligned", 0), ("shifted", 30)):
         case = cfg.override(
