@@ -61,7 +61,9 @@ def _relation(found: str, wanted: str) -> str:
     if not uf.is_compatible_with(uw):
         return "they measure different quantities"
     quantity = _registry().Quantity
-    return f"1 {found} is {quantity(1.0, uf).to(uw).magnitude:g} {wanted}"
+    one, zero = (quantity(x, uf).to(uw).magnitude for x in (1.0, 0.0))
+    shown = f"1 {found} = {one:g} {wanted}"
+    return shown if abs(zero) < 1e-12 else f"0 {found} = {zero:g} {wanted}, {shown}"
 
 
 def check(
