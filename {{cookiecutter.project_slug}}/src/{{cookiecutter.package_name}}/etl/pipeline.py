@@ -128,7 +128,8 @@ def run_etl(cfg: Config, *, overwrite: bool = False) -> Path:
         "inputs: %s | reference: %s | grid %dx%d, %s (%s calendar)",
         ", ".join(p.name for p in inputs.model_files),
         ", ".join(p.name for p in inputs.reference_files)
-        or f"derived from {cfg.data.derive_from!r} ({timeaxis.steps(cfg.data.derive_window, step)} means)",
+        or f"derived from {cfg.data.derive_from!r} (trailing means over "
+        f"{timeaxis.steps(cfg.data.derive_window, step)})",
         ny,
         nx,
         timeaxis.steps(n_time, step),

@@ -26,9 +26,18 @@ UNITS_ATTR = "units"
 
 @functools.cache
 def _registry() -> Any:
-    """pint's registry with the CF/UDUNITS spellings (imported once, when units are compared)."""
-    from cf_xarray.units import units
+    """pint's registry with the CF/UDUNITS spellings (imported once, when units are compared).
 
+    cf-xarray redefines a few of pint's units on import, which pint logs one line each for;
+    those lines say nothing to a user of the ETL, so pint's logger is quiet meanwhile.
+    """
+    pint_log = logging.getLogger("pint")
+    level = pint_log.level
+    pint_log.setLevel(logging.ERROR)
+    try:
+        from cf_xarray.units import units
+    finally:
+        pint_log.setLevel(level)
     return units
 
 
