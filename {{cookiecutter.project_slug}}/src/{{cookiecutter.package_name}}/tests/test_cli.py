@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import xarray as xr
 
 from ..cli import main
 from ..config import load_config
@@ -31,6 +32,19 @@ def test_synth_writes_inputs_and_refuses_to_overwrite(tmp_path: Path, capsys) ->
     assert (tmp_path / "model_output.nc").is_file()
     assert main([*config, "synth", "--size", "tiny", "--out", str(tmp_path)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_synth_monthly_preset_writes_monthly_means_for_a_monthly_study(tmp_path: Path, capsys) -> None:
+    daily = ["--config", str(STUDY_ROOT / "study.toml")]
+    assert main([*daily, "synth", "--size", "monthly", "--out", str(tmp_path / "no")]) == 2
+    assert "--size monthly writes monthly data, but etl.time_step = 'daily'" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+    monthly = study_toml(
+        tmp_path / "study.toml", time_step="monthly", time_lookback=12, split_gap=12, season_window=1
+    )
+    assert main(["--config", str(monthly), "synth", "--size", "monthly", "--out", str(tmp_path / "raw")]) == 0
+    with xr.open_dataset(tmp_path / "raw" / "model_output.nc") as ds:
+        assert ds.sizes["time"] == 480 and set(ds.indexes["time"].day) == {1}
 
 
 def test_config_reference_and_bad_config(tmp_path: Path, capsys) -> None:
