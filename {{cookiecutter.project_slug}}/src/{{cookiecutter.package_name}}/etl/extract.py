@@ -212,15 +212,10 @@ def _check_dims(ds: xr.Dataset, path: Path, v: str, onehot: bool) -> None:
         )
     if not extra or (onehot and len(extra) == 1 and ds.sizes[extra[0]] == N_CLASSES):
         return
-    dim = extra[0]
-    values = ds[dim].values if dim in ds.coords else np.arange(ds.sizes[dim])
-    example = values[0].item() if hasattr(values[0], "item") else values[0]
-    literal = f'"{example}"' if isinstance(example, str) else f"{example:g}"
     raise EtlInputError(
         f"{path}: variable {v!r} has dims {dims}; the ETL needs {DIMS}"
         + (f" (or one more of length {N_CLASSES} for a one-hot reference)" if onehot else "")
-        + f". Pick one {dim} with data.select in study.toml, e.g. select = {{ {dim} = {literal} }} "
-        f"(its values: {select._values(ds[dim]) if dim in ds.coords else 'no coordinate'})"
+        + f". {select.hint(ds, extra[0])}"
     )
 
 

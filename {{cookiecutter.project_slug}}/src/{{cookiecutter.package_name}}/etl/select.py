@@ -41,6 +41,19 @@ def for_variable(select: Mapping[str, Any], variable: str) -> dict[str, Any]:
     return chosen
 
 
+def hint(ds: xr.Dataset, dim: str) -> str:
+    """What to write in study.toml to pick one value of `dim`, with an example and its values."""
+    if dim not in ds.coords:
+        return f"Pick one {dim} with data.select in study.toml (it has no coordinate values: add them)"
+    coord = ds[dim]
+    first = coord.values[0].item() if hasattr(coord.values[0], "item") else coord.values[0]
+    literal = f'"{first}"' if isinstance(first, str) else f"{first:g}"
+    table = "{ " + f"{dim} = {literal}" + " }"
+    return (
+        f"Pick one {dim} with data.select in study.toml, e.g. select = {table} (its values: {_values(coord)})"
+    )
+
+
 def _values(coord: xr.DataArray) -> str:
     shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in coord.values[:12].tolist()]
     return ", ".join(shown) + (" ..." if coord.size > 12 else "")
