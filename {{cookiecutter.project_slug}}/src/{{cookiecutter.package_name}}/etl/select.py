@@ -100,6 +100,13 @@ def apply(
     chosen = {}
     for v in variables:
         da = ds[v]
+        own = select.get(v)
+        absent = [dim for dim in own if dim not in da.dims] if isinstance(own, Mapping) else []
+        if absent:
+            raise EtlInputError(
+                f"{where}: variable {v!r}: data.select.{v} names {absent[0]!r}, which it does not have "
+                f"(its dims: {', '.join(map(str, da.dims))}); fix the name or remove it"
+            )
         picks = {
             dim: _index(ds, dim, wanted, tolerance, f"{where}: variable {v!r}")
             for dim, wanted in for_variable(select, v).items()

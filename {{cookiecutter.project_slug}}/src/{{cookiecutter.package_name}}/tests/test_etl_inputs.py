@@ -241,6 +241,13 @@ def test_select_per_variable_and_a_dimension_no_variable_has(
         tiny_config.override({"data.select": {"height": 2.0, "soil_moisture": {"depth": 0.3}}}),
         r"data\.select names 'height', which no variable has as a dimension",
     )
+    refused(
+        tiny_config.override(
+            {"data.select": {"soil_moisture": {"depth": 0.3}, "snow_water_equivalent": {"depth": 0}}}
+        ),
+        r"variable 'snow_water_equivalent': data\.select\.snow_water_equivalent names 'depth', which it "
+        r"does not have",
+    )
     run_etl(tiny_config.override({"data.select": {"soil_moisture": {"depth": 0.3}}}))
     assert_same_store(tiny_config, baseline)
 
