@@ -199,6 +199,11 @@ class Series:
             self.n_cells, self.n_time, self.n_features = (int(s) for s in self._x.shape)
             self.chunk_cells = int(self._x.chunks[0])
             self.attrs = dict(group.attrs)
+            if SPLIT_GAP not in self.attrs:
+                raise LoaderError(
+                    f"{self.remote.url} has no {SPLIT_GAP!r} attribute: it was written by an older ETL; "
+                    "re-run the ETL (etl --overwrite) on the lab machine"
+                )
             self.blocks = blocks_from_attrs(self.attrs)
             self.gap = int(self.attrs[SPLIT_GAP])
             self.lookback = int(self.attrs["time_lookback"])
