@@ -25,6 +25,8 @@ VENV = Path(os.environ.get("TEMPLATE_VENV", ROOT / ".venv"))
 BIN = VENV / "bin"
 PYTHON = BIN / "python"
 REQUIREMENTS = ROOT / "requirements-dev.txt"
+# requirements-dev.txt installs the study's dependencies from the lock every baked study starts with.
+STUDY_LOCK = ROOT / "{{cookiecutter.project_slug}}" / "requirements.lock"
 NO_DEPS = ROOT / "requirements-nodeps.txt"  # installed with --no-deps (test data that declares iris)
 # Installed before anything that depends on torch, so pip keeps this CPU build.
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
@@ -59,7 +61,8 @@ def own_python() -> list[str]:
 def ensure_venv() -> None:
     """Create .venv and install torch (CPU) first, then the pinned dev requirements."""
     stamp = VENV / ".tasks-stamp"
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes() + NO_DEPS.read_bytes() + TORCH_SPEC.encode()).hexdigest()
+    pins = REQUIREMENTS.read_bytes() + STUDY_LOCK.read_bytes() + NO_DEPS.read_bytes()
+    digest = hashlib.sha256(pins + TORCH_SPEC.encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest and PYTHON.exists():
         return
     if not PYTHON.exists():
@@ -71,6 +74,12 @@ def ensure_venv() -> None:
     run(*pip, "--quiet", "-r", REQUIREMENTS)
     run(*pip, "--quiet", "--no-deps", "-r", NO_DEPS)
     stamp.write_text(digest)
+
+
+def ensure_colab_kernel() -> None:
+    """Build (once per change of scripts/colab_packages.txt) the environment with Colab's package
+    versions that the notebook test and the demo run the notebook in; cached under .cache/."""
+    run(PYTHON, ROOT / "scripts" / "colab_env.py", "build")
 
 
 def find_nginx() -> str | None:
@@ -95,8 +104,9 @@ def ensure_nginx(required: bool) -> None:
 
 
 def task_setup(args: list[str]) -> None:
-    """create .venv (PyTorch CPU + pinned dev tools) and install nginx if root"""
+    """create .venv (PyTorch CPU + pinned dev tools) and the Colab kernel env; install nginx if root"""
     ensure_venv()
+    ensure_colab_kernel()
     ensure_nginx(required=REQUIRE_ALL)
 
 
@@ -109,6 +119,7 @@ def task_test(args: list[str]) -> None:
 def task_demo(args: list[str]) -> None:
     """bake a study with defaults and run its whole pipeline on the synthetic data"""
     ensure_venv()
+    ensure_colab_kernel()
     ensure_nginx(required=True)
     run(PYTHON, ROOT / "scripts" / "demo.py", *args, cwd=ROOT)
 
@@ -143,6 +154,26 @@ def task_fmt(args: list[str]) -> None:
                 say(f"formatted {target.relative_to(ROOT)}")
 
 
+def task_relock(args: list[str]) -> None:
+    """re-resolve the study's dependencies within its pyproject ranges; rewrite its requirements.lock"""
+    import tempfile
+
+    ensure_venv()
+    with tempfile.TemporaryDirectory() as tmp:
+        run(BIN / "cookiecutter", "--no-input", "--output-dir", tmp, ROOT, stdout=subprocess.DEVNULL)
+        study = next(p for p in Path(tmp).iterdir() if p.is_dir())
+        package = next(p.name for p in (study / "src").iterdir() if (p / "__init__.py").is_file())
+        env = Path(tmp) / "venv"
+        venv.EnvBuilder(with_pip=True).create(env)  # `lock` runs this venv's own pip freeze
+        pip = (PYTHON, "-m", "pip", "--python", env / "bin" / "python", "install", "--quiet", "--no-compile")
+        run(*pip, TORCH_SPEC)
+        run(*pip, "-e", f"{study}[etl,train]", "--group", f"{study / 'pyproject.toml'}:dev")
+        run(env / "bin" / "python", "-m", package, "lock", "--out", Path(tmp) / "requirements.lock", cwd=study)
+        text = (Path(tmp) / "requirements.lock").read_text()
+        STUDY_LOCK.write_text(text.replace(f"`{package} lock`", "`{{ cookiecutter.package_name }} lock`"))
+    say(f"wrote {STUDY_LOCK.relative_to(ROOT)}; `python3 tasks.py setup` installs it")
+
+
 def task_help(args: list[str]) -> None:
     """list the tasks"""
     print("usage: python3 tasks.py TASK [ARGS]\n")
@@ -156,6 +187,7 @@ TASKS = {
     "setup": task_setup,
     "lint": task_lint,
     "fmt": task_fmt,
+    "relock": task_relock,
     "help": task_help,
 }
 

@@ -61,30 +61,83 @@ EPOCHS = int(os.environ.get("STUDY_EPOCHS", "5"))  # training epochs
 SAVE_TO_DRIVE = False  # copy checkpoint and metrics to Google Drive at the end
 RESULTS_DIR = "results\"""",
     ),
-    ("markdown", "## 1. Setup\nInstalls only what Colab lacks; never reinstalls torch, numpy or fsspec."),
+    (
+        "markdown",
+        """## 1. Setup
+Installs what Colab lacks (zarr, numcodecs, this study's package) and nothing else: every package
+already in the runtime is a pip constraint, so Colab's own numpy, torch, xarray, fsspec, pandas
+and aiohttp (which other Colab libraries depend on) can never change. The study's `pyproject.toml`
+sets the zarr and numcodecs versions it is tested with.""",
+    ),
     (
         "code",
         """import importlib
+import importlib.metadata as md
 import subprocess
 import sys
+import tempfile
+
+from packaging.version import InvalidVersion, Version
 
 IN_COLAB = "google.colab" in sys.modules
 PIP_SOURCE = os.environ.get("STUDY_PIP_SOURCE") or f"git+https://github.com/{GITHUB_REPO}"
+WATCHED = ("numpy", "torch", "xarray", "fsspec", "pandas", "aiohttp")  # Colab's, used by the study
 
 
-def pip_install(*args: str) -> None:
-    \"\"\"pip install quietly; show pip's output only if it fails.\"\"\"
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], capture_output=True, text=True)
+def installed() -> dict[str, str]:
+    \"\"\"The version of every installed distribution, by lowercase name (the first on sys.path,
+    the one `import` finds, when a name is installed twice).\"\"\"
+    versions: dict[str, str] = {}
+    for dist in md.distributions():
+        if dist.metadata["Name"]:
+            versions.setdefault(dist.metadata["Name"].lower(), dist.version)
+    return versions
+
+
+def pinnable(version: str) -> bool:
+    try:
+        Version(version)
+    except InvalidVersion:
+        return False  # pip cannot read it as a constraint; the check after the install still covers it
+    return True
+
+
+def install_keeping_runtime(source: str) -> None:
+    \"\"\"pip install `source` and its dependencies without changing any installed version.\"\"\"
+    before = installed()
+    with tempfile.NamedTemporaryFile("w", suffix="-runtime-constraints.txt", delete=False) as pins:
+        pins.writelines(f"{name}=={version}\\n" for name, version in before.items() if pinnable(version))
+    cmd = [sys.executable, "-m", "pip", "install", "--constraint", pins.name, source]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.stderr.strip():
+        print(done.stderr.strip())  # pip's warnings (resolver conflicts included), never swallowed
     if done.returncode:
-        print(done.stdout[-3000:], done.stderr[-3000:])
-        raise RuntimeError(f"pip install {' '.join(args)} failed (see above)")
+        print(done.stdout[-4000:])
+        lines = (done.stdout + done.stderr).splitlines()
+        held = sorted({line.split("(constraint) ")[1].strip() for line in lines if "(constraint) " in line})
+        raise RuntimeError(
+            "Installing the study needs other versions of this runtime's own packages "
+            f"({', '.join(held) or 'see pip above'}); "
+            "the notebook never changes them (other Colab libraries depend on them), so nothing was changed. "
+            "If you changed them yourself, restart with Colab's own (Runtime -> Disconnect and delete runtime) "
+            "and run all again; otherwise this Colab release is outside the range the study is tested with: "
+            "widen the range in the study's pyproject.toml, test it, and push."
+        )
+    after = installed()
+    changed = [f"{name} {was} -> {after.get(name)}" for name, was in before.items() if after.get(name) != was]
+    if changed:
+        raise RuntimeError(
+            f"pip changed this runtime's own packages despite the constraints: {', '.join(changed)}. "
+            "Restart with Colab's own (Runtime -> Disconnect and delete runtime) before running again."
+        )
+    print("added:", ", ".join(f"{name} {after[name]}" for name in sorted(after.keys() - before.keys())))
+    print("unchanged:", ", ".join(f"{name} {after[name]}" for name in WATCHED if name in after))
 
 
 try:
     importlib.import_module("{{ cookiecutter.package_name }}")
 except ImportError:
-    pip_install("zarr>=3.0.8", "numcodecs>=0.13")
-    pip_install("--no-deps", PIP_SOURCE)  # --no-deps: keep Colab's own torch, numpy, xarray, fsspec
+    install_keeping_runtime(PIP_SOURCE)
     importlib.invalidate_caches()
 
 import fsspec
@@ -259,7 +312,8 @@ def build() -> str:
         "nbformat": 4,
         "nbformat_minor": 5,
     }
-    return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+    # Sorted keys, one-space indent, trailing newline: what nbformat (and so nbstripout) writes.
+    return json.dumps(notebook, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 if __name__ == "__main__":

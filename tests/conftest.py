@@ -20,10 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from bakery import TEMPLATE, bake, install_study, run
 from servers import study_package
 
-__all__ = ["TEMPLATE", "bake", "install_study", "require_tool", "run", "study_package"]
+__all__ = ["LOCAL_STATE", "TEMPLATE", "bake", "install_study", "require_tool", "run", "study_package"]
 
 OPTIONS: dict[str, Any] = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 REQUIRE_ALL = os.environ.get("CI", "").lower() == "true" or os.environ.get("STUDY_REQUIRE_ALL") == "1"
+# The template working tree's local state (git-ignored), left out when a test copies the template.
+LOCAL_STATE = shutil.ignore_patterns(
+    ".git", ".venv", ".cache", "__pycache__", ".pytest_cache", ".ruff_cache", "demo-output"
+)
 # Small settings for baked studies whose pipeline actually runs in tests.
 FAST_CONTEXT = {"time_lookback": "30", "chunk_cells": "8"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from .conftest import OPTIONS, TEMPLATE, bake, require_tool, run
+from .precommit_offline import run_hooks
 
 CHOICE_OPTIONS = {
     name: values for name, values in OPTIONS.items() if isinstance(values, list) and not name.startswith("_")
@@ -20,7 +22,8 @@ CHOICE_OPTIONS = {
 N_BAKES = max(len(values) for values in CHOICE_OPTIONS.values())
 # Bake i takes choice i (mod its count) of every option, so every choice is baked at least once.
 MATRIX = [{name: values[i % len(values)] for name, values in CHOICE_OPTIONS.items()} for i in range(N_BAKES)]
-UNRENDERED = re.compile(r"(?<!\$)\{\{|\{%|cookiecutter\.")
+NEWEST_PYTHON = "3.14"  # the study's CI tests its lowest supported Python and this one
+UNRENDERED = re.compile(r"(?<!\$)\{\{|\{%|(?<![.\w])cookiecutter\.")  # not .cookiecutter.json
 EXPECTED = [
     "README.md",
     "pyproject.toml",
@@ -28,6 +31,9 @@ EXPECTED = [
     ".gitignore",
     ".pre-commit-config.yaml",
     ".github/workflows/ci.yml",
+    ".github/dependabot.yml",
+    ".cookiecutter.json",
+    "requirements.lock",
     "data/raw/.gitkeep",
     "data/zarr/.gitkeep",
 ]
@@ -98,13 +104,76 @@ def test_package_python_has_no_jinja() -> None:
         assert "{{" not in text and "{%" not in text, f"Jinja in generated Python: {path}"
 
 
-def test_linters_pass_on_the_baked_study(matrix_bake: tuple[dict, Path]) -> None:
+def first_commit(study: Path, where: Path) -> Path:
+    """A copy of `study` as its owner's first commit stages it: `git init && git add -A`."""
+    repo = where / study.name
+    shutil.copytree(study, repo)
+    run(["git", "init", "-q"], cwd=repo)
+    run(["git", "add", "-A"], cwd=repo)
+    return repo
+
+
+def test_first_pre_commit_run_passes_and_rewrites_nothing(matrix_bake: tuple[dict, Path], tmp_path: Path) -> None:
+    """The study's own hooks (ruff, nbstripout, pre-commit-hooks, codespell, zizmor), run by the real
+    pre-commit at the configured versions, accept the baked study as it is."""
     _, study = matrix_bake
-    ruff = require_tool("ruff")
-    run([ruff, "check", "--no-cache", "."], cwd=study)
-    run([ruff, "format", "--check", "--no-cache", "."], cwd=study)
-    run([require_tool("pre-commit"), "validate-config", ".pre-commit-config.yaml"], cwd=study)
+    repo = first_commit(study, tmp_path)
+    result = run_hooks(repo, repo / ".pre-commit-config.yaml", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert run(["git", "diff", "--name-only"], cwd=repo).stdout == "", "a hook rewrote a file"
+    assert "Passed" in result.stdout and "ruff-check" in result.stdout and "nbstripout" in result.stdout
+
+
+def test_the_hooks_do_check(baked_default: Path, tmp_path: Path) -> None:
+    """The same run fails on what the hooks exist for: output left in the notebook, a line the
+    formatter would change, trailing spaces."""
+    repo = first_commit(baked_default, tmp_path)
+    notebook = repo / "notebooks" / "colab_bootstrap.ipynb"
+    nb = nbformat.read(notebook, as_version=4)
+    code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    nb.cells[code].outputs = [nbformat.v4.new_output("stream", text="an output\n")]
+    nbformat.write(nb, notebook)
+    (repo / "src" / "sloppy.py").write_text("x   =  1\n")
+    with (repo / "README.md").open("a") as readme:
+        readme.write("A line with trailing spaces.   \n")
+    run(["git", "add", "-A"], cwd=repo)
+    result = run_hooks(repo, repo / ".pre-commit-config.yaml", tmp_path)
+    assert result.returncode != 0
+    for hook in ("nbstripout", "ruff-format", "trailing-whitespace"):
+        assert re.search(rf"^{hook}\.+Failed$", result.stdout, re.MULTILINE), (hook, result.stdout)
+    assert not nbformat.read(notebook, as_version=4).cells[code].outputs, "nbstripout stripped it"
+
+
+def test_workflow_is_clean_for_actionlint_and_zizmor(matrix_bake: tuple[dict, Path]) -> None:
+    _, study = matrix_bake
     run([require_tool("actionlint"), "-no-color", ".github/workflows/ci.yml"], cwd=study)
+    result = run([require_tool("zizmor"), "--offline", "--no-progress", "--persona", "pedantic", ".github"],
+                 cwd=study, check=False)  # fmt: skip
+    assert result.returncode == 0 and "No findings" in result.stdout, result.stdout + result.stderr
+
+
+def test_ci_lints_with_pre_commit_and_tests_lowest_and_newest_python(matrix_bake: tuple[dict, Path]) -> None:
+    answers, study = matrix_bake
+    ci = yaml.safe_load((study / ".github" / "workflows" / "ci.yml").read_text())
+    lint = "\n".join(step.get("run", "") for step in ci["jobs"]["lint"]["steps"])
+    assert "pre-commit run --all-files" in lint and "ruff" not in lint, "tool versions come from pre-commit only"
+    pythons = [entry["python-version"] for entry in ci["jobs"]["test"]["strategy"]["matrix"]["include"]]
+    assert pythons[0] == answers["python_min"] and pythons[-1] == NEWEST_PYTHON
+    assert "workflow_dispatch" in ci[True] and ci["concurrency"]["cancel-in-progress"] is True
+
+
+def test_sp_repo_review_passes_with_recorded_exceptions(matrix_bake: tuple[dict, Path]) -> None:
+    """The Scientific Python development guide's checks: all pass, or are skipped with a reason
+    under [tool.repo-review.ignore] in the study's pyproject.toml."""
+    _, study = matrix_bake
+    ignored = tomllib.loads((study / "pyproject.toml").read_text())["tool"]["repo-review"]["ignore"]
+    assert isinstance(ignored, dict) and all(isinstance(r, str) and len(r) > 20 for r in ignored.values())
+    result = run([require_tool("repo-review"), "--format", "json", "."], cwd=study, check=False)
+    checks = json.loads(result.stdout)["checks"]
+    failed = {name: c["err_msg"] for name, c in checks.items() if c["result"] is False}
+    assert not failed and result.returncode == 0, failed
+    skipped_by_us = {name for name, c in checks.items() if c["result"] is None and c["skip_reason"] in ignored.values()}
+    assert skipped_by_us == set(ignored), "every recorded exception is still needed"
 
 
 def test_answers_with_quotes_and_braces_are_data_not_code(tmp_path: Path) -> None:

@@ -22,8 +22,15 @@ from .conftest import bake, require_tool
 
 AUTHS = ["token", "basic", "none"]
 TOKEN = "test-token-0123456789abcdef"
-SECRET_ENV = {"token": {"DATA_TOKEN": TOKEN}, "basic": {"DATA_HTPASSWD_FILE": "./storage/secrets/htpasswd"}, "none": {}}
-MISSING = {"token": "DATA_TOKEN", "basic": "DATA_HTPASSWD_FILE"}
+SECRET_ENV = {
+    "token": {"DATA_TOKEN_FILE": "./storage/secrets/token"},
+    "basic": {"DATA_HTPASSWD_FILE": "./storage/secrets/htpasswd"},
+    "none": {},
+}
+MISSING = {"token": "DATA_TOKEN_FILE", "basic": "DATA_HTPASSWD_FILE"}
+TOKEN_SCRIPT = "storage/nginx/entrypoint/25-study-token.sh"
+# Set by the token script from the compose secret at start, not by compose.
+FROM_SECRET = {"token": {"STUDY_TOKEN"}, "basic": set(), "none": set()}
 PINNED = re.compile(r"^[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}$")
 
 
@@ -88,8 +95,8 @@ def test_nginx_service_is_pinned_hardened_and_read_only(baked: tuple[str, Path])
         assert mounts["/etc/nginx/templates"]["read_only"] is True
         env = s["environment"]
         assert env["NGINX_ENVSUBST_FILTER"] == "^STUDY_" and env["STUDY_DATA_ROOT"] == "/srv/zarr"
-        # compose sets exactly the variables the baked template uses: none missing, none stray
-        assert {k for k in env if k.startswith("STUDY_")} == template_variables(study)
+        # compose sets exactly the variables the baked template uses, but the secret: none missing, none stray
+        assert {k for k in env if k.startswith("STUDY_")} == template_variables(study) - FROM_SECRET[auth]
     assert services["nginx"]["ports"][0]["target"] == 8080 and services["nginx"]["ports"][0]["published"] == "8080"
     assert services["nginx-tls"]["ports"][0]["target"] == 8443
     tls_targets = {s["target"] for s in services["nginx-tls"]["secrets"]}
@@ -97,7 +104,11 @@ def test_nginx_service_is_pinned_hardened_and_read_only(baked: tuple[str, Path])
     assert any(v["target"] == "/etc/nginx/study-tls/tls.conf" for v in services["nginx-tls"]["volumes"])
     env = services["nginx"]["environment"]
     if auth == "token":
-        assert env["STUDY_TOKEN"] == TOKEN
+        for name in ("nginx", "nginx-tls"):
+            assert "data_token" in {s["source"] for s in services[name]["secrets"]}
+            script = {v["target"]: v for v in services[name]["volumes"]}["/docker-entrypoint.d/25-study-token.sh"]
+            assert script["read_only"] is True and script["source"] == str(study / TOKEN_SCRIPT)
+        assert os.access(study / TOKEN_SCRIPT, os.X_OK), "the image runs only executable entrypoint scripts"
     elif auth == "basic":
         assert env["STUDY_HTPASSWD"] == "/run/secrets/htpasswd"
         assert [s["source"] for s in services["nginx"]["secrets"]] == ["htpasswd"]
@@ -143,12 +154,64 @@ def test_env_example_documents_every_variable_and_works_as_env(baked: tuple[str,
         assert "#" in block, f"{name} is not explained in .env.example"
     copy = tmp_path / "study"
     shutil.copytree(study, copy)
-    text = example.replace("DATA_TOKEN=\n", f"DATA_TOKEN={TOKEN}\n").replace("DATA_PORT=8080", "DATA_PORT=8181")
-    (copy / ".env").write_text(text)
-    nginx = config(copy, "tls", "etl")["services"]["nginx"]
-    assert nginx["ports"][0]["published"] == "8181"
+    (copy / ".env").write_text(example.replace("DATA_PORT=8080", "DATA_PORT=8181"))
+    project = config(copy, "tls", "etl")
+    assert project["services"]["nginx"]["ports"][0]["published"] == "8181"
     if auth == "token":
-        assert nginx["environment"]["STUDY_TOKEN"] == TOKEN
+        assert project["secrets"]["data_token"]["file"] == str(copy / "storage" / "secrets" / "token")
+
+
+def test_compose_never_shows_the_token(tmp_path: Path) -> None:
+    """The token is a secret file: `docker compose config` (what `docker inspect` would show of the
+    environment, too) has its path, never its value, even with DATA_TOKEN exported by habit."""
+    study = bake(tmp_path, auth="token")
+    (study / "storage" / "secrets").mkdir(parents=True)
+    (study / "storage" / "secrets" / "token").write_text(TOKEN + "\n")
+    env = {**SECRET_ENV["token"], "DATA_TOKEN": TOKEN}
+    for fmt in ("yaml", "json"):
+        result = compose(study, "--profile", "tls", "--profile", "etl", "config", "--format", fmt, env=env)
+        assert result.returncode == 0, result.stderr
+        assert TOKEN not in result.stdout + result.stderr and "storage/secrets/token" in result.stdout
+
+
+def run_token_script(study: Path, where: Path, token: str | None) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The study's token script under sh, on a conf.d folder as the image's envsubst leaves it."""
+    conf_dir = where / "conf.d"
+    conf_dir.mkdir()
+    conf = conf_dir / "study.conf"
+    conf.write_text('if ($http_authorization = "Bearer ${STUDY_TOKEN}") { return 204; }\n')
+    token_file = where / "token"
+    if token is not None:
+        token_file.write_text(token + "\n")
+    env = {"PATH": os.environ["PATH"], "STUDY_TOKEN_FILE": str(token_file), "NGINX_ENVSUBST_OUTPUT_DIR": str(conf_dir)}
+    result = subprocess.run(["sh", study / TOKEN_SCRIPT], env=env, capture_output=True, text=True, timeout=30)
+    return result, conf
+
+
+def test_token_script_puts_the_secret_into_the_config(tmp_path: Path) -> None:
+    study = bake(tmp_path / "bake", auth="token")
+    result, conf = run_token_script(study, tmp_path, TOKEN)
+    assert result.returncode == 0, result.stderr
+    assert conf.read_text() == f'if ($http_authorization = "Bearer {TOKEN}") {{ return 204; }}\n'
+    assert TOKEN not in result.stdout + result.stderr, "the token is never printed"
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        (None, "cannot read the token file"),
+        ("", "empty"),
+        ('abc"def;0123456789', "characters"),
+        ("short-token", "shorter"),
+    ],
+    ids=["missing", "empty", "quote", "short"],
+)
+def test_token_script_stops_the_container_on_a_bad_token(token: str | None, expected: str, tmp_path: Path) -> None:
+    study = bake(tmp_path / "bake", auth="token")
+    result, conf = run_token_script(study, tmp_path, token)
+    assert result.returncode != 0 and expected in result.stderr and "storage/README.md" in result.stderr
+    assert "${STUDY_TOKEN}" in conf.read_text(), "the configuration is left as it was"
+    assert not token or token not in result.stderr
 
 
 def test_compose_defaults_are_the_study_toml_server_settings(baked: tuple[str, Path]) -> None:

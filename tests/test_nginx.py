@@ -233,6 +233,18 @@ def envsubst_render(template: Path, variables: dict[str, str]) -> str:
     ).stdout
 
 
+def token_script(study: Path, rendered: str, token: str, where: Path) -> str:
+    """What the study's /docker-entrypoint.d script makes of the rendered config: the token from
+    the compose secret (a file) in place of ${STUDY_TOKEN}."""
+    conf_dir, secret = where / "entrypoint-conf.d", where / "data_token"
+    conf_dir.mkdir()
+    (conf_dir / "study.conf").write_text(rendered)
+    secret.write_text(token + "\n")
+    env = {"STUDY_TOKEN_FILE": str(secret), "NGINX_ENVSUBST_OUTPUT_DIR": str(conf_dir)}
+    run(["sh", study / "storage" / "nginx" / "entrypoint" / "25-study-token.sh"], env=env)
+    return (conf_dir / "study.conf").read_text()
+
+
 def image_like_prefix(where: Path, rendered: str) -> Path:
     """A prefix laid out like the image: main nginx.conf including conf.d/*.conf in http {}."""
     (where / "conf.d").mkdir(parents=True)
@@ -286,7 +298,9 @@ def test_rendered_config_passes_nginx_t_and_gixy(auth: str, token_study, basic_s
     (template,) = (study / "storage" / "nginx" / "templates").glob("*.template")
     assert f"# study-auth: {auth}\n" in template.read_text()
     variables = docker_vars(auth, tmp_path, study)
-    rendered = envsubst_render(template, variables)
+    rendered = envsubst_render(template, {k: v for k, v in variables.items() if k != "STUDY_TOKEN"})
+    if auth == "token":  # in the container the token comes from the secret, by the study's start-up script
+        rendered = token_script(study, rendered, variables["STUDY_TOKEN"], tmp_path)
     assert "${STUDY_" not in rendered and "$uri" in rendered and "$binary_remote_addr" in rendered
     conf = image_like_prefix(tmp_path / "image", rendered)
     run([nginx, "-e", "stderr", "-p", tmp_path / "image", "-c", conf, "-t", "-q"])

@@ -1,10 +1,14 @@
-"""The Colab notebook: static checks, and a real top-to-bottom execution in a kernel that has
-only what Colab ships (tests/colab_env.py), against the study's real nginx with token auth."""
+"""The Colab notebook: static checks, and real executions in a kernel with Colab's own package
+versions (scripts/colab_packages.txt, built by scripts/colab_env.py): top to bottom against the
+study's real nginx with token auth, and an install into a runtime whose packages the study's
+ranges do not fit, which must stop with a clear message and change nothing."""
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
+import sys
 from pathlib import Path
 
 import nbformat
@@ -12,12 +16,15 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from colab_env import build_colab_like_python, write_kernelspec
+from colab_env import COLAB_LACKS, COLAB_SHIPS, PINS, build_colab_like_python, read_pins, write_kernelspec
 from servers import study_server
 
 from .conftest import TEMPLATE, require_tool, run
 
 NOTEBOOK = Path("notebooks") / "colab_bootstrap.ipynb"
+WIDGET = "application/vnd.jupyter.widget-view+json"
+# Colab's packages the install cell reports as unchanged (the study imports them).
+WATCHED = ("numpy", "xarray", "fsspec", "pandas", "aiohttp")
 
 
 def test_notebook_template_is_built_from_its_source() -> None:
@@ -39,9 +46,21 @@ def test_baked_notebook_is_clean_and_carries_the_answers(baked_default: Path) ->
     assert "colab.research.google.com/github/my-lab/columbia-drought-study/blob/main/notebooks" in readme
 
 
+def test_colab_pins_record_their_source_and_what_colab_lacks() -> None:
+    header = [line for line in PINS.read_text().splitlines() if line.startswith("#")]
+    assert any("googlecolab/backend-info" in line and "pip-freeze.gpu.txt" in line for line in header)
+    assert any(re.search(r"\b20\d\d-\d\d-\d\d\b", line) for line in header), "the date of the list"
+    pins = read_pins()
+    for name in ("numpy", "pandas", "xarray", "fsspec", "aiohttp", "ipykernel", "ipywidgets", "tqdm", "numba"):
+        assert name in pins, name
+    lacks = {name.lower() for name in COLAB_LACKS}
+    assert {"zarr", "numcodecs", "netcdf4", "cftime"} <= lacks
+    assert not lacks & set(pins) and not lacks & {n.lower() for n in COLAB_SHIPS}, "Colab does not ship these"
+
+
 @pytest.fixture(scope="module")
 def colab_kernel(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    """A registered Colab-like kernel: (kernel name, JUPYTER_PATH folder)."""
+    """A registered kernel with Colab's packages: (kernel name, JUPYTER_PATH folder)."""
     where = tmp_path_factory.mktemp("colab")
     python = build_colab_like_python(where)
     return write_kernelspec(where / "jupyter", python), where / "jupyter"
@@ -49,6 +68,10 @@ def colab_kernel(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
 
 def execute(nb: nbformat.NotebookNode, kernel: str, cwd: Path) -> None:
     NotebookClient(nb, kernel_name=kernel, timeout=600, resources={"metadata": {"path": str(cwd)}}).execute()
+
+
+def outputs_text(nb: nbformat.NotebookNode) -> str:
+    return json.dumps([c.get("outputs", []) for c in nb.cells])
 
 
 @pytest.mark.slow
@@ -77,10 +100,17 @@ def test_notebook_trains_end_to_end_and_stops_cleanly_on_a_wrong_token(
         monkeypatch.setenv("DATA_TOKEN", token)
         nb = nbformat.read(study / NOTEBOOK, as_version=4)
         execute(nb, kernel, workdir)
-        outputs = json.dumps([c.get("outputs", []) for c in nb.cells])
+        outputs = outputs_text(nb)
         assert token not in outputs, "the token is never printed"
         assert "image/png" in outputs, "loss curves and confusion matrix shown inline"
         assert "test accuracy" in outputs and "MB/s" in outputs
+        assert WIDGET in outputs, "progress bars are widgets where ipywidgets is installed (as in Colab)"
+        unchanged = re.search(r"unchanged: ([^\"]*?)\\n", outputs)
+        assert unchanged, "the install cell reports Colab's versions after the install"
+        pins = read_pins()
+        for name in WATCHED:
+            assert f"{name} {pins[name]}" in unchanged[1], f"Colab's {name} {pins[name]} kept"
+        assert re.search(r"added: [^\"]*\bzarr 3\.", outputs), "the install added zarr 3"
         summary = json.loads((workdir / "results" / "summary.json").read_text())
         assert summary["epochs_run"] == 1
         assert (workdir / "results" / "checkpoints" / "last.pt").is_file()
@@ -95,3 +125,28 @@ def test_notebook_trains_end_to_end_and_stops_cleanly_on_a_wrong_token(
             i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))
         ]
         assert failed and "check_access" in nb.cells[failed[0]].source, "stops at the open step"
+
+
+@pytest.mark.slow
+def test_an_install_that_would_change_colabs_packages_stops_and_changes_nothing(
+    fast_study: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runtime whose numpy is older than the study's floor (as Colab's would be if a zarr or
+    numcodecs release raised it): the install cell refuses to upgrade it and says why."""
+    study, _ = fast_study
+    python = build_colab_like_python(tmp_path / "old-numpy")
+    run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--only-binary", ":all:",
+         "--no-deps", "numpy==1.24.4"])  # fmt: skip
+    kernel = write_kernelspec(tmp_path / "jupyter", python)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("STUDY_PIP_SOURCE", str(study))
+    nb = nbformat.read(study / NOTEBOOK, as_version=4)
+    install = next(i for i, c in enumerate(nb.cells) if "install_keeping_runtime(PIP_SOURCE)" in c.source)
+    nb.cells = nb.cells[: install + 1]  # configuration and setup only
+    with pytest.raises(CellExecutionError) as info:
+        execute(nb, kernel, tmp_path)
+    message = str(info.value)
+    assert "numpy==1.24.4" in message and "nothing was changed" in message, message
+    assert "conflict is caused by" in outputs_text(nb), "pip's own explanation is shown"
+    probe = "import importlib.util, numpy; print(numpy.__version__, importlib.util.find_spec('zarr') is None)"
+    assert run([python, "-c", probe]).stdout.split() == ["1.24.4", "True"], "numpy kept, zarr not installed"

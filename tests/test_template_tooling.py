@@ -1,10 +1,18 @@
-"""The template's own tooling: lint-clean, valid pre-commit config, CI calls the README's command."""
+"""The template's own tooling: lint-clean, its own hooks pass, one version per tool, CI calls the
+README's command."""
 
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 
-from .conftest import TEMPLATE, require_tool, run
+import yaml
+
+from .conftest import LOCAL_STATE, TEMPLATE, require_tool, run
+from .precommit_offline import MANIFESTS, run_hooks
+
+CONFIGS = [TEMPLATE / ".pre-commit-config.yaml", TEMPLATE / "{{cookiecutter.project_slug}}" / ".pre-commit-config.yaml"]
 
 
 def test_template_python_is_ruff_clean() -> None:
@@ -16,6 +24,29 @@ def test_template_python_is_ruff_clean() -> None:
 
 def test_pre_commit_config_is_valid() -> None:
     run([require_tool("pre-commit"), "validate-config", ".pre-commit-config.yaml"], cwd=TEMPLATE)
+
+
+def test_one_version_of_each_hook_tool() -> None:
+    """The template's and the study's pre-commit configs and requirements-dev.txt name one version
+    of each tool (ruff, pre-commit-hooks, nbstripout, codespell, zizmor)."""
+    pinned = dict(
+        re.match(r"^([A-Za-z0-9._-]+)(?:\[[^]]*\])?==(\S+)", line).groups()
+        for line in (TEMPLATE / "requirements-dev.txt").read_text().splitlines()
+        if re.match(r"^[A-Za-z0-9._-]+(\[[^]]*\])?==", line)
+    )
+    for config in CONFIGS:
+        for repo in yaml.safe_load(config.read_text())["repos"]:
+            dist, _ = MANIFESTS[repo["repo"]]
+            assert repo["rev"].removeprefix("v") == pinned[dist], (config, repo["repo"], pinned[dist])
+
+
+def test_template_passes_its_own_hooks(tmp_path: Path) -> None:
+    repo = tmp_path / "template"
+    shutil.copytree(TEMPLATE, repo, ignore=LOCAL_STATE)
+    run(["git", "init", "-q"], cwd=repo)
+    run(["git", "add", "-A"], cwd=repo)
+    result = run_hooks(repo, repo / ".pre-commit-config.yaml", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:

@@ -81,8 +81,8 @@ def _lock(cfg: Config, args: argparse.Namespace) -> int:
     from .lock import write_lock
 
     out = Path(args.out) if args.out else cfg.root / "requirements.lock"
-    versions = write_lock(out)
-    print(f"pinned {len(versions)} packages in {out}")
+    pins = write_lock(out, cfg.root)
+    print(f"pinned {len(pins)} packages in {out}")
     return 0
 
 
@@ -98,6 +98,28 @@ def _config(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+# Every subcommand and its one-line summary: the command list of --help, the head of each
+# command's own --help and the README's command table (written when the study is generated).
+COMMANDS = {
+    "synth": "write deterministic synthetic inputs (NetCDF) to data/raw",
+    "etl": "raw inputs -> quantiles -> categories -> the series store (zarr)",
+    "serve": "serve the zarr folder with the study's nginx config (no Docker)",
+    "train": "train the LSTM on the served store over HTTP",
+    "lock": "record the exact installed dependency versions (requirements.lock)",
+    "config": "show the configuration, or --reference for every key",
+}
+
+
+def _command(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])
+
+
+def commands_markdown() -> str:
+    """The README's table of commands."""
+    rows = "".join(f"| `{name}` | {summary} |\n" for name, summary in COMMANDS.items())
+    return f"| command | what it does |\n|---|---|\n{rows}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -105,9 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", help="path to study.toml (default: found from the current folder)")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
+                           default=logging.INFO, help="log more detail (DEBUG)")  # fmt: skip
+    verbosity.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING,
+                           help="log only warnings and errors")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("synth", help="write deterministic synthetic inputs (NetCDF) to data/raw")
+    p = _command(sub, "synth")
     p.add_argument(
         "--size",
         choices=("tiny", "small", "large", "monthly"),
@@ -124,28 +151,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing synthetic files")
     p.set_defaults(func=_synth)
 
-    p = sub.add_parser("etl", help="raw inputs -> quantiles -> categories -> the series store (zarr)")
+    p = _command(sub, "etl")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.set_defaults(func=_etl)
 
-    p = sub.add_parser("serve", help="serve the zarr folder with the study's nginx config (no Docker)")
+    p = _command(sub, "serve")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: server.port of study.toml; 0 = a free port)")
     p.add_argument("--data", help="folder to serve (default: data.zarr_dir)")
     p.add_argument("--limit-rate", default=None, help="per-connection bandwidth cap, e.g. 2m")
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("train", help="train the LSTM on the served store over HTTP")
+    p = _command(sub, "train")
     p.add_argument("--url", help="base URL of the data server (default: $DATA_URL, then study.toml)")
     p.add_argument("--epochs", type=int, help="number of epochs (default: train.epochs)")
     p.add_argument("--out", help="results folder (default: train.out_dir)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("lock", help="record the exact installed dependency versions (requirements.lock)")
+    p = _command(sub, "lock")
     p.add_argument("--out", help="output file (default: requirements.lock next to study.toml)")
     p.set_defaults(func=_lock)
 
-    p = sub.add_parser("config", help="show the configuration, or --reference for every key")
+    p = _command(sub, "config")
     p.add_argument("--reference", action="store_true", help="print the key reference (Markdown)")
     p.set_defaults(func=_config)
     return parser
@@ -154,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger().setLevel(args.log_level)  # also when a handler exists already (basicConfig skips)
     try:
         cfg = load_config(args.config)
         return args.func(cfg, args)

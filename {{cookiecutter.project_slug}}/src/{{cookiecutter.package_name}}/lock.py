@@ -1,8 +1,15 @@
-"""Record the exact versions of the installed dependencies (a pip constraints file).
+"""Record the exact versions that run the study, as pip reports them, in a file pip installs from.
 
-A study's results are reproducible only with the same library versions; the
-pyproject keeps ranges (so Colab keeps its own torch), and this file pins what
-actually ran: `pip install -c requirements.lock -e ".[etl,train]"` recreates it.
+The pyproject keeps ranges (so Colab keeps its own torch and numpy); `requirements.lock` pins what
+actually ran. It is `pip freeze --exclude-editable`, kept to the study's own dependencies (every
+extra and dependency group, and what they pull in), with local version labels removed:
+`torch==2.13.0+cpu` becomes `torch==2.13.0`, which PyPI serves and the PyTorch CPU index serves as
+its `+cpu` build. Reproduce the environment with
+
+    pip install -r requirements.lock && pip install --no-deps -e .
+
+or use it as constraints of a partial install, as the ETL image does:
+`pip install -c requirements.lock ".[etl]"`.
 """
 
 from __future__ import annotations
@@ -11,12 +18,17 @@ import importlib.metadata as md
 import os
 import platform
 import re
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
 
 from .errors import StudyError
+
+LOCAL_LABEL = re.compile(r"^(?P<pin>[A-Za-z0-9][A-Za-z0-9._-]*==[^+\s;]+)\+\S+")
+DIRECT = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*) @ ")
 
 
 class LockError(StudyError):
@@ -27,49 +39,81 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def dependency_versions(root: str, extras: tuple[str, ...] = ("etl", "train", "dev")) -> dict[str, str]:
-    """Installed versions of `root`'s dependencies (with `extras`), recursively."""
-    found: dict[str, str] = {}
-    todo = [(root, extras)]
-    while todo:
-        name, wanted = todo.pop()
-        try:
-            dist = md.distribution(name)
-        except md.PackageNotFoundError:
-            continue
-        for spec in dist.requires or []:
-            req = Requirement(spec)
-            active = req.marker is None or any(req.marker.evaluate({"extra": e}) for e in ("", *wanted))
-            if active and _norm(req.name) not in found:
-                try:
-                    found[_norm(req.name)] = md.version(req.name)
-                except md.PackageNotFoundError:
-                    continue
-                todo.append((req.name, tuple(req.extras)))
-    return dict(sorted(found.items()))
-
-
-def own_distribution() -> str:
-    """The installed distribution that provides this package (its console script names it;
-    editable installs do not list their modules, so packages_distributions() is a fallback)."""
+def own_distribution() -> md.Distribution:
+    """The installed distribution that provides this package (its console script names it)."""
     for dist in md.distributions():
         if any(ep.value.startswith(f"{__package__}.cli:") for ep in dist.entry_points):
-            return dist.metadata["Name"]
-    names = md.packages_distributions().get(__package__, [])
-    if not names:
-        raise LockError(f"{__package__} is not installed; run `pip install -e .` in the study first")
-    return names[0]
+            return dist
+    raise LockError(f"{__package__} is not installed; run `pip install -e .` in the study first")
 
 
-def write_lock(path: Path) -> dict[str, str]:
-    """Write `path` (a pip constraints file) atomically; returns the pinned versions."""
-    versions = dependency_versions(own_distribution())
+def group_requirements(pyproject: Path) -> list[Requirement]:
+    """Every requirement of every [dependency-groups] group (PEP 735) of `pyproject`."""
+    if not pyproject.is_file():
+        return []
+    groups = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("dependency-groups", {})
+    return [Requirement(item) for items in groups.values() for item in items if isinstance(item, str)]
+
+
+def study_dependencies(dist: md.Distribution, groups: list[Requirement]) -> set[str]:
+    """Normalised names of what `dist` (with all its extras) and `groups` need, recursively."""
+    extras = set(dist.metadata.get_all("Provides-Extra") or ())
+    todo = [(Requirement(spec), extras) for spec in dist.requires or []] + [(req, set()) for req in groups]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    found: set[str] = set()
+    while todo:
+        req, extras = todo.pop()  # a requirement, and the extras asked of the package that has it
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in ("", *extras)):
+            continue
+        key = (_norm(req.name), frozenset(req.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            needs = md.distribution(req.name).requires or []
+        except md.PackageNotFoundError:
+            continue  # not for this platform or Python; pip freeze does not list it either
+        found.add(key[0])
+        todo += [(Requirement(spec), set(req.extras)) for spec in needs]
+    return found
+
+
+def freeze() -> list[str]:
+    """`pip freeze --exclude-editable` of the running Python."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise LockError(f"pip freeze failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout.splitlines()
+
+
+def lock_lines(lines: list[str], wanted: set[str]) -> list[str]:
+    """The `wanted` lines of a freeze, each `name==version` without a local label."""
+    pins = []
+    for line in lines:
+        if direct := DIRECT.match(line):  # installed from a file or URL: pin the version it has
+            name = direct["name"]
+            line = f"{name}=={md.version(name)}"
+        name = line.split("==")[0].strip()
+        if "==" in line and _norm(name) in wanted:
+            pins.append(LOCAL_LABEL.sub(r"\g<pin>", line))
+    return sorted(pins, key=lambda pin: _norm(pin.split("==")[0]))
+
+
+def write_lock(path: Path, root: Path) -> list[str]:
+    """Write `path` atomically for the study whose pyproject.toml is in `root`; returns the pins."""
+    dist = own_distribution()
+    pins = lock_lines(freeze(), study_dependencies(dist, group_requirements(root / "pyproject.toml")))
     header = (
-        f"# Exact versions that ran this study (written by `{__package__} lock`).\n"
-        f"# Python {platform.python_version()} on {sys.platform}.\n"
-        f'# Reproduce: pip install -c {path.name} -e ".[etl,train]"\n'
+        f"# Exact versions that ran this study (`{__package__} lock`): pip freeze --all\n"
+        f"# --exclude-editable on Python {platform.python_version()} ({sys.platform}), limited to the\n"
+        "# study's dependencies, local labels (+cpu) removed. Reproduce:\n"
+        f"#   pip install -r {path.name} && pip install --no-deps -e .\n"
     )
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(header + "".join(f"{name}=={version}\n" for name, version in versions.items()))
+    tmp.write_text(header + "".join(f"{pin}\n" for pin in pins), encoding="utf-8")
     tmp.replace(path)
-    return versions
+    return pins

@@ -116,9 +116,25 @@ class FaultServer:
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    async def _stop(self) -> None:
+        # A stalled or half-dropped connection can outlive the runner's cleanup: abort every
+        # connection the server still has, cancel what still runs, then let the loop run the
+        # transports' close callbacks, so no socket is left for the garbage collector to warn about.
+        transports = []
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+            if self._runner.server is not None:
+                transports = [c.transport for c in self._runner.server.connections if c.transport]
+            await self._runner.cleanup()
+        for transport in transports:
+            transport.abort()
+        pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +12,7 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-from ..cli import main
+from ..cli import COMMANDS, build_parser, main
 from ..config import load_config
 from .conftest import STUDY_ROOT, study_toml
 from .faultserver import FaultServer
@@ -18,12 +21,39 @@ from .stores import learnable_series, write_series_store
 PACKAGE = __package__.rsplit(".", 1)[0]
 
 
-def test_help_lists_every_command() -> None:
+def test_every_command_is_listed_with_its_summary_and_in_the_readme() -> None:
+    env = {**os.environ, "COLUMNS": "200"}  # one line per command, however long its summary
     result = subprocess.run(
-        [sys.executable, "-m", PACKAGE, "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", PACKAGE, "--help"], capture_output=True, text=True, check=True, env=env
     )
-    for command in ("synth", "etl", "serve", "train", "config"):
-        assert command in result.stdout
+    readme = (STUDY_ROOT / "README.md").read_text(encoding="utf-8")
+    parsed = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert set(parsed) == set(COMMANDS) >= {"synth", "etl", "serve", "train", "lock", "config"}
+    for command, summary in COMMANDS.items():
+        assert re.search(rf"^\s+{command}\s+{re.escape(summary)}$", result.stdout, re.MULTILINE), command
+        assert f"| `{command}` | {summary} |" in readme, f"README.md lists {command}"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_help_starts_with_its_summary(command: str, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    usage, summary, *_ = capsys.readouterr().out.split("\n\n")
+    assert usage.startswith("usage") and summary.strip() and "\n" not in summary.strip()
+
+
+@pytest.mark.parametrize(
+    ("flag", "level"), [("-v", logging.DEBUG), ("-q", logging.WARNING), (None, logging.INFO)]
+)
+def test_verbose_and_quiet_set_the_log_level(flag: str | None, level: int) -> None:
+    root = logging.getLogger()
+    before = root.level
+    try:
+        assert main([*([flag] if flag else []), "--config", str(STUDY_ROOT / "study.toml"), "config"]) == 0
+        assert root.level == level
+    finally:
+        root.setLevel(before)
 
 
 def test_synth_writes_inputs_and_refuses_to_overwrite(tmp_path: Path, capsys) -> None:
@@ -54,14 +84,6 @@ def test_config_reference_and_bad_config(tmp_path: Path, capsys) -> None:
     bad.write_text("[study]\n")
     assert main(["--config", str(bad), "config"]) == 2
     assert "missing key" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("command", ["synth", "etl", "serve", "train"])
-def test_every_command_has_help(command: str, capsys) -> None:
-    with pytest.raises(SystemExit) as info:
-        main([command, "--help"])
-    assert info.value.code == 0
-    assert "usage" in capsys.readouterr().out
 
 
 UNWANTED = (

@@ -171,6 +171,7 @@ pipeline.run_etl(cfg)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        proc.stdout.close()
     time.sleep(0.1)
     left = leftovers(tiny_inputs)
     assert tiny_inputs.store_path.name not in left

@@ -1,4 +1,4 @@
-"""`lock` pins the exact versions that run the study."""
+"""`lock` records what runs the study as pip reports it, in a form pip installs from anywhere."""
 
 from __future__ import annotations
 
@@ -6,13 +6,23 @@ import importlib.metadata as md
 from pathlib import Path
 
 from ..cli import main
+from ..lock import lock_lines
 from .conftest import STUDY_ROOT
 
 
-def test_lock_pins_installed_dependencies(tmp_path: Path) -> None:
+def test_lock_pins_the_installed_versions_of_the_study_dependencies(tmp_path: Path) -> None:
     out = tmp_path / "requirements.lock"
     assert main(["--config", str(STUDY_ROOT / "study.toml"), "lock", "--out", str(out)]) == 0
-    pins = dict(line.split("==") for line in out.read_text().splitlines() if "==" in line)
-    for name in ("numpy", "xarray", "zarr", "fsspec"):
-        assert pins[name] == md.version(name)
+    lines = [line for line in out.read_text().splitlines() if not line.startswith("#")]
+    pins = dict(line.split("==") for line in lines)
+    for name in ("numpy", "xarray", "zarr", "fsspec", "pytest"):  # runtime, extras and the dev group
+        assert pins[name] == md.version(name).split("+")[0]
+    assert "torch" in pins and "+" not in pins["torch"], "no local label: PyPI serves what the lock names"
+    assert not [line for line in lines if " @ " in line or "-e " in line], "no paths, no editable installs"
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_local_labels_go_and_only_the_study_dependencies_stay() -> None:
+    freeze = ["numpy==2.4.6", "torch==2.13.0+cpu", "cookiecutter==2.7.1", "Jinja2==3.1.6"]
+    wanted = {"numpy", "torch", "jinja2"}
+    assert lock_lines(freeze, wanted) == ["Jinja2==3.1.6", "numpy==2.4.6", "torch==2.13.0"]
