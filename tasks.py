@@ -27,6 +27,7 @@ PYTHON = BIN / "python"
 REQUIREMENTS = ROOT / "requirements-dev.txt"
 # requirements-dev.txt installs the study's dependencies from the lock every baked study starts with.
 STUDY_LOCK = ROOT / "{{cookiecutter.project_slug}}" / "requirements.lock"
+NO_DEPS = ROOT / "requirements-nodeps.txt"  # installed with --no-deps (test data that declares iris)
 # Installed before anything that depends on torch, so pip keeps this CPU build.
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
 NGINX_INSTALL = "sudo apt-get update && sudo apt-get install -y nginx"
@@ -60,7 +61,8 @@ def own_python() -> list[str]:
 def ensure_venv() -> None:
     """Create .venv and install torch (CPU) first, then the pinned dev requirements."""
     stamp = VENV / ".tasks-stamp"
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes() + STUDY_LOCK.read_bytes() + TORCH_SPEC.encode()).hexdigest()
+    pins = REQUIREMENTS.read_bytes() + STUDY_LOCK.read_bytes() + NO_DEPS.read_bytes()
+    digest = hashlib.sha256(pins + TORCH_SPEC.encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest and PYTHON.exists():
         return
     if not PYTHON.exists():
@@ -70,6 +72,7 @@ def ensure_venv() -> None:
     run(*pip, "--quiet", "--upgrade", "pip")
     run(*pip, "--quiet", TORCH_SPEC)
     run(*pip, "--quiet", "-r", REQUIREMENTS)
+    run(*pip, "--quiet", "--no-deps", "-r", NO_DEPS)
     stamp.write_text(digest)
 
 

@@ -18,25 +18,37 @@ from .errors import StudyError
 
 
 def _synth(cfg: Config, args: argparse.Namespace) -> int:
-    from .synthetic import SIZES, SyntheticSize, describe, training_days, write_synthetic
+    from .synthetic import SIZES, SyntheticSize, describe, training_steps, write_synthetic
 
     preset = SIZES[args.size]
-    size = SyntheticSize(ny=args.ny or preset.ny, nx=args.nx or preset.nx, years=args.years or preset.years)
+    size = SyntheticSize(
+        ny=args.ny or preset.ny,
+        nx=args.nx or preset.nx,
+        years=args.years or preset.years,
+        time_step=preset.time_step,
+    )
     out = Path(args.out) if args.out else cfg.path(cfg.data.raw_dir)
     etl = cfg.etl
+    if size.time_step != etl.time_step:
+        raise StudyError(
+            f"--size {args.size} writes {size.time_step} data, but etl.time_step = {etl.time_step!r} in "
+            f"{cfg.source}; use a {etl.time_step} size ("
+            + ", ".join(name for name, s in SIZES.items() if s.time_step == etl.time_step)
+            + f") or set etl.time_step = {size.time_step!r} (with a lookback and gap in those steps)"
+        )
     try:  # the labels are ranked on the ETL's training block, as the features will be
-        train_days = training_days(
+        train_steps = training_steps(
             size,
             args.calendar,
             lookback=etl.time_lookback,
-            gap=etl.split_gap_days,
+            gap=etl.split_gap,
             fractions=etl.split_fractions,
         )
     except ValueError as exc:
         raise StudyError(f"synthetic record too short for this study.toml: {exc}; use more --years") from None
     print(f"writing synthetic inputs to {out}: {describe(size, cfg.data.variables, args.calendar)}")
     for path in write_synthetic(
-        out, cfg.data.variables, size, seed=args.seed, calendar=args.calendar, train_days=train_days,
+        out, cfg.data.variables, size, seed=args.seed, calendar=args.calendar, train_steps=train_steps,
         overwrite=args.overwrite,
     ):  # fmt: skip
         print(f"  {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -125,13 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "synth")
     p.add_argument(
         "--size",
-        choices=("tiny", "small", "large"),
+        choices=("tiny", "small", "large", "monthly"),
         default="small",
-        help="preset size: tiny (tests), small (default, demo/CI), large (benchmarks)",
+        help="preset size: tiny (tests), small (default, demo/CI), large (benchmarks), monthly (40 years "
+        "of monthly means, for etl.time_step = 'monthly')",
     )
     p.add_argument("--ny", type=int, help="grid rows (overrides the preset)")
     p.add_argument("--nx", type=int, help="grid columns (overrides the preset)")
-    p.add_argument("--years", type=int, help="years of daily data (overrides the preset)")
+    p.add_argument("--years", type=int, help="years of data (overrides the preset)")
     p.add_argument("--calendar", default="standard", choices=("standard", "noleap", "360_day"))
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.add_argument("--out", help="output folder (default: data.raw_dir)")

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import os
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,8 +23,12 @@ from typing import Any
 from .errors import StudyError
 from .store_format import store_name
 
+# Keys renamed when time steps other than days arrived; an old study.toml is told the new name.
+RENAMED = {"etl.split_gap_days": "etl.split_gap", "etl.doy_window": "etl.season_window"}
+
 CONFIG_NAME = "study.toml"
 CONFIG_ENV = "STUDY_CONFIG"
+MAX_MONTHLY_SEASON_WINDOW = 5  # months either side: 11 of the 12 calendar months
 
 
 class ConfigError(StudyError, ValueError):
@@ -47,25 +52,63 @@ class DataSection:
     raw_dir: str = key("Folder of raw inputs (model output and reference).")
     zarr_dir: str = key("Folder the ETL writes the store into; nginx serves it read-only.")
     model_files: list[str] = key("Glob patterns (in raw_dir) of model-output NetCDF/zarr files.")
-    reference_files: list[str] = key("Glob patterns (in raw_dir) of reference-label files.")
+    reference_files: list[str] = key(
+        "Glob patterns (in raw_dir) of reference-label files; [] when reference_kind = 'derived'."
+    )
     variables: list[str] = key("Model-output variables used as features, in feature order.")
-    reference_variable: str = key("Variable of the reference files holding the labels.")
+    reference_variable: str = key(
+        "Variable of the reference files holding the labels (not read when reference_kind = 'derived')."
+    )
     reference_kind: str = key(
-        "How the reference is encoded: category codes 0..10, one-hot, or a percentile in [0, 1].",
-        choices=("codes", "onehot", "percentile"),
+        "How the labels arrive: category codes 0..10, one-hot, a percentile in [0, 1], or derived from "
+        "the model-output variable derive_from (its trailing-mean percentile, fitted on the training "
+        "block).",
+        choices=("codes", "onehot", "percentile", "derived"),
+    )
+    derive_from: str = key(
+        "Model-output variable the labels are derived from when reference_kind = 'derived' (a feature "
+        "or not); otherwise empty."
+    )
+    derive_window: int = key(
+        "Time steps of the trailing mean whose percentile gives derived labels (e.g. 30 days, 3 months).",
+        low=1,
+        high=3660,
     )
     dim_aliases: dict[str, str] = key(
         "Dimension names to rename on input, e.g. latitude -> lat (targets: time, lat, lon)."
     )
+    select: dict[str, float | str | dict[str, float | str]] = key(
+        "One value of each extra dimension, e.g. { plev = 85000 } (nearest, within select_tolerance) or "
+        '{ member = "r1i1p1f1" } (equal); a table named after a variable applies to it alone.'
+    )
+    select_tolerance: float = key(
+        "Largest allowed distance between a number in select and the coordinate value it picks "
+        "(in that coordinate's units).",
+        low=0,
+    )
+    units: dict[str, str] = key(
+        'Expected units of variables, e.g. { ta = "K" } (UDUNITS/CF spelling); every file of a '
+        "variable must carry the same units, and these where given."
+    )
     grid_tolerance: float = key(
-        "Largest allowed difference between model and reference coordinates (degrees).", low=0
+        "Largest allowed difference between model and reference coordinates (degrees); must stay below "
+        "half the grid spacing.",
+        low=0,
+    )
+    fill_gaps: bool = key(
+        "Fill missing time steps (days or months) with NaN instead of refusing the inputs; windows "
+        "that touch them are not used."
     )
 
 
 @dataclass(frozen=True)
 class EtlSection:
+    time_step: str = key(
+        "What one time step of the inputs is; lookback, gaps, stride and windows count these steps.",
+        choices=("daily", "monthly"),
+    )
     time_lookback: int = key(
-        "Days per window (time_lookback); the loader cuts windows this long from the stored series.",
+        "Time steps per window (time_lookback); the loader cuts windows this long from the stored series.",
         low=1,
         high=3660,
     )
@@ -82,9 +125,14 @@ class EtlSection:
         "Plotting position for empirical percentiles.",
         choices=("gringorten", "weibull", "hazen", "cunnane", "blom"),
     )
-    doy_window: int = key("Half-width (days) of the circular day-of-year window.", low=0, high=60)
+    season_window: int = key(
+        "Half-width, in time steps, of the circular window of the season the percentiles are fitted "
+        "on: days of year (daily steps; e.g. 7) or months of year (monthly; at most 5, e.g. 0 or 1).",
+        low=0,
+        high=60,
+    )
     split_fractions: list[float] = key("Train, validation, test fractions of the period.")
-    split_gap_days: int = key("Gap between splits in days (at least time_lookback).", low=0)
+    split_gap: int = key("Gap between splits in time steps (at least time_lookback).", low=0)
     zarr_format: int = key("Zarr format of the store.", choices=(2, 3))
     compression_level: int = key("Zstandard compression level of the chunks.", low=1, high=22)
     block_mb: int = key(
@@ -131,7 +179,7 @@ class TrainSection:
         choices=("balanced", "sqrt", "none"),
     )
     patience: int = key("Epochs without validation improvement before early stopping.", low=1)
-    sample_stride: int = key("Days between consecutive window end dates of a cell.", low=1, high=366)
+    sample_stride: int = key("Time steps between consecutive window end dates of a cell.", low=1, high=366)
     resident_max_mb: int = key(
         "Largest decoded series (features and labels of every cell) kept resident on the training "
         "device, where every batch is a uniform draw; a larger store is streamed in rounds of "
@@ -203,6 +251,10 @@ class Config:
         return from_dict(raw, root=self.root, source=f"{self.source} (with overrides)")
 
 
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
 def _all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
@@ -215,6 +267,13 @@ def _suggest(name: str, options: list[str]) -> str:
 def _check_type(value: Any, hint: Any, where: str) -> Any:
     """Check (and lightly coerce) one value against its declared type."""
     origin = typing.get_origin(hint)
+    if origin is types.UnionType:
+        for option in typing.get_args(hint):
+            try:
+                return _check_type(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -239,6 +298,11 @@ def _build_section(cls: type, table: Any, source: str, section: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for name in table:
+        if f"{section}.{name}" in RENAMED:
+            raise ConfigError(
+                f"{where}.{name}: renamed {RENAMED[f'{section}.{name}']} (it counts time steps, days or "
+                "months: etl.time_step); rename it in study.toml"
+            )
         if name not in fields:
             raise ConfigError(f"{where}.{name}: unknown key; {_suggest(name, list(fields))}")
     values = {}
@@ -267,15 +331,53 @@ def _check_consistency(cfg: Config) -> None:
             f"{where}: etl.split_fractions = {fractions!r}; allowed: three positive numbers "
             "(train, validation, test) that sum to 1"
         )
-    if cfg.etl.split_gap_days < cfg.etl.time_lookback:
+    if cfg.etl.split_gap < cfg.etl.time_lookback:
         raise ConfigError(
-            f"{where}: etl.split_gap_days = {cfg.etl.split_gap_days} is shorter than "
+            f"{where}: etl.split_gap = {cfg.etl.split_gap} is shorter than "
             f"etl.time_lookback = {cfg.etl.time_lookback}; windows would overlap two splits"
         )
-    if not cfg.data.variables:
+    if cfg.etl.time_step == "monthly" and cfg.etl.season_window > MAX_MONTHLY_SEASON_WINDOW:
+        raise ConfigError(
+            f"{where}: etl.season_window = {cfg.etl.season_window} months with etl.time_step = 'monthly' "
+            f"spans the whole year; allowed: 0..{MAX_MONTHLY_SEASON_WINDOW} (e.g. 0: each calendar month "
+            "against itself, 1: with its neighbours)"
+        )
+    data = cfg.data
+    if not data.variables:
         raise ConfigError(f"{where}: data.variables is empty; list at least one variable")
-    if len(set(cfg.data.variables)) != len(cfg.data.variables):
-        raise ConfigError(f"{where}: data.variables {cfg.data.variables!r} repeats a name")
+    if len(set(data.variables)) != len(data.variables):
+        raise ConfigError(f"{where}: data.variables {data.variables!r} repeats a name")
+    _check_labels(data, where)
+    named = {*data.variables, data.derive_from, data.reference_variable} - {""}
+    for table, keys in (("select", [k for k, v in data.select.items() if isinstance(v, dict)]),
+                        ("units", list(data.units))):  # fmt: skip
+        for name in keys:
+            if name not in named:
+                raise ConfigError(
+                    f"{where}: data.{table}.{name} names no variable of the study (variables, "
+                    "derive_from, reference_variable); fix the name or remove the entry"
+                )
+
+
+def _check_labels(data: DataSection, where: str) -> None:
+    """Derived labels need derive_from and no reference files; the other kinds, the reverse."""
+    if data.reference_kind == "derived":
+        if not data.derive_from:
+            raise ConfigError(
+                f"{where}: data.reference_kind = 'derived' needs data.derive_from, the model-output "
+                'variable the labels are derived from (e.g. derive_from = "soil_moisture")'
+            )
+        if data.reference_files:
+            raise ConfigError(
+                f"{where}: data.reference_files = {data.reference_files!r} would not be read: with "
+                "data.reference_kind = 'derived' the labels come from data.derive_from; set "
+                "reference_files = []"
+            )
+    elif data.derive_from:
+        raise ConfigError(
+            f"{where}: data.derive_from = {data.derive_from!r} is only read when data.reference_kind = "
+            f'\'derived\' (it is {data.reference_kind!r}); set derive_from = "" or reference_kind = "derived"'
+        )
 
 
 def from_dict(raw: Mapping[str, Any], *, root: Path, source: str = "<dict>") -> Config:
@@ -335,8 +437,7 @@ def reference_markdown() -> str:
         hints = typing.get_type_hints(cls)
         for spec in dataclasses.fields(cls):
             meta = spec.metadata
-            hint = hints[spec.name]
-            kind = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+            kind = _type_name(hints[spec.name]).replace("|", "\\|")  # a Markdown table cell
             allowed = ", ".join(f"`{c}`" for c in meta["choices"])
             if not allowed and (meta["low"] is not None or meta["high"] is not None):
                 low = "" if meta["low"] is None else f"≥ {meta['low']}"

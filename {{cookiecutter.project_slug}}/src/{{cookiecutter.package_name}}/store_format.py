@@ -6,7 +6,7 @@ One consolidated zarr store per study, `<data.zarr_dir>/<dataset_name>.zarr`:
     category        int8    (cell, time)           label codes 0..10 (W4..D4), MISSING = -1
     complete        bool    (cell, time)           every feature is finite on that day
     lat, lon        float64 (cell,)                the cell's coordinates
-    time            (time,)                        dates (CF-encoded, the inputs' calendar)
+    time            (time,)                        dates of the steps (CF-encoded, the inputs' calendar)
     feature         str     (feature,)             the variable names, in feature order
     climatology/    group                          the fitted transform state (etl/quantiles.py)
     manifest.json                                  every chunk's checksums (see Manifest)
@@ -16,11 +16,15 @@ Every array along `cell` is chunked by `etl.chunk_cells` cells and all of
 `time`, so one request fetches whole series; there is no sample axis: a
 lookback window is cut when read (`window_ends`, `valid_pairs`), never stored.
 
-The split is a set of contiguous blocks of label days (`SplitBlock`), recorded
+The time axis has one entry per time step, a day or a month (`time_step` in the
+root attributes); every count here (lookback, gap, block lengths) is in steps,
+and windows are cut by step index, so daily and monthly stores read alike.
+
+The split is a set of contiguous blocks of label steps (`SplitBlock`), recorded
 in the root attributes with the gap between them; the transform was fitted on
-the train block only. A window of `lookback` days ending on day `end` belongs
+the train block only. A window of `lookback` steps ending on step `end` belongs
 to a split when `end` is in its block; the gaps (at least the lookback) keep
-every window inside one split's days and the gap before it.
+every window inside one split's steps and the gap before it.
 
 Fill values cannot be mistaken for data: NaN for floats, MISSING for the labels,
 False for `complete`, and `TIME_FILL` (not a date of any study) for time; a
@@ -48,6 +52,7 @@ CLIMATOLOGY = "climatology"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 2
 SPLITS = ("train", "valid", "test")
+SPLIT_GAP = "split_gap"  # root attribute: steps between the split blocks
 TIME_FILL = np.iinfo(np.int64).min  # fill value of the encoded time axis: never a real date
 # Keys a zarr reader may probe for and legitimately not find.
 METADATA_NAMES = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json"})
@@ -68,29 +73,29 @@ def is_metadata(key: str) -> bool:
 
 @dataclass(frozen=True)
 class SplitBlock:
-    """Label days [start, stop) of one split (indices along `time`)."""
+    """Label steps [start, stop) of one split (indices along `time`)."""
 
     name: str
     start: int
     stop: int
 
     @property
-    def days(self) -> int:
+    def steps(self) -> int:
         return self.stop - self.start
 
 
 def split_blocks(
     n_time: int, *, lookback: int, gap: int, fractions: Sequence[float]
 ) -> dict[str, SplitBlock]:
-    """Contiguous train / valid / test blocks of day indices separated by `gap` days.
+    """Contiguous train / valid / test blocks of step indices separated by `gap` steps.
 
-    Block lengths are the fractions of the days left after the two gaps (train and
+    Block lengths are the fractions of the steps left after the two gaps (train and
     validation rounded down, test takes the rest). Raises ValueError (worded for the
     user by the caller) when the gap is shorter than the lookback or a block would
     hold no window end.
     """
     if gap < lookback:
-        raise ValueError(f"the split gap ({gap} days) is shorter than the lookback ({lookback} days)")
+        raise ValueError(f"the split gap ({gap} steps) is shorter than the lookback ({lookback} steps)")
     usable = n_time - 2 * gap
     n_train = int(np.floor(usable * fractions[0]))
     n_valid = int(np.floor(usable * fractions[1]))
@@ -102,26 +107,26 @@ def split_blocks(
     for block in blocks.values():
         if first_end(block, lookback) >= block.stop:
             raise ValueError(
-                f"the {block.name} block would hold {max(block.days, 0)} days, too few for one "
-                f"{lookback}-day window ({n_time} days in all, gaps of {gap} days)"
+                f"the {block.name} block would hold {max(block.steps, 0)} steps, too few for one "
+                f"{lookback}-step window ({n_time} steps in all, gaps of {gap} steps)"
             )
     return blocks
 
 
 def first_end(block: SplitBlock, lookback: int) -> int:
-    """The first day of `block` on which a whole window can end (day lookback - 1 at the earliest)."""
+    """The first step of `block` on which a whole window can end (step lookback - 1 at the earliest)."""
     return max(block.start, lookback - 1)
 
 
 def window_ends(block: SplitBlock, lookback: int, stride: int = 1) -> np.ndarray:
-    """Day indices of the window end dates (label dates) of a split block."""
+    """Step indices of the window end dates (label dates) of a split block."""
     return np.arange(first_end(block, lookback), block.stop, stride, dtype=np.int64)
 
 
 def split_attrs(blocks: Mapping[str, SplitBlock], dates: Sequence[Any], gap: int) -> dict[str, Any]:
-    """The split definition as store attributes: indices, readable dates, the gap."""
+    """The split definition as store attributes: indices, readable dates, the gap (in steps)."""
     return {
-        "split_gap_days": gap,
+        SPLIT_GAP: gap,
         "splits": {
             name: {
                 "start": b.start,

@@ -2,14 +2,17 @@
 
 It exercises the hard cases of real data: skewed, seasonal soil moisture;
 zero-inflated snow water equivalent; an all-NaN land mask; a cell with inputs
-but no labels; leap days (or a cftime calendar).
+but no labels; leap days (or a cftime calendar). The `monthly` preset writes
+monthly means (time stamps on the first of the month) of a longer record, for
+studies whose time step is a month (`etl.time_step = "monthly"`).
 
-The labels are what a drought monitor would publish, computed the way the ETL
-computes its features: the US Drought Monitor category of the percentile of
-the trailing LABEL_WINDOW_DAYS-day mean of soil moisture, ranked per cell
-against the same day-of-year window of the *training* period only
-(`etl.quantiles.doy_percentiles`, the function the ETL uses). So the label of a
-day is a function of the last LABEL_WINDOW_DAYS days of the inputs and of the
+The labels are what a drought monitor would publish, computed with the ETL's own
+derived-label code (`etl.derive.derived_codes`): the US Drought Monitor category
+of the percentile of the trailing LABEL_WINDOW-step mean of soil moisture,
+ranked per cell against the same season window of the *training* period only.
+So the ETL with `reference_kind = "derived"`, `derive_from` the soil-moisture
+variable and `derive_window` = LABEL_WINDOW reproduces them exactly. The label
+of a step is a function of the last LABEL_WINDOW steps of the inputs and of the
 training climatology, both of which the model sees through the ETL's features:
 the labels are learnable from a lookback window, and a model that beats the
 baselines on them has learnt the right alignment (shift the labels by a month
@@ -25,23 +28,29 @@ import numpy as np
 import xarray as xr
 
 from .atomic import atomic_write
-from .etl import quantiles
-from .etl.categories import CATEGORIES, MISSING, percentile_to_code
+from .etl import derive, timeaxis
+from .etl.categories import CATEGORIES, MISSING
+from .etl.quantiles import TransformSpec
 from .store_format import split_blocks
 
 MODEL_FILE = "model_output.nc"
 REFERENCE_FILE = "reference.nc"
-LABEL_WINDOW_DAYS = 7  # a weekly drought monitor, as the US Drought Monitor is
+# Trailing window of the labels, in steps: a weekly drought monitor (as the US Drought
+# Monitor is), or a 3-month index (as SPI-3 is).
+LABEL_WINDOW = {"daily": 7, "monthly": 3}
+# Season half-window of the labels' climatology, in steps (the ETL's etl.season_window).
+LABEL_SEASON_WINDOW = {"daily": TransformSpec.season_window, "monthly": 1}
 SOIL_MEMORY = 0.9  # lag-1 autocorrelation of daily soil-moisture anomalies (a ~10-day memory)
 
 
 @dataclass(frozen=True)
 class SyntheticSize:
-    """Grid and period of a synthetic dataset."""
+    """Grid, period and time step of a synthetic dataset."""
 
     ny: int
     nx: int
     years: int
+    time_step: str = "daily"
 
     @property
     def cells(self) -> int:
@@ -52,6 +61,7 @@ SIZES: dict[str, SyntheticSize] = {
     "tiny": SyntheticSize(ny=3, nx=4, years=3),  # unit tests
     "small": SyntheticSize(ny=5, nx=8, years=10),  # the default: demo and CI
     "large": SyntheticSize(ny=20, nx=16, years=10),  # benchmarks: 8x the cells of small
+    "monthly": SyntheticSize(ny=3, nx=4, years=40, time_step="monthly"),  # 480 monthly means
 }
 
 
@@ -79,31 +89,32 @@ def _ar1(rng: np.random.Generator, n_time: int, n_cells: int, phi: float) -> np.
     return series * np.sqrt(1 - phi**2)
 
 
-def derived_labels(values: np.ndarray, time: xr.DataArray, train_days: int, window: int) -> np.ndarray:
-    """Category codes (time, cells) of the trailing `window`-day mean of `values` (time, cells),
-    ranked per cell against the first `train_days` days at the same day of year (± the default
-    day-of-year window), as the ETL ranks its features; days before a full window are MISSING."""
-    cumulative = np.cumsum(values, axis=0, dtype=np.float64)
-    trailing = np.full(values.shape, np.nan)
-    trailing[window - 1] = cumulative[window - 1] / window
-    trailing[window:] = (cumulative[window:] - cumulative[:-window]) / window
-    spec = quantiles.TransformSpec(period=quantiles.calendar_period(_calendar_of(time)))
-    doy = quantiles.day_of_year(time)
-    percentile = quantiles.doy_percentiles(
-        trailing[:train_days].T,
-        doy[:train_days],
-        trailing.T,
-        doy,
-        window=spec.doy_window,
-        period=spec.period,
-        a=spec.a,
+def monthly_means(values: np.ndarray, time: xr.DataArray) -> tuple[np.ndarray, xr.DataArray]:
+    """Means (months, cells) of daily values (days, cells), and the first day of each month."""
+    month = np.asarray(time.dt.year) * 12 + np.asarray(time.dt.month)
+    starts = np.flatnonzero(np.r_[True, month[1:] != month[:-1]])
+    lengths = np.diff(np.r_[starts, len(month)])
+    means = np.add.reduceat(values, starts, axis=0) / lengths[:, None]
+    return means, time.isel(time=starts)
+
+
+def labels(values: np.ndarray, time: xr.DataArray, train_steps: int, time_step: str) -> np.ndarray:
+    """Category codes (time, cells) derived from `values` (time, cells) exactly as the ETL derives
+    them (`etl.derive`), with the training block the first `train_steps` steps."""
+    calendar = timeaxis.calendar_of(time.to_index())
+    spec = TransformSpec(
+        season_window=LABEL_SEASON_WINDOW[time_step],
+        period=timeaxis.season_period(calendar, time_step),
+        time_step=time_step,
     )
-    return percentile_to_code(percentile.T)
-
-
-def _calendar_of(time: xr.DataArray) -> str:
-    first = time.values[0]
-    return getattr(first, "calendar", "standard")
+    codes = derive.derived_codes(
+        values.T,
+        timeaxis.season_index(time, time_step),
+        slice(0, train_steps),
+        window=LABEL_WINDOW[time_step],
+        spec=spec,
+    )
+    return codes.T
 
 
 def generate(
@@ -112,15 +123,16 @@ def generate(
     *,
     seed: int = 0,
     calendar: str = "standard",
-    train_days: int | None = None,
+    train_steps: int | None = None,
 ) -> tuple[xr.Dataset, xr.Dataset]:
     """Model output (the given variables) and reference labels on the same grid.
 
     The first variable and any whose name mentions "soil" behave like soil
     moisture; names mentioning "snow" or "swe" are zero-inflated snow water
-    equivalent; others are positive, right-skewed fluxes. The labels' climatology
-    is fitted on the first `train_days` days (pass the ETL's training block, see
-    `training_days`; default: 70 % of the record).
+    equivalent; others are positive, right-skewed fluxes. Monthly sizes hold the
+    monthly means of the daily series. The labels' climatology is fitted on the
+    first `train_steps` steps (pass the ETL's training block, see `training_steps`;
+    default: 70 % of the record).
     """
     rng = np.random.default_rng(seed)
     time = _time_axis(size.years, calendar)
@@ -155,9 +167,15 @@ def generate(
                 0.5 * season + 0.5 * own + 0.3 * anomaly
             )
 
-    # Labels: the drought category of the weekly mean soil moisture, ranked on the training period.
-    soil = fields[(soil_like or variables)[0]]
-    codes = derived_labels(soil, time, train_days or int(0.7 * n_time), LABEL_WINDOW_DAYS)
+    if size.time_step == "monthly":
+        daily = time
+        for name in fields:
+            fields[name], time = monthly_means(fields[name], daily)
+        n_time = time.size
+    # Labels: the drought category of the recent mean soil moisture, ranked on the training period,
+    # from the values as written (float32), so the ETL's derived labels reproduce them exactly.
+    soil = fields[(soil_like or variables)[0]].astype(np.float32)
+    codes = labels(soil, time, train_steps or int(0.7 * n_time), size.time_step)
 
     # Land mask: a corner block of all-NaN cells, and one land cell without labels.
     masked = np.zeros((size.ny, size.nx), dtype=bool)
@@ -224,7 +242,7 @@ def write_synthetic(
     *,
     seed: int = 0,
     calendar: str = "standard",
-    train_days: int | None = None,
+    train_steps: int | None = None,
     overwrite: bool = False,
 ) -> list[Path]:
     """Write model output and reference NetCDF files; returns their paths (see `generate`)."""
@@ -236,7 +254,7 @@ def write_synthetic(
             f"{existing[0]} already exists; pass --overwrite to replace the synthetic inputs"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, reference = generate(variables, size, seed=seed, calendar=calendar, train_days=train_days)
+    model, reference = generate(variables, size, seed=seed, calendar=calendar, train_steps=train_steps)
     _write_netcdf(model, paths[0], {})
     _write_netcdf(reference, paths[1], {"drought_category": np.int8(MISSING)})
     return paths
@@ -244,16 +262,23 @@ def write_synthetic(
 
 def describe(size: SyntheticSize, variables: list[str], calendar: str = "standard") -> str:
     """One line about what `write_synthetic` produces."""
-    days = _time_axis(size.years, calendar).size
     return (
-        f"{size.ny}x{size.nx} grid ({size.cells} cells), {days} days ({calendar}), "
+        f"{size.ny}x{size.nx} grid ({size.cells} cells), "
+        f"{timeaxis.steps(n_steps(size, calendar), size.time_step)} ({calendar}), "
         f"variables {', '.join(variables)}; labels: {len(CATEGORIES)} categories"
     )
 
 
-def training_days(
+def n_steps(size: SyntheticSize, calendar: str) -> int:
+    """Time steps (days or months) of a synthetic record."""
+    if size.time_step == "monthly":
+        return size.years * timeaxis.MONTHS_PER_YEAR
+    return _time_axis(size.years, calendar).size
+
+
+def training_steps(
     size: SyntheticSize, calendar: str, *, lookback: int, gap: int, fractions: list[float]
 ) -> int:
-    """Days in the ETL's training block for a synthetic record (what the labels are ranked on)."""
-    n_time = _time_axis(size.years, calendar).size
-    return split_blocks(n_time, lookback=lookback, gap=gap, fractions=fractions)["train"].stop
+    """Steps in the ETL's training block for a synthetic record (what the labels are ranked on)."""
+    blocks = split_blocks(n_steps(size, calendar), lookback=lookback, gap=gap, fractions=fractions)
+    return blocks["train"].stop

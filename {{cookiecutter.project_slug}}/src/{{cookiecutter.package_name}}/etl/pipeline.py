@@ -1,10 +1,11 @@
 """The ETL in one call: `run_etl(cfg)` (CLI: `<package> etl [--overwrite]`).
 
 raw inputs (data/raw) -> extract (open, validate, align) -> per block of cells:
-mask, fit the transform on the training block, transform every day, encode the
-labels -> append whole chunks of the series to `<dataset_name>.zarr` and the fitted
-state to its `climatology` group -> attributes (split, encoding, transform,
-provenance), consolidated metadata, manifest -> rename the finished store into
+labels (read, or derived from a variable and fitted on the training block), mask,
+fit the transform on the training block, transform every time step -> append
+whole chunks of the series to `<dataset_name>.zarr` and the fitted state to its
+`climatology` group -> attributes (split, encoding, transform, provenance),
+consolidated metadata, manifest -> rename the finished store into
 place. The layout is `store_format.py`'s; windows are cut when read, never stored.
 
 Memory: the grid is processed in blocks of cells sized from `etl.block_mb`
@@ -66,7 +67,7 @@ from ..store_format import (
     valid_pairs,
     window_ends,
 )
-from . import quantiles
+from . import derive, quantiles, timeaxis
 from .categories import encoding_attrs
 from .errors import EtlError, EtlInputError, StoreExistsError
 from .extract import Inputs, cell_blocks, cell_status, open_inputs
@@ -122,23 +123,26 @@ def run_etl(cfg: Config, *, overwrite: bool = False) -> Path:
     started = time.perf_counter()
     inputs = open_inputs(cfg)
     n_time, ny, nx = inputs.shape
+    step = inputs.time_step
     log.info(
-        "inputs: %s | reference: %s | grid %dx%d, %d days (%s calendar)",
+        "inputs: %s | reference: %s | grid %dx%d, %s (%s calendar)",
         ", ".join(p.name for p in inputs.model_files),
-        ", ".join(p.name for p in inputs.reference_files),
+        ", ".join(p.name for p in inputs.reference_files)
+        or f"derived from {cfg.data.derive_from!r} (trailing means over "
+        f"{timeaxis.steps(cfg.data.derive_window, step)})",
         ny,
         nx,
-        n_time,
+        timeaxis.steps(n_time, step),
         inputs.calendar,
     )
     days = inputs.time.values
     for block in inputs.blocks.values():
         log.info(
-            "split %-5s label dates %s .. %s (%d days)",
+            "split %-5s label dates %s .. %s (%s)",
             block.name,
             str(days[block.start])[:10],
             str(days[block.stop - 1])[:10],
-            block.days,
+            timeaxis.steps(block.steps, step),
         )
     with _dask_scheduler(cfg.etl.dask_scheduler), staging(target, overwrite=overwrite) as tmp:
         counts = _write_store(cfg, inputs, tmp)
@@ -151,15 +155,16 @@ def run_etl(cfg: Config, *, overwrite: bool = False) -> Path:
         counts["all_nan"],
     )
     log.info(
-        "usable %d-day windows (label on the end day, no NaN input inside): %s",
+        "usable %d-%s windows (label on the end step, no NaN input inside): %s",
         cfg.etl.time_lookback,
+        timeaxis.STEP_NOUN[step],
         ", ".join(f"{s} {counts[s]:,}" for s in SPLITS),
     )
     log.info(
-        "wrote %s: %d cells x %d days x %d features, %.1f MB in %.1f s",
+        "wrote %s: %d cells x %s x %d features, %.1f MB in %.1f s",
         target,
         counts["cells"],
-        n_time,
+        timeaxis.steps(n_time, step),
         len(inputs.features),
         counts["bytes"] / 1e6,
         seconds,
@@ -169,29 +174,42 @@ def run_etl(cfg: Config, *, overwrite: bool = False) -> Path:
 
 @dataclass
 class _Plan:
-    """What every block needs: the transform spec, the day-of-year axis, the training days."""
+    """What every block needs: the transform spec, the season axis, the training steps, and the
+    trailing window of derived labels (None when the labels are read from files)."""
 
     spec: quantiles.TransformSpec
     time_values: np.ndarray
-    doy: np.ndarray
+    season: np.ndarray
     train_days: slice
     blocks: dict[str, SplitBlock]
+    derive_window: int | None = None
 
     @classmethod
     def of(cls, cfg: Config, inputs: Inputs) -> _Plan:
         spec = quantiles.TransformSpec(
             transform=cfg.etl.transform,
             plotting_position=cfg.etl.plotting_position,
-            doy_window=cfg.etl.doy_window,
-            period=quantiles.calendar_period(inputs.calendar),
+            season_window=cfg.etl.season_window,
+            period=timeaxis.season_period(inputs.calendar, inputs.time_step),
+            time_step=inputs.time_step,
         )
         train = inputs.blocks["train"]
         return cls(
             spec=spec,
             time_values=inputs.time.values,
-            doy=quantiles.day_of_year(inputs.time),
+            season=timeaxis.season_index(inputs.time, inputs.time_step),
             train_days=slice(train.start, train.stop),
             blocks=inputs.blocks,
+            derive_window=cfg.data.derive_window if inputs.derived else None,
+        )
+
+    def labels(self, reference: np.ndarray) -> np.ndarray:
+        """Label codes (cells, T) of a block's reference: read codes as they are; derived ones
+        from the variable's values, ranked against this block's training steps only."""
+        if self.derive_window is None:
+            return reference
+        return derive.derived_codes(
+            reference, self.season, self.train_days, window=self.derive_window, spec=self.spec
         )
 
 
@@ -230,7 +248,9 @@ def _open_writers(cfg: Config, inputs: Inputs, plan: _Plan, path: Path) -> dict[
         chunk=max(1, (8 << 20) // row_bytes),  # about 8 MB per chunk
         layout={**quantiles.state_dims(plan.spec, inputs.features), LAT: (CELL,), LON: (CELL,)},
         static=features.assign_coords(
-            quantiles.static_coords(plan.spec, plan.time_values[plan.train_days], plan.doy[plan.train_days])
+            quantiles.static_coords(
+                plan.spec, plan.time_values[plan.train_days], plan.season[plan.train_days]
+            )
         ),
         **common,
     )
@@ -247,7 +267,8 @@ def _process_block(
     counts: Counter[str],
 ) -> int:
     """Mask, fit, transform and encode one block of cells; returns how many cells it had."""
-    values, codes = inputs.read_block(rows, cols)
+    values, reference = inputs.read_block(rows, cols)
+    codes = plan.labels(reference)
     for i, name in enumerate(inputs.features):  # which variables have any value at all
         counts[f"finite {name}"] += int(np.isfinite(values[:, :, i]).any())
     usable, no_labels, all_nan = cell_status(values, codes)
@@ -259,7 +280,7 @@ def _process_block(
     values, codes = values[usable], codes[usable]
     state = quantiles.fit(values[:, plan.train_days], plan.spec, inputs.features)
     series = quantiles.transform(
-        state, values, plan.doy, plan.spec, inputs.features, train_doy=plan.doy[plan.train_days]
+        state, values, plan.season, plan.spec, inputs.features, train_season=plan.season[plan.train_days]
     )
     del values
     complete = np.isfinite(series).all(axis=2)
@@ -319,12 +340,13 @@ def _finalize(cfg: Config, inputs: Inputs, plan: _Plan, path: Path) -> None:
     series = {
         **base,
         **encoding_attrs(),
-        **split_attrs(plan.blocks, days, cfg.etl.split_gap_days),
+        **split_attrs(plan.blocks, days, cfg.etl.split_gap),
         "time_lookback": cfg.etl.time_lookback,
+        "labels": _labels_attrs(cfg),
         "layout": (
             f"{cfg.study.dataset_name}(cell, time, feature): the transformed series; {LABELS}(cell, time): "
-            f"label codes; {COMPLETE}(cell, time): every feature finite that day. Windows of "
-            "time_lookback days ending on a day of a split's block are cut when read."
+            f"label codes; {COMPLETE}(cell, time): every feature finite on that step. Windows of "
+            "time_lookback steps (time_step) ending on a step of a split's block are cut when read."
         ),
     }
     train = plan.train_days
@@ -334,3 +356,16 @@ def _finalize(cfg: Config, inputs: Inputs, plan: _Plan, path: Path) -> None:
         "training_last_date": str(days[train.stop - 1])[:10],
     }
     finalize(path, series, {CLIMATOLOGY: climatology})
+
+
+def _labels_attrs(cfg: Config) -> dict[str, Any]:
+    """Where the labels came from: the reference files' variable, or how they were derived."""
+    data = cfg.data
+    if data.reference_kind != "derived":
+        return {"kind": data.reference_kind, "variable": data.reference_variable}
+    return {
+        "kind": "derived",
+        "derived_from": data.derive_from,
+        "trailing_window_steps": data.derive_window,
+        "method": "percentile of the trailing mean per cell and season, fitted on the training block",
+    }

@@ -7,21 +7,22 @@ applied identically to any later data.
 
 Transforms (`etl.transform`):
 
-* ``normal_score`` (default): the day-of-year percentile p (below), then the
+* ``normal_score`` (default): the seasonal percentile p (below), then the
   probit z = Φ⁻¹(p), clipped at ±CLIP (3.09, the 0.1 % and 99.9 % points) and
   divided by CLIP, so features lie in [-1, 1];
 * ``percentile``: the same percentile, centred and scaled: 2p - 1 in (-1, 1);
 * ``quantile_normal``: scikit-learn's `QuantileTransformer` (normal output) per
-  cell on the raw values (no day-of-year window, so the seasonal cycle stays in
+  cell on the raw values (no season window, so the seasonal cycle stays in
   the feature), clipped and scaled like ``normal_score``;
 * ``yeo_johnson``: scikit-learn's `PowerTransformer` (Yeo-Johnson) per cell on
   the raw values, standardised with the training mean and standard deviation.
 
-Day-of-year percentiles: for a cell and a day with day of year d, the
-reference sample is every *training* day of that cell whose day of year lies
-within ±`etl.doy_window` of d (circular, period 366 for standard calendars,
-365 for noleap, 360 for 360_day). The percentile of a value x is the plotting
-position of its mid-rank in that sample:
+Seasonal percentiles: for a cell and a step of season d (its day of year, or
+its month of year for monthly steps: `timeaxis.season_index`), the reference
+sample is every *training* step of that cell whose season lies within
+±`etl.season_window` steps of d (circular, period 366 for standard calendars,
+365 for noleap, 360 for 360_day, 12 for months). The percentile of a value x is
+the plotting position of its mid-rank in that sample:
 
     lo = #(ref < x), hi = #(ref <= x), rank = (lo + hi + 1) / 2,
     p = (rank - a) / (n + 1 - 2a)
@@ -55,6 +56,7 @@ import numpy as np
 import xarray as xr
 
 from ..store_format import CELL, CLIMATOLOGY, FEATURE, TIME
+from .timeaxis import TIME_STEPS, season_index
 
 # Plotting position parameter a of p = (i - a) / (n + 1 - 2a) (alpha = beta = a in scipy).
 PLOTTING_POSITIONS: dict[str, float] = {
@@ -68,23 +70,10 @@ TRANSFORMS = ("normal_score", "percentile", "quantile_normal", "yeo_johnson")
 PERCENTILE_TRANSFORMS = ("normal_score", "percentile")
 CLIP = 3.09  # probit of 0.1 %: normal scores are clipped here and divided by it
 N_QUANTILES = 1000  # QuantileTransformer knots (fewer when the training period is shorter)
-CALENDAR_PERIODS = {"360_day": 360, "noleap": 365, "365_day": 365}  # everything else: 366
-
-
-def calendar_period(calendar: str) -> int:
-    """Days in the circular day-of-year axis of a CF calendar."""
-    return CALENDAR_PERIODS.get(calendar.lower(), 366)
-
-
-def day_of_year(time: Any) -> np.ndarray:
-    """1-based day of year (int16) of a datetime64 or cftime axis."""
-    if isinstance(time, xr.DataArray):
-        return np.asarray(time.dt.dayofyear, dtype=np.int16)
-    return np.asarray(xr.DataArray(np.asarray(time), dims="time").dt.dayofyear, dtype=np.int16)
 
 
 def circular_distance(a: np.ndarray, b: np.ndarray | int, period: int) -> np.ndarray:
-    """Distance between days of year on a circle of `period` days."""
+    """Distance between seasons (days or months of year) on a circle of `period` steps."""
     d = np.abs(np.asarray(a, dtype=np.int64) - np.asarray(b, dtype=np.int64)) % period
     return np.minimum(d, period - d)
 
@@ -136,37 +125,38 @@ def percentiles_against(reference: np.ndarray, x: np.ndarray, a: float) -> np.nd
     return np.where(np.isnan(x) | (n == 0), np.nan, p)
 
 
-def doy_percentiles(
+def seasonal_percentiles(
     train: np.ndarray,
-    train_doy: np.ndarray,
+    train_season: np.ndarray,
     values: np.ndarray,
-    doy: np.ndarray,
+    season: np.ndarray,
     *,
     window: int,
     period: int,
     a: float,
 ) -> np.ndarray:
-    """Percentiles (cells, T) of `values` against each cell's training values within ±window days of year.
+    """Percentiles (cells, T) of `values` against each cell's training values within ±window seasons.
 
     train: (cells, n_train) training values; values: (cells, T) values to rank
-    (training days included). Loops over days of year, vectorised over cells.
+    (training steps included). Loops over seasons, vectorised over cells.
     """
     out = np.full(values.shape, np.nan, dtype=np.float64)
-    for d in np.unique(doy):
-        targets = doy == d
-        in_window = circular_distance(train_doy, d, period) <= window
+    for d in np.unique(season):
+        targets = season == d
+        in_window = circular_distance(train_season, d, period) <= window
         out[:, targets] = percentiles_against(train[:, in_window], values[:, targets], a)
     return out
 
 
 @dataclass(frozen=True)
 class TransformSpec:
-    """What a transform needs besides data: its name, plotting position and day-of-year window."""
+    """What a transform needs besides data: its name, plotting position, time step and season window."""
 
     transform: str = "normal_score"
     plotting_position: str = "gringorten"
-    doy_window: int = 7
+    season_window: int = 7
     period: int = 366
+    time_step: str = "daily"
 
     def __post_init__(self) -> None:
         if self.transform not in TRANSFORMS:
@@ -176,6 +166,8 @@ class TransformSpec:
                 f"unknown plotting position {self.plotting_position!r}; "
                 f"allowed: {', '.join(PLOTTING_POSITIONS)}"
             )
+        if self.time_step not in TIME_STEPS:
+            raise ValueError(f"unknown time step {self.time_step!r}; allowed: {', '.join(TIME_STEPS)}")
 
     @property
     def a(self) -> float:
@@ -187,8 +179,9 @@ class TransformSpec:
             "transform": self.transform,
             "plotting_position": self.plotting_position,
             "plotting_position_a": self.a,
-            "doy_window": self.doy_window,
-            "doy_period": self.period,
+            "time_step": self.time_step,
+            "season_window": self.season_window,
+            "season_period": self.period,
             "normal_score_clip": CLIP,
         }
 
@@ -197,8 +190,9 @@ class TransformSpec:
         return cls(
             transform=str(attrs["transform"]),
             plotting_position=str(attrs["plotting_position"]),
-            doy_window=int(attrs["doy_window"]),
-            period=int(attrs["doy_period"]),
+            season_window=int(attrs["season_window"]),
+            period=int(attrs["season_period"]),
+            time_step=str(attrs["time_step"]),
         )
 
 
@@ -263,29 +257,30 @@ def fit(train: np.ndarray, spec: TransformSpec, features: list[str]) -> dict[str
 def transform(
     state: Mapping[str, np.ndarray],
     values: np.ndarray,
-    doy: np.ndarray,
+    season: np.ndarray,
     spec: TransformSpec,
     features: list[str],
     *,
-    train_doy: np.ndarray | None = None,
+    train_season: np.ndarray | None = None,
 ) -> np.ndarray:
     """Features (cells, T, features) float32 of raw values (cells, T, features) with a fitted state.
 
-    `train_doy` (day of year of each training day) is needed by the percentile transforms.
+    `season` is the season of each step; `train_season` (the season of each training
+    step) is needed by the percentile transforms.
     """
     values = np.asarray(values, dtype=np.float32)
     out = np.empty(values.shape, dtype=np.float32)
     for i, v in enumerate(features):
         x = values[:, :, i]
         if spec.transform in PERCENTILE_TRANSFORMS:
-            if train_doy is None:
-                raise ValueError("train_doy is required by the percentile transforms")
-            p = doy_percentiles(
+            if train_season is None:
+                raise ValueError("train_season is required by the percentile transforms")
+            p = seasonal_percentiles(
                 state[f"reference_{v}"],
-                train_doy,
+                train_season,
                 x,
-                doy,
-                window=spec.doy_window,
+                season,
+                window=spec.season_window,
                 period=spec.period,
                 a=spec.a,
             )
@@ -341,12 +336,12 @@ def _yeo_johnson(lam: np.ndarray, mean: np.ndarray, scale: np.ndarray, x: np.nda
     return y
 
 
-def static_coords(spec: TransformSpec, train_time: Any, train_doy: np.ndarray) -> dict[str, Any]:
+def static_coords(spec: TransformSpec, train_time: Any, train_season: np.ndarray) -> dict[str, Any]:
     """Coordinates of the fitted state that do not depend on the cell."""
     coords: dict[str, Any] = {}
     if spec.transform in PERCENTILE_TRANSFORMS:
         coords["train_time"] = ("train_day", np.asarray(train_time))
-        coords["train_doy"] = ("train_day", train_doy.astype(np.int16))
+        coords["train_season"] = ("train_day", train_season.astype(np.int16))
     return coords
 
 
@@ -381,8 +376,8 @@ def apply(climatology: xr.Dataset, data: xr.Dataset, *, block_cells: int = 256) 
         raise ValueError(f"the data lacks the climatology's variables {missing}")
     rows = _cell_indices(data["lat"].values, climatology["lat"].values, "lat")
     cols = _cell_indices(data["lon"].values, climatology["lon"].values, "lon")
-    doy = day_of_year(data["time"])
-    train_doy = climatology["train_doy"].values if "train_doy" in climatology else None
+    season = season_index(data["time"], spec.time_step)
+    train_season = climatology["train_season"].values if "train_season" in climatology else None
     names = list(state_dims(spec, features))
     n_cells = climatology.sizes["cell"]
     out = np.empty((n_cells, data.sizes["time"], len(features)), dtype=np.float32)
@@ -394,7 +389,7 @@ def apply(climatology: xr.Dataset, data: xr.Dataset, *, block_cells: int = 256) 
         block = np.stack(
             [data[v].isel(lat=r, lon=c).transpose("cell", "time").values for v in features], axis=-1
         )
-        out[start:stop] = transform(state, block, doy, spec, features, train_doy=train_doy)
+        out[start:stop] = transform(state, block, season, spec, features, train_season=train_season)
     return xr.DataArray(
         out,
         dims=(CELL, TIME, FEATURE),

@@ -46,7 +46,7 @@ def tiny_config(study_config: Config, tmp_path: Path) -> Config:
             "data.raw_dir": str(tmp_path / "raw"),
             "data.zarr_dir": str(tmp_path / "zarr"),
             "etl.time_lookback": 20,
-            "etl.split_gap_days": 20,
+            "etl.split_gap": 20,
             "etl.chunk_cells": 4,
             "train.out_dir": str(tmp_path / "results"),
             "train.cache_dir": str(tmp_path / "cache"),

@@ -26,9 +26,14 @@ def write_inputs(cfg: Config, model: xr.Dataset | None, reference: xr.Dataset | 
     raw.mkdir(parents=True, exist_ok=True)
     for ds, name in ((model, MODEL_FILE), (reference, REFERENCE_FILE)):
         if ds is not None:
-            encoding = {"time": {"units": "days since 2000-01-01", "dtype": "int32"}} if "time" in ds else {}
-            ds.to_netcdf(raw / name, engine="netcdf4", encoding=encoding)
+            write_netcdf(ds, raw / name)
     return raw
+
+
+def write_netcdf(ds: xr.Dataset, path: Path) -> None:
+    """A NetCDF file as products write them: time in integer hours (so 12:00 stamps survive)."""
+    encoding = {"time": {"units": "hours since 2000-01-01", "dtype": "int32"}} if "time" in ds.coords else {}
+    ds.to_netcdf(path, engine="netcdf4", encoding=encoding)
 
 
 def leftovers(cfg: Config) -> list[str]:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import xarray as xr
 
 from ..cli import COMMANDS, build_parser, main
 from ..config import load_config
@@ -63,6 +64,19 @@ def test_synth_writes_inputs_and_refuses_to_overwrite(tmp_path: Path, capsys) ->
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_synth_monthly_preset_writes_monthly_means_for_a_monthly_study(tmp_path: Path, capsys) -> None:
+    daily = ["--config", str(STUDY_ROOT / "study.toml")]
+    assert main([*daily, "synth", "--size", "monthly", "--out", str(tmp_path / "no")]) == 2
+    assert "--size monthly writes monthly data, but etl.time_step = 'daily'" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+    monthly = study_toml(
+        tmp_path / "study.toml", time_step="monthly", time_lookback=12, split_gap=12, season_window=1
+    )
+    assert main(["--config", str(monthly), "synth", "--size", "monthly", "--out", str(tmp_path / "raw")]) == 0
+    with xr.open_dataset(tmp_path / "raw" / "model_output.nc") as ds:
+        assert ds.sizes["time"] == 480 and set(ds.indexes["time"].day) == {1}
+
+
 def test_config_reference_and_bad_config(tmp_path: Path, capsys) -> None:
     assert main(["--config", str(STUDY_ROOT / "study.toml"), "config", "--reference"]) == 0
     assert "`etl.time_lookback`" in capsys.readouterr().out
@@ -94,7 +108,7 @@ UNWANTED = (
 def test_a_failed_read_ends_train_with_one_clear_line(tmp_path: Path, fault: int | str, message: str) -> None:
     """A user sees the error line last: no traceback, no asyncio or aiohttp noise after it."""
     config = study_toml(
-        tmp_path / "study.toml", time_lookback=20, split_gap_days=20, timeout_s=1.0, retry_budget_s=2.0,
+        tmp_path / "study.toml", time_lookback=20, split_gap=20, timeout_s=1.0, retry_budget_s=2.0,
         cache="none", out_dir=str(tmp_path / "results"),
     )  # fmt: skip
     name = load_config(config).study.dataset_name

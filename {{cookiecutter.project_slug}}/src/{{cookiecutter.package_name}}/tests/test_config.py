@@ -60,8 +60,8 @@ def test_bad_values_name_the_key_and_what_is_allowed(
 
 
 def test_gap_shorter_than_lookback_is_rejected(study_config: Config) -> None:
-    with pytest.raises(ConfigError, match="split_gap_days"):
-        study_config.override({"etl.split_gap_days": study_config.etl.time_lookback - 1})
+    with pytest.raises(ConfigError, match="split_gap"):
+        study_config.override({"etl.split_gap": study_config.etl.time_lookback - 1})
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_override_validates_and_rejects_unknown_keys(study_config: Config) -> None:
-    changed = study_config.override({"etl.time_lookback": 20, "etl.split_gap_days": 20})
+    changed = study_config.override({"etl.time_lookback": 20, "etl.split_gap": 20})
     assert changed.etl.time_lookback == 20
     with pytest.raises(ConfigError, match=r"did you mean 'etl\.time_lookback'"):
         study_config.override({"etl.time_lookbak": 3})

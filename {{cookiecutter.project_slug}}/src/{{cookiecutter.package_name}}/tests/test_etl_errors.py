@@ -143,7 +143,7 @@ def test_a_killed_run_leaves_no_store_that_looks_complete(tiny_inputs: Config, c
         "data.raw_dir": str(tiny_inputs.path(tiny_inputs.data.raw_dir)),
         "data.zarr_dir": str(tiny_inputs.path(tiny_inputs.data.zarr_dir)),
         "etl.time_lookback": 20,
-        "etl.split_gap_days": 20,
+        "etl.split_gap": 20,
         "etl.chunk_cells": 4,
     }
     script = f"""

@@ -59,7 +59,7 @@ def test_store_layout_dtypes_chunks_and_attributes(built: Config) -> None:
     assert {k: ds.attrs[k] for k in encoding_attrs()} == encoding_attrs()
     assert ds.attrs["transform"] == cfg.etl.transform and ds.attrs["time_lookback"] == LOOKBACK
     blocks = blocks_from_attrs(ds.attrs)
-    assert list(blocks) == ["train", "valid", "test"] and ds.attrs["split_gap_days"] == LOOKBACK
+    assert list(blocks) == ["train", "valid", "test"] and ds.attrs["split_gap"] == LOOKBACK
     assert (
         blocks["valid"].start - blocks["train"].stop
         == LOOKBACK
@@ -174,7 +174,7 @@ def test_cftime_calendars_zarr_formats_and_aliased_dims(
     run_etl(cfg)
     ds = xr.open_zarr(cfg.store_path, consolidated=True)
     assert zarr.open_group(cfg.store_path, mode="r").metadata.zarr_format == zarr_format
-    assert ds.time.values[0].calendar == calendar and ds.attrs["doy_period"] == period
+    assert ds.time.values[0].calendar == calendar and ds.attrs["season_period"] == period
     assert list(ds.time.values) == list(model.time.values)
     keys = manifest(cfg.store_path)["arrays"][cfg.study.dataset_name]["sha256"]
     prefix = f"{cfg.study.dataset_name}/c/" if zarr_format == 3 else f"{cfg.study.dataset_name}/0."
@@ -264,7 +264,7 @@ def test_chunk_appender_writes_every_chunk_even_all_fill_ones_and_round_trips(tm
 
 
 def test_cli_runs_the_etl_and_refuses_to_overwrite(tmp_path: Path, capsys) -> None:
-    study_toml(tmp_path / "study.toml", time_lookback=20, split_gap_days=20)
+    study_toml(tmp_path / "study.toml", time_lookback=20, split_gap=20)
     variables = load_config(tmp_path / "study.toml").data.variables
     write_synthetic(tmp_path / "data" / "raw", variables, SIZES["tiny"])
     config = ["--config", str(tmp_path / "study.toml")]

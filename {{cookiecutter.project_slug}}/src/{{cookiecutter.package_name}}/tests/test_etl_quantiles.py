@@ -73,12 +73,14 @@ def test_a_uniform_samples_normal_scores_have_mean_zero_and_std_one() -> None:
     assert np.abs(scores).max() <= q.CLIP
 
 
-def test_day_of_year_window_is_circular_and_uses_training_days_only() -> None:
+def test_season_window_is_circular_and_uses_training_steps_only() -> None:
     period = 365
     train_doy = np.tile(np.arange(1, period + 1), 3)  # three training years
     train = np.tile(np.arange(period, dtype=np.float64), 3)[None] + np.repeat([0.0, 0.1, 0.2], period)[None]
     # Jan 1 with a ±2-day window: its reference is Dec 30, Dec 31, Jan 1, Jan 2, Jan 3 of each year.
-    p = q.doy_percentiles(train, train_doy, np.array([[1.5]]), np.array([1]), window=2, period=period, a=0.0)
+    p = q.seasonal_percentiles(
+        train, train_doy, np.array([[1.5]]), np.array([1]), window=2, period=period, a=0.0
+    )
     # references below 1.5: 0, 0.1, 0.2 (Jan 1), 1, 1.1, 1.2 (Jan 2) -> 6 of 15 values.
     np.testing.assert_allclose(p, [[(6 + 0.5) / 16]])
 
@@ -92,7 +94,7 @@ def test_every_transform_is_monotonic_and_bounded_on_new_data(transform: str) ->
     state = q.fit(train, spec, FEATURES)
     new = np.sort(rng.gamma(0.5, 2.0, (3, 400, 2)), axis=1).astype(np.float32)  # increasing in time
     doy = np.full(400, 100)  # one day of year, so only the value changes
-    out = q.transform(state, new, doy, spec, FEATURES, train_doy=np.arange(730) % 365 + 1)
+    out = q.transform(state, new, doy, spec, FEATURES, train_season=np.arange(730) % 365 + 1)
     assert out.dtype == np.float32 and not np.isnan(out).any()
     assert np.all(np.diff(out, axis=1) >= -1e-6)
     if transform != "yeo_johnson":
@@ -136,9 +138,11 @@ def test_yeo_johnson_is_scikit_learns_power_transformer() -> None:
 
 
 def test_spec_rejects_unknown_names_and_round_trips_through_attrs() -> None:
-    spec = q.TransformSpec(transform="percentile", plotting_position="hazen", doy_window=3, period=360)
+    spec = q.TransformSpec(transform="percentile", plotting_position="hazen", season_window=3, period=360)
     assert q.TransformSpec.from_attrs(spec.attrs()) == spec
+    monthly = q.TransformSpec(season_window=1, period=12, time_step="monthly")
+    assert q.TransformSpec.from_attrs(monthly.attrs()) == monthly
     with pytest.raises(ValueError, match="unknown transform"):
         q.TransformSpec(transform="log")
-    assert q.calendar_period("360_day") == 360 and q.calendar_period("noleap") == 365
-    assert q.calendar_period("proleptic_gregorian") == 366
+    with pytest.raises(ValueError, match="unknown time step 'weekly'"):
+        q.TransformSpec(time_step="weekly")

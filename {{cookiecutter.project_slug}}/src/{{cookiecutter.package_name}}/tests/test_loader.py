@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+import zarr
 
 from ..config import Config
 from ..remote import ChecksumError, MissingChunkError, RemoteReadError
-from ..store_format import gather_windows, window_ends
+from ..store_format import SPLIT_GAP, gather_windows, window_ends
 from ..train.cache import make_cache
 from ..train.loader import LoaderError, Series, StoreSource, WindowLoader, make_loader, open_series
 from .faultserver import FaultServer
@@ -30,7 +31,7 @@ def cfg(tiny_config: Config) -> Config:
     return tiny_config.override(
         {
             "etl.time_lookback": LOOKBACK,
-            "etl.split_gap_days": LOOKBACK,
+            "etl.split_gap": LOOKBACK,
             "train.batch_size": BATCH,
             "train.timeout_s": 1.0,
             "train.retry_budget_s": 1.5,
@@ -219,6 +220,21 @@ def test_stalled_chunk_fails_within_the_timeout(cfg: Config, server: FaultServer
 def test_a_lookback_longer_than_the_split_gap_is_refused(cfg: Config, series: Series) -> None:
     with pytest.raises(LoaderError, match="split gap"):
         WindowLoader(series, "train", lookback=LOOKBACK + 1)
+
+
+@pytest.mark.filterwarnings("ignore:Object at manifest.json is not recognized")  # consolidating by hand
+def test_a_store_of_an_older_etl_is_refused_with_what_to_do(cfg: Config, tmp_path: Path) -> None:
+    x, y = indexed_series(N_CELLS, N_TIME)
+    path = write_series_store(
+        tmp_path / "old", x, y, dataset_name=cfg.study.dataset_name, lookback=LOOKBACK, chunk_cells=CHUNK
+    )
+    group = zarr.open_group(path, mode="r+")
+    attrs = dict(group.attrs)
+    attrs["split_gap_days"] = attrs.pop(SPLIT_GAP)  # the attribute's name before time steps
+    group.attrs.put(attrs)
+    zarr.consolidate_metadata(path)
+    with FaultServer(tmp_path / "old") as server, pytest.raises(LoaderError, match=r"older ETL.*--overwrite"):
+        open_series(cfg, url=server.url, progress=False)
 
 
 def test_caches_are_size_capped_and_verified(tmp_path: Path) -> None:

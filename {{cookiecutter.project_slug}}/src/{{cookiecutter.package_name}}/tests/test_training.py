@@ -5,20 +5,23 @@ labels shifted by a month (a misalignment) leave the model no better than the ba
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from ..config import Config
 from ..etl.categories import MISSING
 from ..etl.pipeline import run_etl
-from ..synthetic import SyntheticSize, training_days
+from ..store_format import blocks_from_attrs, valid_pairs, window_ends
+from ..synthetic import SIZES, SyntheticSize, training_steps
 from ..train.loop import TrainError, class_weights, train
 from ..train.model import build_model
-from .etl_support import tiny_datasets, write_inputs
+from .etl_support import open_store, tiny_datasets, write_inputs
 from .faultserver import FaultServer
 from .stores import learnable_series, write_series_store
 
@@ -119,10 +122,10 @@ def test_labels_shifted_by_a_month_leave_no_skill(tiny_config: Config, tmp_path:
     )
     size = SyntheticSize(ny=3, nx=4, years=6)
     etl = cfg.etl
-    days = training_days(
-        size, "standard", lookback=etl.time_lookback, gap=etl.split_gap_days, fractions=etl.split_fractions
+    days = training_steps(
+        size, "standard", lookback=etl.time_lookback, gap=etl.split_gap, fractions=etl.split_fractions
     )
-    model, reference = tiny_datasets(cfg, size=size, train_days=days)
+    model, reference = tiny_datasets(cfg, size=size, train_steps=days)
     summaries = {}
     for name, shift in (("aligned", 0), ("shifted", 30)):
         case = cfg.override(
@@ -149,6 +152,48 @@ def test_labels_shifted_by_a_month_leave_no_skill(tiny_config: Config, tmp_path:
         shifted["baselines"],
     )
     assert shifted["test"]["macro_f1"] < aligned["test"]["macro_f1"] / 2
+
+
+def test_a_monthly_study_runs_from_the_etl_through_the_loader_to_training(
+    tiny_config: Config, tmp_path: Path, caplog
+) -> None:
+    """The monthly synthetic preset, stamped mid-month at 12:00 as CMIP6 Amon output is, through the
+    ETL (lookback, gap and season window in months), the store, the loader and two epochs."""
+    lookback = 6
+    cfg = tiny_config.override(
+        {
+            "etl.time_step": "monthly",
+            "etl.time_lookback": lookback,
+            "etl.split_gap": lookback,
+            "etl.season_window": 1,
+            "train.batch_size": 64,
+            "train.hidden_size": 16,
+            "train.learning_rate": 0.01,
+        }
+    )
+    size, etl = SIZES["monthly"], cfg.etl
+    steps = training_steps(size, "standard", lookback=lookback, gap=lookback, fractions=etl.split_fractions)
+    model, reference = tiny_datasets(cfg, size=size, train_steps=steps)
+    mid_month = model.indexes["time"] + pd.Timedelta(days=15, hours=12)
+    write_inputs(cfg, model.assign_coords(time=mid_month), reference)
+    with caplog.at_level(logging.INFO):
+        run_etl(cfg)
+    assert "monthly time stamps (e.g. 2000-01-16 12:00) set to the first of their month" in caplog.text
+    assert "usable 6-month windows" in caplog.text
+    store = open_store(cfg)
+    assert store.attrs["time_step"] == "monthly" and store.attrs["season_period"] == 12
+    assert store.sizes["time"] == 480 and (store.indexes["time"].day == 1).all()
+    blocks = blocks_from_attrs(store.attrs)
+    labels, complete = store["category"].values, store["complete"].values
+    with FaultServer(cfg.path(cfg.data.zarr_dir)) as server:
+        summary = train(cfg, url=server.url, epochs=2, out_dir=tmp_path / "out", progress=False)
+    expected = {
+        s: len(valid_pairs(labels, complete, window_ends(b, lookback), lookback)) for s, b in blocks.items()
+    }
+    assert summary["train_samples"] == expected["train"] and summary["test"]["samples"] == expected["test"]
+    losses = [h["train_loss"] for h in summary["history"]]
+    assert losses[-1] < losses[0], losses
+    assert summary["test"]["macro_f1"] > summary["baselines"]["majority"]["macro_f1"], summary["baselines"]
 
 
 def test_class_weights_favour_rare_classes() -> None:

@@ -45,7 +45,16 @@ from tqdm.auto import tqdm
 
 from ..errors import StudyError
 from ..remote import Credentials, RemoteStore, connect, credentials_from, resolve_base_url, store_url
-from ..store_format import COMPLETE, LABELS, SPLITS, blocks_from_attrs, valid_pairs, window_ends, window_rows
+from ..store_format import (
+    COMPLETE,
+    LABELS,
+    SPLIT_GAP,
+    SPLITS,
+    blocks_from_attrs,
+    valid_pairs,
+    window_ends,
+    window_rows,
+)
 from .cache import make_cache
 
 if TYPE_CHECKING:
@@ -190,8 +199,13 @@ class Series:
             self.n_cells, self.n_time, self.n_features = (int(s) for s in self._x.shape)
             self.chunk_cells = int(self._x.chunks[0])
             self.attrs = dict(group.attrs)
+            if SPLIT_GAP not in self.attrs:
+                raise LoaderError(
+                    f"{self.remote.url} has no {SPLIT_GAP!r} attribute: it was written by an older ETL; "
+                    "re-run the ETL (etl --overwrite) on the lab machine"
+                )
             self.blocks = blocks_from_attrs(self.attrs)
-            self.gap = int(self.attrs["split_gap_days"])
+            self.gap = int(self.attrs[SPLIT_GAP])
             self.lookback = int(self.attrs["time_lookback"])
             self.features = [str(f) for f in self.attrs["features"]]
             self.labels = np.asarray(group[LABELS][:])  # (cells, T) int8 codes
@@ -231,8 +245,8 @@ class Series:
             raise LoaderError(f"unknown split {split!r}; the store has {', '.join(self.blocks)}")
         if lookback > self.gap:
             raise LoaderError(
-                f"a lookback of {lookback} days is longer than the store's split gap ({self.gap} days): "
-                "windows would reach into another split; re-run the ETL with a larger etl.split_gap_days"
+                f"a lookback of {lookback} steps is longer than the store's split gap ({self.gap} steps): "
+                "windows would reach into another split; re-run the ETL with a larger etl.split_gap"
             )
         ends = window_ends(self.blocks[split], lookback, stride)
         return valid_pairs(self.labels, self.complete, ends, lookback)
@@ -324,7 +338,7 @@ class WindowLoader:
         self.stats = LoaderStats()
         self.pairs = series.pairs(split, self.lookback, stride)
         if not len(self.pairs):
-            raise LoaderError(f"the {split} split has no usable window of {self.lookback} days")
+            raise LoaderError(f"the {split} split has no usable window of {self.lookback} steps")
 
     # -- sizes -------------------------------------------------------------------------------
     def _chunk_of_pairs(self) -> np.ndarray:
