@@ -6,8 +6,10 @@ Checked: the ranks' shares of each epoch are disjoint and cover it, in a new ord
 an uneven split (one rank runs a batch more) leaves both ranks with identical weights; only
 rank 0 prints and writes; its metrics are finite; a fresh run with the same seed repeats the
 first epoch exactly and a resumed run ends where the uninterrupted one did; a checkpoint of 2
-ranks is refused, with a clear message, by a single-process run.
-Cost: about 40 s of CPU (4 launches of 2 ranks, most of it importing torch; OMP_NUM_THREADS=1).
+ranks is refused, with a clear message, by a single-process run; without torchrun's variables
+everything is one process, and half of them is a clear error.
+Cost: about 90 s of CPU (4 launches of torchrun and 2 ranks, most of it each process importing
+torch and scikit-learn), about 50 s on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import torch
 
 from ..config import Config, load_config
 from ..store_format import window_ends
-from ..train.distributed import weights_digest
+from ..train.distributed import DistributedError, rank_device, start, state_digest
 from ..train.loader import open_series
+from ..train.loop import TrainError, train
 from .conftest import study_toml
 from .faultserver import FaultServer
 from .stores import indexed_series, learnable_series, write_series_store
@@ -110,25 +113,23 @@ def test_ranks_draw_disjoint_shares_covering_each_epoch(config: Path, tmp_path: 
 def test_torchrun_trains_in_step_reproducibly_and_resumes(
     config: Path, learnable_url: str, tmp_path: Path
 ) -> None:
-    def train(out: str, epochs: int) -> tuple[dict, subprocess.CompletedProcess[str]]:
+    def train_ranks(out: str, epochs: int) -> tuple[dict, str]:
         cli = ("-m", PACKAGE, "--config", config, "train", "--url", learnable_url, "--out", tmp_path / out)
         done = torchrun(*cli, "--epochs", epochs, cwd=tmp_path)
-        return json.loads((tmp_path / out / "summary.json").read_text()), done
+        return json.loads((tmp_path / out / "summary.json").read_text()), done.stdout
 
-    first, done = train("full", 2)
-    assert done.stdout.count("epoch 1/2:") == 1 and done.stdout.count("test: accuracy") == 1, (
-        "rank 0 alone speaks"
-    )
-    ranks = first["ranks"]
-    assert ranks["world_size"] == RANKS and ranks["backend"] == "gloo" and ranks["threads_per_rank"] == 1
+    first, printed = train_ranks("full", 2)
+    assert printed.count("epoch 1/2:") == 1 and printed.count("test: accuracy") == 1, "rank 0 alone prints"
+    group = first["ranks"]
+    assert group["world_size"] == RANKS and group["backend"] == "gloo" and group["threads_per_rank"] == 1
     last = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
-    assert ranks["weights_sha256"] == [weights_digest(last["model"])] * RANKS, (
-        "both ranks hold rank 0's weights"
+    assert group["state_sha256"] == [state_digest(last["model"], last["optimizer"])] * RANKS, (
+        "both ranks end with rank 0's weights and optimizer state"
     )
     assert last["world_size"] == RANKS and len(last["rank_torch_rng"]) == RANKS
     for epoch in first["loader"]:
         assert epoch["rank_samples"] == SHARES and sum(SHARES) == first["train_samples"]
-        assert epoch["realigned"], "rank 0 ran one batch more"
+        assert epoch["realigned"], "rank 0 ran one batch more, then both were realigned"
     for entry in first["history"]:
         assert all(
             math.isfinite(entry[k]) for k in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")
@@ -140,17 +141,30 @@ def test_torchrun_trains_in_step_reproducibly_and_resumes(
         assert (tmp_path / "full" / name).stat().st_size > 0, name
     assert any((tmp_path / "chunk-cache").rglob("*")), "the ranks filled their shared chunk cache"
 
-    partial, _ = train("resumed", 1)
+    partial, _ = train_ranks("resumed", 1)
     assert partial["history"] == first["history"][:1], "the same seed gives the same first epoch"
-    resumed, done = train("resumed", 2)
-    assert "resuming from" in done.stdout and len(resumed["loader"]) == 1
+    resumed, printed = train_ranks("resumed", 2)
+    assert "resuming from" in printed and len(resumed["loader"]) == 1
     assert {k: resumed[k] for k in REPRODUCIBLE} == {k: first[k] for k in REPRODUCIBLE}
 
-    single = [sys.executable, "-m", PACKAGE, "--config", config, "train", "--url", learnable_url]
-    alone = subprocess.run(
-        [*map(str, single), "--out", str(tmp_path / "resumed"), "--epochs", "3"],
-        capture_output=True,
-        text=True,
-        timeout=LAUNCH_TIMEOUT_S,
+    with pytest.raises(TrainError, match=r"written by a run of 2 process\(es\) and this run has 1"):
+        train(load_config(config), url=learnable_url, epochs=3, out_dir=tmp_path / "resumed", progress=False)
+
+
+def test_without_torchrun_one_process_and_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    alone = start("cpu")
+    assert (alone.rank, alone.world_size, alone.device, alone.distributed) == (
+        0,
+        1,
+        torch.device("cpu"),
+        False,
     )
-    assert alone.returncode == 2 and "written by a run of 2 process(es)" in alone.stderr, alone.stderr
+    assert alone.sum([torch.tensor(1.5, dtype=torch.float64), 2]) == [1.5, 2.0]
+    assert alone.gather("x") == ["x"] and alone.broadcast("x") == "x"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(DistributedError, match="start distributed training with torchrun"):
+        start("cpu")
+    with pytest.raises(DistributedError, match="cuda:LOCAL_RANK"):
+        rank_device("cuda:1", local_rank=0)

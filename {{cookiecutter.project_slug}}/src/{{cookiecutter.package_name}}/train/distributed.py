@@ -80,12 +80,26 @@ def rank_device(preferred: str | None, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of a state dict's names and tensor bytes: equal digests, identical weights."""
+def state_digest(model_state: Mapping[str, torch.Tensor], optimizer_state: Mapping[str, Any]) -> str:
+    """sha256 of a model's and its optimizer's state dicts: equal digests, ranks in step.
+
+    The optimizer's state is included because DDP re-syncs the weights at the end of every Join,
+    which hides ranks whose Adam moments drifted apart (they step differently within an epoch).
+    """
     digest = hashlib.sha256()
-    for name, tensor in state.items():
+
+    def add(name: str, value: Any) -> None:
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        if isinstance(value, torch.Tensor):
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            digest.update(repr(value).encode())
+
+    for name, tensor in model_state.items():
+        add(name, tensor)
+    for index, values in sorted(optimizer_state["state"].items()):
+        for name, value in sorted(values.items()):
+            add(f"optimizer.{index}.{name}", value)
     return digest.hexdigest()
 
 

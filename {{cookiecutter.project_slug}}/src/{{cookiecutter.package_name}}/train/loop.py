@@ -52,7 +52,7 @@ from ..atomic import atomic_write, write_text
 from ..errors import StudyError
 from ..etl.categories import CATEGORIES, N_CLASSES
 from .baselines import FIT_SAMPLES, baselines, scores, window_means
-from .distributed import Ranks, start, uneven_inputs, weights_digest
+from .distributed import Ranks, start, state_digest, uneven_inputs
 from .loader import LoaderStats, Series, make_loader, open_series
 from .model import build_model
 
@@ -438,7 +438,7 @@ def _train(
                     f"{val_loss}): training diverged; lower train.learning_rate and start over"
                 )
             codes = gather_codes(ranks, validated)
-            peers = ranks.gather(_rank_report(ranks, net, stats)) if ranks.distributed else None
+            peers = ranks.gather(_rank_report(net, optimizer, stats)) if ranks.distributed else None
             if codes is not None:  # rank 0: metrics, decisions, files
                 metrics = scores(*codes)
                 state["history"].append(
@@ -452,7 +452,7 @@ def _train(
                 )
                 epoch_stats: dict[str, Any] = {"epoch": epoch + 1, **stats.as_dict()}
                 if peers is not None:
-                    digests = _weights_in_step(peers, epoch + 1)
+                    digests = _in_step(peers, epoch + 1)
                     epoch_stats.update(rank_samples=[p["samples"] for p in peers], realigned=realigned)
                 loader_stats.append({**epoch_stats, "epoch_s": time.perf_counter() - started})
                 improved = val_loss < state["best_val_loss"] - 1e-6
@@ -496,7 +496,7 @@ def _train(
     summary = {
         "device": str(dev),
         "mixed_precision": dev.type == "cuda",
-        "ranks": {**ranks.describe(), **({"weights_sha256": digests} if digests else {})},
+        "ranks": {**ranks.describe(), **({"state_sha256": digests} if digests else {})},
         "settings": settings,
         "epochs_requested": epochs,
         "epochs_run": state["epoch"],
@@ -518,22 +518,22 @@ def _train(
     return summary
 
 
-def _rank_report(ranks: Ranks, net: nn.Module, stats: LoaderStats) -> dict[str, Any]:
+def _rank_report(net: nn.Module, optimizer: torch.optim.Optimizer, stats: LoaderStats) -> dict[str, Any]:
     """What rank 0 gathers from each rank after an epoch: its RNG state (for the checkpoint),
-    the windows it trained on, and a digest of its weights."""
+    the windows it trained on, and a digest of its weights and optimizer state."""
     return {
         "rng": torch.get_rng_state(),
         "samples": stats.samples,
-        "weights": weights_digest(net.state_dict()),
+        "state": state_digest(net.state_dict(), optimizer.state_dict()),
     }
 
 
-def _weights_in_step(peers: list[dict[str, Any]], epoch: int) -> list[str]:
-    """The ranks' weight digests; a TrainError if they differ (the ranks drifted apart: a bug)."""
-    digests = [p["weights"] for p in peers]
+def _in_step(peers: list[dict[str, Any]], epoch: int) -> list[str]:
+    """The ranks' state digests; a TrainError if they differ (the ranks drifted apart: a bug)."""
+    digests = [p["state"] for p in peers]
     if len(set(digests)) > 1:
         raise TrainError(
-            f"after epoch {epoch} the ranks hold different weights (sha256 "
+            f"after epoch {epoch} the ranks hold different weights or optimizer states (sha256 "
             f"{', '.join(d[:12] for d in digests)}): the data-parallel steps went out of step; "
             "please report this with the command that ran"
         )
