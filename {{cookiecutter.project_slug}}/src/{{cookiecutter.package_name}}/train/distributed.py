@@ -17,7 +17,13 @@ Why these choices:
   gradient all-reduces matched (a rank that ran out contributes zero gradients, averaged over
   all N). Join does not step the optimizer of a rank that ran out, so after such an epoch
   `realign` copies the weights, optimizer and gradient-scaler state of a rank that ran the
-  most steps to the others: every rank starts the next epoch identical;
+  most steps to the others: every rank starts the next epoch identical. After every epoch
+  rank 0 compares digests of each rank's weights and optimizer state (`state_digest`) and
+  stops the run if they differ;
+* **data**: each rank fetches the whole series itself onto its own device (the store is
+  bounded by `train.resident_max_mb` per rank, 4096 MB by default); ranks on one machine may
+  share the disk chunk cache folder, whose files are written under temporary names and
+  renamed (`atomic.atomic_write`) and verified when read;
 * **evaluation**: each rank evaluates its own share of a split with the plain module (no DDP,
   so no collectives in the pass); the loss sums are all-reduced and the true and predicted
   codes (2 bytes per window) gathered on rank 0, so the metrics are those of one process
@@ -71,7 +77,9 @@ def rank_device(preferred: str | None, local_rank: int) -> torch.device:
         return torch.device("cpu")
     if kind != "cuda":
         raise DistributedError(f"distributed training runs on 'cuda' (NCCL) or 'cpu' (gloo), not {kind!r}")
-    available = torch.cuda.device_count()
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available == 0:
+        raise DistributedError("the device 'cuda' was asked for, but this machine has no usable GPU")
     if local_rank >= available:
         raise DistributedError(
             f"torchrun started more processes on this node than it has GPUs (local rank {local_rank}, "
@@ -250,4 +258,6 @@ def start(preferred: str | None = None) -> Ranks:
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     elif dist.get_world_size() != world_size or dist.get_rank() != rank:
         raise DistributedError("a process group is already running with another rank or size than torchrun's")
+    else:  # the caller's own group (e.g. a notebook that set one up): used as it is, left running
+        backend = str(dist.get_backend())
     return Ranks(device=device, rank=rank, world_size=world_size, backend=backend, owns_group=owns)
