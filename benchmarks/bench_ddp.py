@@ -35,17 +35,7 @@ import time
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parents[1]
-
-
-def package_of(study: Path) -> str:
-    (package,) = [p.parent.name for p in (study / "src").glob("*/cli.py")]
-    return package
-
-
-def bake(where: Path) -> Path:
-    from cookiecutter.main import cookiecutter
-
-    return Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(where)))
+sys.path[:0] = [str(TEMPLATE / "scripts")]
 
 
 def cpu_seconds_of_children() -> float:
@@ -84,11 +74,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=1, help="launches of each configuration (medians)")
     ns = parser.parse_args()
+    from bakery import bake
+    from servers import study_package
 
     with tempfile.TemporaryDirectory(prefix="bench_ddp_") as tmp:
         work = Path(tmp)
         study = ns.study.resolve() if ns.study else bake(work / "bake")
-        package = package_of(study)
+        package = study_package(study)
         sys.path.insert(0, str(study / "src"))
         conftest = __import__(f"{package}.tests.conftest", fromlist=["study_toml"])
         stores = __import__(f"{package}.tests.stores", fromlist=["learnable_series"])
