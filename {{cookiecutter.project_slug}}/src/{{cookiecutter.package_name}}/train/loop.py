@@ -19,10 +19,19 @@ Determinism: on CPU the same seed gives the same metrics (seeded weights, seeded
 order of each epoch's windows, RNG state saved in checkpoints, so a resumed run
 matches an uninterrupted one). On CUDA, mixed precision and cuDNN kernels make
 results close but not bit-identical.
+
+Under `torchrun` (`train.distributed`) every rank runs this same function: each
+trains DistributedDataParallel on its own share of every epoch's windows and
+evaluates its share of each split; the loss sums are all-reduced and rank 0, which
+gathers the predicted codes, computes the metrics, decides early stopping for all
+(its loop state is broadcast), and alone prints and writes checkpoints and results.
+`train.batch_size` is per rank: an optimizer step sees `world_size` times as many
+windows. A resumed run must have the world size of the run that wrote the checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -30,6 +39,7 @@ import os
 import random
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +52,7 @@ from ..atomic import atomic_write, write_text
 from ..errors import StudyError
 from ..etl.categories import CATEGORIES, N_CLASSES
 from .baselines import FIT_SAMPLES, baselines, scores, window_means
+from .distributed import Ranks, start, state_digest, uneven_inputs
 from .loader import LoaderStats, Series, make_loader, open_series
 from .model import build_model
 
@@ -53,13 +64,6 @@ CHECKPOINT_VERSION = 2  # 2: windows cut on read from the series store
 
 class TrainError(StudyError):
     """Training cannot start or continue (e.g. an incompatible checkpoint)."""
-
-
-def select_device(preferred: str | None = None) -> torch.device:
-    """`preferred` if given, else CUDA when available, else CPU."""
-    if preferred:
-        return torch.device(preferred)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
@@ -85,6 +89,17 @@ def class_weights(labels: np.ndarray, mode: str, n_classes: int = N_CLASSES) -> 
     return torch.tensor(weights, dtype=torch.float32)
 
 
+@dataclass
+class Pass:
+    """One rank's tallies of one pass over its share of a split: what is combined across ranks."""
+
+    loss_sum: torch.Tensor  # float64, on the device: summed over windows
+    count: int  # windows
+    batches: int  # optimizer steps when training
+    y_true: np.ndarray  # int8 codes (evaluation only; empty when training)
+    y_pred: np.ndarray
+
+
 def run_epoch(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -92,21 +107,22 @@ def run_epoch(
     device: torch.device,
     optimizer: torch.optim.Optimizer | None = None,
     scaler: torch.amp.GradScaler | None = None,
-) -> tuple[float, np.ndarray, np.ndarray]:
+) -> Pass:
     """One pass: trains when an optimizer is given, else evaluates.
 
-    Returns the mean loss, and (when evaluating) the true and predicted codes of
-    every window (empty arrays when training). Nothing is read back from the
-    device until the pass is over.
+    Returns the summed loss and (when evaluating) the true and predicted codes of
+    every window. Nothing is read back from the device until the pass is over. A
+    DDP model trains under Join: ranks may run different numbers of batches.
     """
     training = optimizer is not None
     model.train(training)
     amp = device.type == "cuda"
     total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
+    count = steps = 0
     y_true: list[torch.Tensor] = []
     y_pred: list[torch.Tensor] = []
-    with torch.set_grad_enabled(training):
+    joined = uneven_inputs(model) if training else contextlib.nullcontext()
+    with torch.set_grad_enabled(training), joined:
         for xb, yb in batches:
             xb = xb.to(device, non_blocking=True)
             yb = yb.to(device, non_blocking=True)
@@ -127,12 +143,26 @@ def run_epoch(
                 y_pred.append(logits.argmax(dim=1).to(torch.int8))
             total += loss.detach() * len(yb)
             count += len(yb)
+            steps += 1
+    if y_true:
+        return Pass(total, count, steps, torch.cat(y_true).cpu().numpy(), torch.cat(y_pred).cpu().numpy())
+    return Pass(total, count, steps, np.empty(0, np.int8), np.empty(0, np.int8))
+
+
+def mean_loss(ranks: Ranks, done: Pass) -> float:
+    """The mean loss of a pass over every rank's share (the pass's one read from the device)."""
+    total, count = ranks.sum([done.loss_sum, done.count])
     if count == 0:
         raise TrainError("no windows in this split; check the ETL output")
-    mean_loss = float(total) / count  # the pass's one read from the device
-    if y_true:
-        return mean_loss, torch.cat(y_true).cpu().numpy(), torch.cat(y_pred).cpu().numpy()
-    return mean_loss, np.empty(0, np.int8), np.empty(0, np.int8)
+    return total / count
+
+
+def gather_codes(ranks: Ranks, done: Pass) -> tuple[np.ndarray, np.ndarray] | None:
+    """The true and predicted codes of every rank's share, on rank 0 (None on the other ranks)."""
+    shares = ranks.gather((done.y_true, done.y_pred))
+    if shares is None:
+        return None
+    return np.concatenate([t for t, _ in shares]), np.concatenate([p for _, p in shares])
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
@@ -221,7 +251,7 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+def _load_checkpoint(path: Path, settings: dict[str, Any], world_size: int) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -242,16 +272,28 @@ def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
             f"checkpoint {path} was made with other settings {differ} (checkpoint, now); "
             "use another --out folder, or delete the checkpoints to start over"
         )
+    written_by = state.get("world_size", 1)
+    if written_by != world_size:
+        raise TrainError(
+            f"checkpoint {path} was written by a run of {written_by} process(es) and this run has "
+            f"{world_size}: resume with the same number (torchrun --nproc_per_node={written_by}, or plain "
+            "`train` for 1; each rank's share of the windows depends on it), or use another --out folder"
+        )
     return state
 
 
 def _evaluate(
-    cfg: Config, series: Series, split: str, model: nn.Module, loss_fn: nn.Module, device: torch.device,
+    cfg: Config, series: Series, split: str, model: nn.Module, loss_fn: nn.Module, ranks: Ranks,
     progress: bool,
-) -> dict[str, Any]:  # fmt: skip
-    loader = make_loader(cfg, series, split, shuffle=False, progress=progress)
-    loss, y_true, y_pred = run_epoch(model, loader, loss_fn, device)
-    return {"loss": loss, **classification_metrics(y_true, y_pred)}
+) -> dict[str, Any] | None:  # fmt: skip
+    """Loss and metrics of `model` on a whole split, each rank evaluating its share; None off rank 0."""
+    loader = make_loader(
+        cfg, series, split, shuffle=False, progress=progress, rank=ranks.rank, world_size=ranks.world_size
+    )
+    done = run_epoch(model, loader, loss_fn, ranks.device)
+    loss = mean_loss(ranks, done)
+    codes = gather_codes(ranks, done)
+    return None if codes is None else {"loss": loss, **classification_metrics(*codes)}
 
 
 def _baselines(cfg: Config, series: Series, majority: int) -> dict[str, dict[str, Any]]:
@@ -275,43 +317,86 @@ def train(
     resume: bool = True,
     device: str | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Train the model on the served `train` split, validate on `valid`, report on `test`.
 
     `url` is the data server's base URL (default $DATA_URL, then study.toml);
     credentials come from the arguments or $DATA_TOKEN / $DATA_USER+$DATA_PASSWORD.
     `epochs` is the total number of epochs (default `train.epochs`); with
     `resume`, an existing `checkpoints/last.pt` in `out_dir` is continued.
-    Returns the summary also written to `out_dir/summary.json`.
+    `device` ('cuda' or 'cpu') defaults to CUDA when available.
+    Returns the summary also written to `out_dir/summary.json`; under torchrun
+    rank 0 returns it and the other ranks return None.
     """
     t = cfg.train
     epochs = epochs if epochs is not None else t.epochs
     if epochs < 1:
         raise TrainError(f"epochs must be at least 1, got {epochs}")
     out = Path(out_dir) if out_dir is not None else cfg.path(t.out_dir)
+    ranks = start(device)
+    try:
+        return _train(
+            cfg,
+            ranks,
+            url=url,
+            epochs=epochs,
+            out=out,
+            token=token,
+            user=user,
+            password=password,
+            resume=resume,
+            progress=progress and ranks.is_main,
+        )
+    finally:
+        ranks.stop()
+
+
+def _quiet(message: str) -> None:
+    """What ranks other than 0 print: nothing (rank 0 speaks for the group)."""
+
+
+def _train(
+    cfg: Config,
+    ranks: Ranks,
+    *,
+    url: str | None,
+    epochs: int,
+    out: Path,
+    token: str | None,
+    user: str | None,
+    password: str | None,
+    resume: bool,
+    progress: bool,
+) -> dict[str, Any] | None:
+    """`train` in one rank of `ranks` (the only one without torchrun)."""
+    t = cfg.train
+    dev = ranks.device
+    say = tqdm.write if ranks.is_main else _quiet
     ckpt_dir = out / "checkpoints"
-    dev = select_device(device)
     seed_everything(t.seed, deterministic=dev.type == "cpu")
 
     series = open_series(
         cfg, url=url, token=token, user=user, password=password, device=dev, progress=progress
     )
     try:
-        train_loader = make_loader(cfg, series, "train", progress=progress)
-        valid_loader = make_loader(cfg, series, "valid", shuffle=False, progress=progress)
+        share = {"rank": ranks.rank, "world_size": ranks.world_size}
+        train_loader = make_loader(cfg, series, "train", progress=progress, **share)
+        valid_loader = make_loader(cfg, series, "valid", shuffle=False, progress=progress, **share)
         settings = _model_settings(cfg, series.n_features)
         train_labels = train_loader.labels()
         weights = class_weights(train_labels, t.class_weights)
         majority = int(np.bincount(train_labels, minlength=N_CLASSES).argmax())
 
-        model = build_model(
+        net = build_model(
             series.n_features,
             N_CLASSES,
             hidden_size=t.hidden_size,
             num_layers=t.num_layers,
             dropout=t.dropout,
         ).to(dev)
-        optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
+        if ranks.distributed:  # the same initial weights everywhere, then each rank its own dropout masks
+            torch.manual_seed(ranks.rank_seed(t.seed))
+        optimizer = torch.optim.Adam(net.parameters(), lr=t.learning_rate)
         scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
         loss_fn = nn.CrossEntropyLoss(weight=weights.to(dev))
 
@@ -320,75 +405,90 @@ def train(
             "stopped_early": False,
         }  # fmt: skip
         last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-        if resume and last.exists():
-            saved = _load_checkpoint(last, settings)
-            model.load_state_dict(saved["model"])
+        if ranks.broadcast(resume and last.exists()):  # rank 0 decides; every rank loads
+            saved = _load_checkpoint(last, settings, ranks.world_size)
+            net.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scaler.load_state_dict(saved["scaler"])
-            torch.set_rng_state(saved["torch_rng"])
+            torch.set_rng_state(
+                saved["rank_torch_rng"][ranks.rank] if ranks.distributed else saved["torch_rng"]
+            )
             state = saved["progress"]
-            tqdm.write(f"resuming from {last} after epoch {state['epoch']}")
-        else:
+            say(f"resuming from {last} after epoch {state['epoch']}")
+        elif ranks.is_main:
             best.unlink(missing_ok=True)  # never evaluate a best model of an earlier run
+        model = ranks.wrap(net)  # under torchrun: DDP, gradients averaged over the ranks
         train_loader.set_epoch(state["epoch"])
 
-        loader_stats: list[dict[str, float]] = []
+        loader_stats: list[dict[str, Any]] = []
+        digests: list[str] = []
         while state["epoch"] < epochs and not state["stopped_early"]:
             epoch = state["epoch"]
             started = time.perf_counter()
             train_loader.desc = f"train {epoch + 1}/{epochs}"
-            train_loss, _, _ = run_epoch(model, train_loader, loss_fn, dev, optimizer, scaler)
+            trained = run_epoch(model, train_loader, loss_fn, dev, optimizer, scaler)
             stats: LoaderStats = train_loader.stats
+            realigned = ranks.realign(net, optimizer, scaler, trained.batches)
             valid_loader.desc = f"valid {epoch + 1}/{epochs}"
-            val_loss, y_true, y_pred = run_epoch(model, valid_loader, loss_fn, dev)
+            validated = run_epoch(net, valid_loader, loss_fn, dev)
+            train_loss, val_loss = mean_loss(ranks, trained), mean_loss(ranks, validated)
             if not math.isfinite(val_loss) or not math.isfinite(train_loss):
                 raise TrainError(
                     f"the loss is not finite in epoch {epoch + 1} (train {train_loss}, validation "
                     f"{val_loss}): training diverged; lower train.learning_rate and start over"
                 )
-            metrics = scores(y_true, y_pred)
-            state["history"].append(
-                {
-                    "epoch": epoch + 1,
-                    "train_loss": train_loss,
-                    "val_loss": val_loss,
-                    "val_accuracy": metrics["accuracy"],
-                    "val_macro_f1": metrics["macro_f1"],
-                }
-            )
-            loader_stats.append(
-                {"epoch": epoch + 1, **stats.as_dict(), "epoch_s": time.perf_counter() - started}
-            )
-            improved = val_loss < state["best_val_loss"] - 1e-6
-            if improved:
-                state.update(best_val_loss=val_loss, best_epoch=epoch + 1, bad_epochs=0)
-                _save_checkpoint(best, {"model": model.state_dict(), "settings": settings})
-            else:
-                state["bad_epochs"] += 1
-            state["epoch"] = epoch + 1
-            state["stopped_early"] = state["bad_epochs"] >= t.patience
-            _save_checkpoint(
-                last,
-                {
+            codes = gather_codes(ranks, validated)
+            peers = ranks.gather(_rank_report(net, optimizer, stats)) if ranks.distributed else None
+            if codes is not None:  # rank 0: metrics, decisions, files
+                metrics = scores(*codes)
+                state["history"].append(
+                    {
+                        "epoch": epoch + 1,
+                        "train_loss": train_loss,
+                        "val_loss": val_loss,
+                        "val_accuracy": metrics["accuracy"],
+                        "val_macro_f1": metrics["macro_f1"],
+                    }
+                )
+                epoch_stats: dict[str, Any] = {"epoch": epoch + 1, **stats.as_dict()}
+                if peers is not None:
+                    digests = _in_step(peers, epoch + 1)
+                    epoch_stats.update(rank_samples=[p["samples"] for p in peers], realigned=realigned)
+                loader_stats.append({**epoch_stats, "epoch_s": time.perf_counter() - started})
+                improved = val_loss < state["best_val_loss"] - 1e-6
+                if improved:
+                    state.update(best_val_loss=val_loss, best_epoch=epoch + 1, bad_epochs=0)
+                    _save_checkpoint(best, {"model": net.state_dict(), "settings": settings})
+                else:
+                    state["bad_epochs"] += 1
+                state["epoch"] = epoch + 1
+                state["stopped_early"] = state["bad_epochs"] >= t.patience
+                checkpoint = {
                     "version": CHECKPOINT_VERSION,
                     "settings": settings,
-                    "model": model.state_dict(),
+                    "model": net.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                     "progress": state,
-                },
-            )
-            tqdm.write(
-                f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-                f"val accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
-                f"{' (best)' if improved else ''} | loader: {stats}"
-            )
-            if state["stopped_early"]:
-                tqdm.write(f"early stopping: no validation improvement for {t.patience} epochs")
+                    "world_size": ranks.world_size,
+                }
+                if peers is not None:
+                    checkpoint["rank_torch_rng"] = [p["rng"] for p in peers]
+                _save_checkpoint(last, checkpoint)
+                say(
+                    f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                    f"val accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
+                    f"{' (best)' if improved else ''} | loader: {stats}"
+                )
+                if state["stopped_early"]:
+                    say(f"early stopping: no validation improvement for {t.patience} epochs")
+            state = ranks.broadcast(state)  # every rank goes on, or stops, with rank 0
 
-        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
-        results = {s: _evaluate(cfg, series, s, model, loss_fn, dev, progress) for s in ("valid", "test")}
+        net.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
+        results = {s: _evaluate(cfg, series, s, net, loss_fn, ranks, progress) for s in ("valid", "test")}
+        if not ranks.is_main:
+            return None
         reference = _baselines(cfg, series, majority)
     finally:
         series.close()
@@ -396,6 +496,7 @@ def train(
     summary = {
         "device": str(dev),
         "mixed_precision": dev.type == "cuda",
+        "ranks": {**ranks.describe(), **({"state_sha256": digests} if digests else {})},
         "settings": settings,
         "epochs_requested": epochs,
         "epochs_run": state["epoch"],
@@ -410,11 +511,33 @@ def train(
         "baselines": reference,
     }
     write_results(out, summary, results)
-    tqdm.write(
+    say(
         f"test: accuracy {summary['test']['accuracy']:.3f}, macro-F1 {summary['test']['macro_f1']:.3f} | "
         + " | ".join(f"{name} {b['accuracy']:.3f}, {b['macro_f1']:.3f}" for name, b in reference.items())
     )
     return summary
+
+
+def _rank_report(net: nn.Module, optimizer: torch.optim.Optimizer, stats: LoaderStats) -> dict[str, Any]:
+    """What rank 0 gathers from each rank after an epoch: its RNG state (for the checkpoint),
+    the windows it trained on, and a digest of its weights and optimizer state."""
+    return {
+        "rng": torch.get_rng_state(),
+        "samples": stats.samples,
+        "state": state_digest(net.state_dict(), optimizer.state_dict()),
+    }
+
+
+def _in_step(peers: list[dict[str, Any]], epoch: int) -> list[str]:
+    """The ranks' state digests; a TrainError if they differ (the ranks drifted apart: a bug)."""
+    digests = [p["state"] for p in peers]
+    if len(set(digests)) > 1:
+        raise TrainError(
+            f"after epoch {epoch} the ranks hold different weights or optimizer states (sha256 "
+            f"{', '.join(d[:12] for d in digests)}): the data-parallel steps went out of step; "
+            "please report this with the command that ran"
+        )
+    return digests
 
 
 def _public(metrics: dict[str, Any]) -> dict[str, Any]:
