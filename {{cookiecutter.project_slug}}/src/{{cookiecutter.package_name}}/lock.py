@@ -15,7 +15,6 @@ or use it as constraints of a partial install, as the ETL image does:
 from __future__ import annotations
 
 import importlib.metadata as md
-import os
 import platform
 import re
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
+from .atomic import write_text
 from .errors import StudyError
 
 LOCAL_LABEL = re.compile(r"^(?P<pin>[A-Za-z0-9][A-Za-z0-9._-]*==[^+\s;]+)\+\S+")
@@ -113,7 +113,5 @@ def write_lock(path: Path, root: Path) -> list[str]:
         "# study's dependencies, local labels (+cpu) removed. Reproduce:\n"
         f"#   pip install -r {path.name} && pip install --no-deps -e .\n"
     )
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(header + "".join(f"{pin}\n" for pin in pins), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, header + "".join(f"{pin}\n" for pin in pins))
     return pins

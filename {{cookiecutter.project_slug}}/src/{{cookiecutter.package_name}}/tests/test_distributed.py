@@ -52,7 +52,7 @@ def config(tmp_path: Path) -> Path:
     return study_toml(
         tmp_path / "study.toml",
         time_lookback=LOOKBACK,
-        split_gap_days=LOOKBACK,
+        split_gap=LOOKBACK,
         batch_size=BATCH,
         hidden_size=16,
         learning_rate=0.01,
