@@ -77,9 +77,10 @@ def s3_filesystem(*, asynchronous: bool = False, timeout_s: float = 30.0, retrie
     synchronous one is shared while the AWS variables stay the same, since making a client
     costs a good part of a second (botocore loads its service model).
     """
+    environment = tuple(os.environ.get(name) for name in AWS_ENV)
     if asynchronous:
-        return _make_s3(True, timeout_s, retries)
-    return _shared_s3(timeout_s, retries, tuple(os.environ.get(name) for name in AWS_ENV))
+        return _make_s3(True, timeout_s, retries, session=_aws_session(environment))
+    return _shared_s3(timeout_s, retries, environment)
 
 
 @functools.lru_cache(maxsize=4)
@@ -88,23 +89,44 @@ def _shared_s3(timeout_s: float, retries: int, environment: tuple[str | None, ..
     return _make_s3(False, timeout_s, retries)
 
 
-def _make_s3(asynchronous: bool, timeout_s: float, retries: int) -> Any:
+@functools.lru_cache(maxsize=4)
+def _aws_session(environment: tuple[str | None, ...]) -> Any:
+    """One botocore session per set of AWS variables, shared by the asynchronous filesystems: it
+    keeps the parsed service model (0.5 s of JSON per new session) and the resolved keys."""
+    _require_s3fs()
+    from aiobotocore.session import AioSession
+
+    return AioSession()
+
+
+def _require_s3fs() -> None:
     try:
-        import s3fs
+        import s3fs  # noqa: F401
     except ImportError:
         raise LocationError(
             "reading or writing s3:// stores needs s3fs: pip install s3fs (it is in the study's "
             "etl and train extras)"
         ) from None
+
+
+def _make_s3(asynchronous: bool, timeout_s: float, retries: int, session: Any = None) -> Any:
+    _require_s3fs()
+    import s3fs
+
     for name in ("botocore", "aiobotocore"):  # "Found credentials in environment variables." on every client
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
     fs = s3fs.S3FileSystem(
         asynchronous=asynchronous,
+        session=session,
         skip_instance_cache=True,
         config_kwargs={
             "connect_timeout": timeout_s,
             "read_timeout": timeout_s,
             "retries": {"mode": "standard", "max_attempts": 1},
+            # botocore's own body checksums (CRC32 of every upload and download, in Python) only
+            # when S3 requires them: every chunk is checked against the manifest's CRC32C anyway.
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
         },
     )
     fs.retries = max(1, retries)
