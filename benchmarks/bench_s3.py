@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TEMPLATE / "scripts")]
@@ -39,7 +40,7 @@ def cpu_seconds(pids: list[int]) -> float:
     return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
 
 
-def cold_read(loader, url: str, name: str, in_flight: int, server: list[int]) -> dict[str, float]:  # noqa: ANN001
+def cold_read(loader: Any, url: str, name: str, in_flight: int, server: list[int]) -> dict[str, float]:
     """Open `url` and fetch its whole series once, as the loader's cold epoch does."""
     server0, client0, started = cpu_seconds(server), time.process_time(), time.perf_counter()
     series = loader.Series(loader.StoreSource(url=url, features=name, in_flight=in_flight, cache="none"))

@@ -123,8 +123,8 @@ def _make_s3(asynchronous: bool, timeout_s: float, retries: int, session: Any = 
             "connect_timeout": timeout_s,
             "read_timeout": timeout_s,
             "retries": {"mode": "standard", "max_attempts": 1},
-            # botocore's own body checksums (CRC32 of every upload and download, in Python) only
-            # when S3 requires them: every chunk is checked against the manifest's CRC32C anyway.
+            # botocore's own body checksums (default since 1.36) only where S3 requires them: some
+            # S3-compatible servers reject them, and every chunk is checked against the manifest.
             "request_checksum_calculation": "when_required",
             "response_checksum_validation": "when_required",
         },

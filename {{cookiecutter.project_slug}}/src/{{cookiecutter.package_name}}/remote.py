@@ -255,9 +255,7 @@ class IOLoop:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
 
-def make_filesystem(
-    credentials: Credentials | None = None, *, timeout_s: float = 30.0, url: str = ""
-) -> Any:
+def make_filesystem(credentials: Credentials | None = None, *, timeout_s: float = 30.0, url: str = "") -> Any:
     """An async fsspec filesystem for `url`: HTTP with read/connect timeouts and auth headers,
     or S3 (s3fs) with the same timeouts and its own retries reduced to one attempt.
 

@@ -246,7 +246,9 @@ def write_manifest(where: Where) -> Manifest:
     return manifest
 
 
-def finalize(where: Where, attrs: Mapping[str, Any], group_attrs: Mapping[str, Mapping[str, Any]]) -> Manifest:
+def finalize(
+    where: Where, attrs: Mapping[str, Any], group_attrs: Mapping[str, Mapping[str, Any]]
+) -> Manifest:
     """Set the attributes of the root and of each subgroup, consolidate each level's metadata,
     write the manifest."""
     store = _location(where).zarr_store()

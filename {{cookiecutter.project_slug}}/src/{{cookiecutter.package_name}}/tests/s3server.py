@@ -119,7 +119,7 @@ class SeaweedS3:
             f"-s3.localSocket={self.dir / 's3.sock'}",
             *(f"-{name}={port}" for name, port in self.ports.items()),
         ]
-        log = open(self.dir / "weed.log", "wb")  # noqa: SIM115 (closed in __exit__ via the process)
+        log = open(self.dir / "weed.log", "wb")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
         log.close()
         try:
@@ -143,7 +143,9 @@ class SeaweedS3:
                 return  # 403 without a signature: the S3 gateway is up
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError(f"SeaweedFS did not answer on {self.endpoint} within {START_TIMEOUT_S:g} s:\n{self.log()}")
+        raise RuntimeError(
+            f"SeaweedFS did not answer on {self.endpoint} within {START_TIMEOUT_S:g} s:\n{self.log()}"
+        )
 
     def log(self) -> str:
         path = self.dir / "weed.log"

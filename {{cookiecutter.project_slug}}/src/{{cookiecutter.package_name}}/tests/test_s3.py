@@ -22,12 +22,19 @@ from ..etl.errors import EtlError, StoreExistsError
 from ..etl.pipeline import run_etl
 from ..etl.store import staging
 from ..location import KEY_ENV, SECRET_ENV, StoreLocation, s3_filesystem
-from ..remote import ChecksumError, MissingChunkError, RemoteAuthError, StoreNotFoundError, connect
+from ..remote import (
+    ChecksumError,
+    MissingChunkError,
+    RemoteAuthError,
+    RemoteReadError,
+    StoreNotFoundError,
+    connect,
+)
 from ..store_format import MANIFEST, Manifest
 from ..synthetic import SIZES, write_synthetic
 from ..train.loop import train
 from .conftest import study_toml
-from .s3server import SeaweedS3, weed_binary
+from .s3server import SeaweedS3, free_ports, weed_binary
 from .test_cli import UNWANTED
 
 BUCKET = "study-data"
@@ -191,3 +198,12 @@ def test_the_reader_and_the_etl_refuse_a_wrong_key_at_once(
         connect(full_url=store_url, cfg=etl_config)
     with pytest.raises(EtlError, match="refused access"):
         run_etl(etl_config, overwrite=True)
+
+
+def test_an_unreachable_endpoint_is_retried_within_the_budget(
+    etl_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    with pytest.raises(RemoteReadError, match=r"attempt\(s\) over .*retry_budget_s = 1"):
+        connect(full_url=f"s3://{BUCKET}/study/x.zarr", cfg=etl_config, retry_budget_s=1.0, timeout_s=1.0)
