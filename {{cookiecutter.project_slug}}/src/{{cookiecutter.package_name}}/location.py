@@ -37,7 +37,7 @@ class LocationError(StudyError):
 
 
 def is_s3(location: str) -> bool:
-    """Whether `location` is an `s3://` URL (anything else with a scheme is refused by `check`)."""
+    """Whether `location` is an `s3://` URL (other schemes are refused where a location is read)."""
     return urlsplit(location).scheme == S3
 
 
@@ -53,19 +53,25 @@ def check_s3_url(url: str, origin: str) -> str:
     return url.rstrip("/")
 
 
+def s3_status(exc: BaseException) -> int | None:
+    """The HTTP status of the S3 answer behind an s3fs error, if any: s3fs keeps botocore's
+    ClientError, which holds it, as the cause of the OSError it raises."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def s3_refused(exc: BaseException) -> bool:
     """Whether an s3fs (botocore) error means the keys are missing or were refused (HTTP 401/403)."""
     import botocore.exceptions as boto
 
     if isinstance(exc, PermissionError | boto.NoCredentialsError | boto.PartialCredentialsError):
         return True
-    seen: BaseException | None = exc
-    while seen is not None:  # s3fs keeps botocore's ClientError, and its HTTP status, as the cause
-        response = getattr(seen, "response", None)
-        if isinstance(response, dict):
-            return response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (401, 403)
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return s3_status(exc) in (401, 403)
 
 
 def s3_filesystem(*, asynchronous: bool = False, timeout_s: float = 30.0, retries: int = 5) -> Any:
@@ -172,8 +178,8 @@ class StoreLocation:
     def zarr_store(self, fs: AbstractFileSystem | None = None) -> Any:
         """What zarr and xarray write to: the local path as is, or an FsspecStore over `fs` (s3fs).
 
-        The synchronous s3fs runs on fsspec's own I/O thread and closes its connections when
-        collected; zarr sees it through fsspec's async wrapper.
+        The synchronous s3fs runs on fsspec's own I/O thread and closes its connections itself
+        (at exit, for the shared one); zarr sees it through fsspec's async wrapper.
         """
         if not self.remote:
             return self.url

@@ -64,7 +64,15 @@ from zarr.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore, WrapperStore
 
 from .errors import StudyError
-from .location import CREDENTIALS_HINT, LocationError, check_s3_url, is_s3, s3_filesystem, s3_refused
+from .location import (
+    CREDENTIALS_HINT,
+    LocationError,
+    check_s3_url,
+    is_s3,
+    s3_filesystem,
+    s3_refused,
+    s3_status,
+)
 from .store_format import MANIFEST, Manifest, is_metadata, store_name
 
 if TYPE_CHECKING:
@@ -338,22 +346,11 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _s3_status(exc: BaseException) -> int | None:
-    """The HTTP status of the S3 answer behind an s3fs error (its botocore ClientError), if any."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        response = getattr(seen, "response", None)
-        if isinstance(response, dict):
-            return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def _s3_failure(exc: Exception, where: str) -> RemoteError | None:
     """The error to raise at once for an S3 failure, or None when another attempt may help."""
     import botocore.exceptions as boto
 
-    status = _s3_status(exc)
+    status = s3_status(exc)
     if s3_refused(exc):
         got = f"HTTP {status}" if status else type(exc).__name__
         return RemoteAuthError(f"the object store refused access to {where} ({got}): {CREDENTIALS_HINT}")

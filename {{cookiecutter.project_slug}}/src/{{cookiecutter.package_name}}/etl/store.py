@@ -283,6 +283,7 @@ def store_exists(location: StoreLocation) -> bool:
     if not location.remote:
         return bool(fs.exists(location.path))
     bucket = location.path.split("/", 1)[0]
+    fs.invalidate_cache()  # the filesystem is shared: never answer from an earlier listing
     try:
         fs.ls(bucket, refresh=True)  # one listing: refused keys and a missing bucket show here
         return bool(fs.find(location.path))
