@@ -183,14 +183,14 @@ STORE_URL = f"{{DATA_URL}}/{{cfg.store_name}}"
 print("data server:", DATA_URL)
 print("store:", STORE_URL)
 if DATA_URL.startswith("s3://"):  # an S3-compatible object store: botocore reads the AWS variables
-    CREDENTIALS = {{name: secret(name) for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}
-    os.environ.update({{name: value for name, value in CREDENTIALS.items() if value}})
+    AWS = {{name: secret(name) for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}
+    os.environ.update({{name: value for name, value in AWS.items() if value}})
+    print("credentials:", ", ".join(k for k, v in AWS.items() if v) or "none")
     if importlib.util.find_spec("s3fs") is None:
         install_keeping_runtime("s3fs")  # within Colab's fsspec, like everything else
         importlib.invalidate_caches()
-print("credentials:", ", ".join(k for k, v in CREDENTIALS.items() if v) or "none")
-if DATA_URL.startswith("s3://"):
-    CREDENTIALS = {{}}  # they are in the environment now; DATA_TOKEN and the like are nginx's""",
+else:
+    print("credentials:", ", ".join(k for k, v in CREDENTIALS.items() if v) or "none")""",
     ),
     (
         "markdown",

@@ -79,9 +79,10 @@ def s3_filesystem(*, asynchronous: bool = False, timeout_s: float = 30.0, retrie
 
     `retries` bounds s3fs's own retries of dropped connections; the reader passes 1 and
     retries itself within `train.retry_budget_s`. botocore's retries are off: one policy.
-    An asynchronous one is always new (the reader owns its session and closes it); a
-    synchronous one is shared while the AWS variables stay the same, since making a client
-    costs a good part of a second (botocore loads its service model).
+    An asynchronous one is always new (the reader owns its client and closes it), made from one
+    botocore session per set of AWS variables; a synchronous one (the ETL's) is shared while the
+    variables stay the same. A new session or client costs a good part of a second of CPU
+    (botocore parses its service model).
     """
     environment = tuple(os.environ.get(name) for name in AWS_ENV)
     if asynchronous:
