@@ -9,6 +9,7 @@ import json
 import re
 import secrets
 import sys
+import types
 from pathlib import Path
 
 import nbformat
@@ -127,7 +128,7 @@ def test_notebook_trains_end_to_end_and_stops_cleanly_on_a_wrong_token(
         assert failed and "check_access" in nb.cells[failed[0]].source, "stops at the open step"
 
 
-def seaweedfs(study: Path):  # noqa: ANN201 (the study's own helper module)
+def seaweedfs(study: Path) -> types.ModuleType:
     """The study's tests/s3server.py (standard library only), loaded from its file."""
     import importlib.util
 
