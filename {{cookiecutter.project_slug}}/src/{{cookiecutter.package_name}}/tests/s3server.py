@@ -119,9 +119,8 @@ class SeaweedS3:
             f"-s3.localSocket={self.dir / 's3.sock'}",
             *(f"-{name}={port}" for name, port in self.ports.items()),
         ]
-        log = open(self.dir / "weed.log", "wb")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
-        log.close()
+        with open(self.dir / "weed.log", "wb") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
         try:
             self._wait_ready()
         except BaseException:
@@ -130,7 +129,7 @@ class SeaweedS3:
         return self
 
     def _wait_ready(self) -> None:
-        """Until the S3 port answers a request (any HTTP status) and a bucket can be listed."""
+        """Until the S3 gateway answers an HTTP request (a 403 to an unsigned one is an answer)."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             assert self.process is not None

@@ -53,7 +53,8 @@ def s3() -> Iterator[SeaweedS3]:
     with SeaweedS3(weed) as server, pytest.MonkeyPatch.context() as patch:
         for name, value in server.env().items():
             patch.setenv(name, value)
-        patch.delenv("AWS_PROFILE", raising=False)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):  # the server's key pair alone
+            patch.delenv(name, raising=False)
         s3_filesystem().mkdir(BUCKET)
         yield server
 
