@@ -141,7 +141,7 @@ def seaweedfs(study: Path) -> types.ModuleType:
 
 
 @pytest.mark.slow
-def test_notebook_trains_from_an_s3_bucket(
+def test_notebook_reads_an_s3_bucket_with_the_aws_secrets(
     fast_study: tuple[Path, Path],
     fast_store: tuple[Path, Path],
     colab_kernel: tuple[str, Path],
