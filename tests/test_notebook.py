@@ -1,7 +1,8 @@
 """The Colab notebook: static checks, and real executions in a kernel with Colab's own package
 versions (scripts/colab_packages.txt, built by scripts/colab_env.py): top to bottom against the
-study's real nginx with token auth, and an install into a runtime whose packages the study's
-ranges do not fit, which must stop with a clear message and change nothing."""
+study's real nginx with token auth, up to the training against a real SeaweedFS (an s3:// DATA_URL),
+and an install into a runtime whose packages the study's ranges do not fit, which must stop with a
+clear message and change nothing."""
 
 from __future__ import annotations
 
