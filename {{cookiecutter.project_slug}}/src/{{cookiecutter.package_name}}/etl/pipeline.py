@@ -6,7 +6,8 @@ fit the transform on the training block, transform every time step -> append
 whole chunks of the series to `<dataset_name>.zarr` and the fitted state to its
 `climatology` group -> attributes (split, encoding, transform, provenance),
 consolidated metadata, manifest -> rename the finished store into
-place. The layout is `store_format.py`'s; windows are cut when read, never stored.
+place (on S3, `data.zarr_dir = "s3://..."`: copy it into place, the manifest last;
+etl/store.py). The layout is `store_format.py`'s; windows are cut when read, never stored.
 
 Memory: the grid is processed in blocks of cells sized from `etl.block_mb`
 (each cell holds its whole time series while it is transformed); finished rows

@@ -1,4 +1,4 @@
-"""Writing the store: chunk-aligned appends, every chunk on disk, a manifest, an atomic rename.
+"""Writing the store: chunk-aligned appends, every chunk stored, a manifest, an atomic publish.
 
 What the store holds is defined in `store_format.py`; this module only writes it.
 
