@@ -44,7 +44,7 @@ import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import google_crc32c
 import numpy as np
@@ -58,7 +58,6 @@ from ..store_format import MANIFEST, ArrayManifest, Manifest
 from .errors import EtlError, StoreExistsError
 
 MANIFEST_BATCH = 64  # chunks read at once to checksum them (concurrent requests on an object store)
-Where: TypeAlias = "Path | str | StoreLocation"
 
 
 def compressor(zarr_format: int, level: int) -> Any:
@@ -206,7 +205,7 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(where: Where) -> Manifest:
+def write_manifest(where: Path | str | StoreLocation) -> Manifest:
     """Check that every chunk of every array (subgroups included) exists; record shapes and checksums."""
     location = _location(where)
     fs = location.fs()
@@ -247,7 +246,7 @@ def write_manifest(where: Where) -> Manifest:
 
 
 def finalize(
-    where: Where, attrs: Mapping[str, Any], group_attrs: Mapping[str, Mapping[str, Any]]
+    where: Path | str | StoreLocation, attrs: Mapping[str, Any], group_attrs: Mapping[str, Mapping[str, Any]]
 ) -> Manifest:
     """Set the attributes of the root and of each subgroup, consolidate each level's metadata,
     write the manifest."""
@@ -264,7 +263,7 @@ def finalize(
     return write_manifest(where)
 
 
-def _location(where: Where) -> StoreLocation:
+def _location(where: Path | str | StoreLocation) -> StoreLocation:
     return where if isinstance(where, StoreLocation) else StoreLocation.of(where)
 
 
@@ -335,7 +334,7 @@ def provenance(
 
 
 @contextlib.contextmanager
-def staging(target: Where, *, overwrite: bool = False) -> Iterator[StoreLocation]:
+def staging(target: Path | str | StoreLocation, *, overwrite: bool = False) -> Iterator[StoreLocation]:
     """A hidden location beside `target` to write into; published as `target` if the block succeeds.
 
     On any exception (or KeyboardInterrupt) the hidden location is removed and
