@@ -159,6 +159,11 @@ class SeaweedS3:
                 self.process.kill()
                 self.process.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+        # Its gRPC services also listen on sockets in /tmp named after their port (no flag moves
+        # them): the ports, so the files, are this server's.
+        for port in self.ports.values():
+            for leftover in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                leftover.unlink(missing_ok=True)
 
 
 def main() -> None:
