@@ -47,6 +47,8 @@ Secrets to add in Colab (*key icon → Add new secret*, and switch on notebook a
 `DATA_URL` (optional, defaults below)
 {%- if cookiecutter.auth == 'token' %} and `DATA_TOKEN`
 {%- elif cookiecutter.auth == 'basic' %}, `DATA_USER` and `DATA_PASSWORD`{% endif %}.
+When the store is on an S3-compatible object store (`DATA_URL` = `s3://bucket/prefix`), add
+`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` instead (s3fs is then installed).
 Outside Colab, set the same names as environment variables.""",
     ),
     (
@@ -73,6 +75,7 @@ sets the zarr and numcodecs versions it is tested with.""",
         "code",
         """import importlib
 import importlib.metadata as md
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -179,7 +182,15 @@ CREDENTIALS = {{"token": secret("DATA_TOKEN"), "user": secret("DATA_USER"), "pas
 STORE_URL = f"{{DATA_URL}}/{{cfg.store_name}}"
 print("data server:", DATA_URL)
 print("store:", STORE_URL)
-print("credentials:", ", ".join(k for k, v in CREDENTIALS.items() if v) or "none")""",
+if DATA_URL.startswith("s3://"):  # an S3-compatible object store: botocore reads the AWS variables
+    AWS = {{name: secret(name) for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}
+    os.environ.update({{name: value for name, value in AWS.items() if value}})
+    print("credentials:", ", ".join(k for k, v in AWS.items() if v) or "none")
+    if importlib.util.find_spec("s3fs") is None:
+        install_keeping_runtime("s3fs")  # within Colab's fsspec, like everything else
+        importlib.invalidate_caches()
+else:
+    print("credentials:", ", ".join(k for k, v in CREDENTIALS.items() if v) or "none")""",
     ),
     (
         "markdown",
@@ -201,6 +212,8 @@ basic = aiohttp.BasicAuth(CREDENTIALS["user"], CREDENTIALS["password"]) if CREDE
 remote.check_access(STORE_URL, **CREDENTIALS)  # stops here with a clear message on bad credentials
 
 fs = HTTPFileSystem(headers=headers, client_kwargs={"auth": basic} if basic else {})
+if STORE_URL.startswith("s3://"):
+    fs = fsspec.filesystem("s3")  # endpoint and keys from the AWS variables set above
 http_map = fs.get_mapper(STORE_URL)
 ds = xr.open_zarr(http_map, consolidated=True)[DATASET_NAME]
 ds""",

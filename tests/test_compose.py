@@ -72,9 +72,28 @@ def template_variables(study: Path) -> set[str]:
 def test_default_services_and_profiles(baked: tuple[str, Path]) -> None:
     auth, study = baked
     assert config(study, env=SECRET_ENV[auth])["services"].keys() == {"nginx"}
-    everything = config(study, "tls", "etl", env=SECRET_ENV[auth])["services"]
-    assert everything.keys() == {"nginx", "nginx-tls", "etl"}
+    everything = config(study, "tls", "etl", "s3", env=SECRET_ENV[auth])["services"]
+    assert everything.keys() == {"nginx", "nginx-tls", "etl", "s3"}
     assert everything["nginx-tls"]["profiles"] == ["tls"] and everything["etl"]["profiles"] == ["etl"]
+    assert everything["s3"]["profiles"] == ["s3"]
+
+
+def test_s3_profile_is_a_pinned_seaweedfs_with_keys_from_a_secret(baked: tuple[str, Path]) -> None:
+    """The optional object store: SeaweedFS pinned by digest (the release the study's tests run),
+    one published port (S3), its keys from the identities secret, nothing secret in the file."""
+    auth, study = baked
+    project = config(study, "s3", "etl", env=SECRET_ENV[auth])
+    s3 = project["services"]["s3"]
+    assert re.fullmatch(r"chrislusf/seaweedfs:4\.48@sha256:[0-9a-f]{64}", s3["image"]), s3["image"]
+    assert [(p["target"], p["published"]) for p in s3["ports"]] == [(8333, "8333")]
+    assert "-s3.config=/run/secrets/s3_identities" in s3["command"]
+    assert "-master.telemetry=false" in s3["command"]
+    assert [s["source"] for s in s3["secrets"]] == ["s3_identities"]
+    assert project["secrets"]["s3_identities"]["file"].endswith("storage/secrets/s3.json")
+    assert s3["volumes"][0]["target"] == "/data" and s3["volumes"][0]["source"].endswith("data/s3")
+    assert s3["healthcheck"]["test"][-1] == "http://127.0.0.1:8333/healthz"
+    etl = project["services"]["etl"]
+    assert all(value is None for value in etl.get("environment", {}).values())  # from the shell, if set
 
 
 def test_nginx_service_is_pinned_hardened_and_read_only(baked: tuple[str, Path]) -> None:

@@ -1,7 +1,8 @@
 """The Colab notebook: static checks, and real executions in a kernel with Colab's own package
 versions (scripts/colab_packages.txt, built by scripts/colab_env.py): top to bottom against the
-study's real nginx with token auth, and an install into a runtime whose packages the study's
-ranges do not fit, which must stop with a clear message and change nothing."""
+study's real nginx with token auth, up to the training against a real SeaweedFS (an s3:// DATA_URL),
+and an install into a runtime whose packages the study's ranges do not fit, which must stop with a
+clear message and change nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import re
 import secrets
 import sys
+import types
 from pathlib import Path
 
 import nbformat
@@ -125,6 +127,63 @@ def test_notebook_trains_end_to_end_and_stops_cleanly_on_a_wrong_token(
             i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))
         ]
         assert failed and "check_access" in nb.cells[failed[0]].source, "stops at the open step"
+
+
+def seaweedfs(study: Path) -> types.ModuleType:
+    """The study's tests/s3server.py (standard library only), loaded from its file."""
+    import importlib.util
+
+    path = next((study / "src").glob("*/tests/s3server.py"))
+    spec = importlib.util.spec_from_file_location("study_s3server", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_notebook_reads_an_s3_bucket_with_the_aws_secrets(
+    fast_study: tuple[Path, Path],
+    fast_store: tuple[Path, Path],
+    colab_kernel: tuple[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same notebook with DATA_URL = s3://... against a real SeaweedFS, up to the training (the
+    loader's S3 path is the study's own tests'): it installs s3fs within Colab's fsspec, takes the
+    AWS secrets, opens the store with fsspec's S3 filesystem and the package's reader, and measures
+    the throughput."""
+    study, _ = fast_study
+    _, data = fast_store
+    kernel, jupyter_path = colab_kernel
+    server = seaweedfs(study)
+    weed = server.weed_binary() or require_tool("weed")
+    for name in ("DATA_TOKEN", "DATA_USER", "DATA_PASSWORD", "STUDY_CONFIG", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JUPYTER_PATH", str(jupyter_path))
+    monkeypatch.setenv("STUDY_PIP_SOURCE", str(study))
+    monkeypatch.setenv("STUDY_EPOCHS", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    workdir = tmp_path / "content"
+    workdir.mkdir()
+    with server.SeaweedS3(weed) as s3:
+        for name, value in s3.env().items():
+            monkeypatch.setenv(name, value)
+        import s3fs
+
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir("colab")
+        fs.put(str(data) + "/", "colab/study/", recursive=True)
+        monkeypatch.setenv("DATA_URL", "s3://colab/study")
+        nb = nbformat.read(study / NOTEBOOK, as_version=4)
+        training = next(i for i, c in enumerate(nb.cells) if "train.loop import train" in c.source)
+        nb.cells = nb.cells[:training]
+        execute(nb, kernel, workdir)
+        outputs = outputs_text(nb)
+        assert s3.secret_key not in outputs, "the key is never printed"
+        assert "AWS_SECRET_ACCESS_KEY" in outputs and "MB/s" in outputs
+        assert "s3://colab/study/" in outputs and "window {" in outputs
+        assert re.search(r"added: [^\"]*\bs3fs ", outputs), "the install added s3fs"
 
 
 @pytest.mark.slow

@@ -65,7 +65,7 @@ def _etl(cfg: Config, args: argparse.Namespace) -> int:
 def _serve(cfg: Config, args: argparse.Namespace) -> int:
     from .serve import serve
 
-    data = Path(args.data) if args.data else cfg.path(cfg.data.zarr_dir)
+    data = Path(args.data) if args.data else cfg.store_path.parent  # refuses an s3:// zarr_dir, saying why
     return serve(cfg, host=args.host, port=args.port, data_dir=data, limit_rate=args.limit_rate)
 
 

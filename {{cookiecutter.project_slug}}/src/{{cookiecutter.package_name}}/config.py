@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StudyError
+from .location import LocationError, StoreLocation, check_s3_url
 from .store_format import store_name
 
 # Keys renamed when time steps other than days arrived; an old study.toml is told the new name.
@@ -50,7 +51,10 @@ class StudySection:
 @dataclass(frozen=True)
 class DataSection:
     raw_dir: str = key("Folder of raw inputs (model output and reference).")
-    zarr_dir: str = key("Folder the ETL writes the store into; nginx serves it read-only.")
+    zarr_dir: str = key(
+        "Folder the ETL writes the store into (nginx serves it read-only), or an s3://bucket/prefix "
+        "on an S3-compatible object store (endpoint and keys from the AWS_* variables, never here)."
+    )
     model_files: list[str] = key("Glob patterns (in raw_dir) of model-output NetCDF/zarr files.")
     reference_files: list[str] = key(
         "Glob patterns (in raw_dir) of reference-label files; [] when reference_kind = 'derived'."
@@ -234,7 +238,19 @@ class Config:
     @property
     def store_path(self) -> Path:
         """Local path of the study's store (written by the ETL, served by nginx)."""
+        if "://" in self.data.zarr_dir:
+            raise ConfigError(
+                f"{self.source}: data.zarr_dir = {self.data.zarr_dir!r} is on an object store, not a "
+                "folder: there is nothing to serve here; readers use DATA_URL (or --url) with that URL"
+            )
         return self.path(self.data.zarr_dir) / self.store_name
+
+    @property
+    def store_location(self) -> StoreLocation:
+        """Where the ETL writes the store: a local folder or an s3:// prefix."""
+        if "://" in self.data.zarr_dir:
+            return StoreLocation(f"{self.data.zarr_dir.rstrip('/')}/{self.store_name}")
+        return StoreLocation(str(self.store_path))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The config as plain TOML-like data (for provenance and overrides)."""
@@ -325,6 +341,11 @@ def _build_section(cls: type, table: Any, source: str, section: str) -> Any:
 def _check_consistency(cfg: Config) -> None:
     """Rules that span several keys."""
     where = cfg.source
+    if "://" in cfg.data.zarr_dir:
+        try:
+            check_s3_url(cfg.data.zarr_dir, f"{where}: data.zarr_dir")
+        except LocationError as exc:
+            raise ConfigError(f"{exc} (a folder, or s3://bucket/prefix)") from None
     fractions = cfg.etl.split_fractions
     if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""Open the served store over HTTP(S): the notebook's mapper code, made robust.
+"""Open the served store over HTTP(S) or S3: the notebook's mapper code, made robust.
 
 The notebook's recipe is four lines (HTTP filesystem -> mapper -> `xr.open_zarr(...,
 consolidated=True)`); this module keeps that shape and adds what fsspec's HTTP
@@ -29,6 +29,11 @@ filesystem does not do by itself:
 Credentials come from arguments or the environment (`DATA_TOKEN`, or
 `DATA_USER` and `DATA_PASSWORD`), travel only in request headers, and never
 appear in URLs, reprs, logs or error messages.
+
+An `s3://bucket/prefix` URL takes the same path with fsspec's S3 filesystem (s3fs,
+async like the HTTP one) in place of HTTP: the same timeouts, retry budget, checksums
+and strictness about missing chunks. Its endpoint and keys come only from the AWS
+variables (`location.py`); a refused key fails at once with one line naming them.
 """
 
 from __future__ import annotations
@@ -59,6 +64,15 @@ from zarr.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore, WrapperStore
 
 from .errors import StudyError
+from .location import (
+    CREDENTIALS_HINT,
+    LocationError,
+    check_s3_url,
+    is_s3,
+    s3_filesystem,
+    s3_refused,
+    s3_status,
+)
 from .store_format import MANIFEST, Manifest, is_metadata, store_name
 
 if TYPE_CHECKING:
@@ -182,12 +196,17 @@ def resolve_base_url(url: str | None, cfg: Config | None) -> str:
         (os.environ.get(URL_ENV), f"${URL_ENV}"),
         (cfg.server.url if cfg is not None else None, "server.url in study.toml"),
     ):
+        if candidate and is_s3(candidate):
+            try:
+                return check_s3_url(candidate, origin)
+            except LocationError as exc:
+                raise RemoteError(str(exc)) from None
         if candidate:
             parts = urlsplit(candidate)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise RemoteError(
-                    f"{origin} = {redact(candidate)!r} is not an http(s) URL; "
-                    "expected e.g. https://data.lab.example.edu/zarr"
+                    f"{origin} = {redact(candidate)!r} is not an http(s) or s3 URL; "
+                    "expected e.g. https://data.lab.example.edu/zarr or s3://bucket/prefix"
                 )
             if parts.username or parts.password:
                 raise RemoteError(
@@ -244,14 +263,17 @@ class IOLoop:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
 
-def make_filesystem(credentials: Credentials | None = None, *, timeout_s: float = 30.0) -> HTTPFileSystem:
-    """An async fsspec HTTP filesystem with read/connect timeouts and auth headers.
+def make_filesystem(credentials: Credentials | None = None, *, timeout_s: float = 30.0, url: str = "") -> Any:
+    """An async fsspec filesystem for `url`: HTTP with read/connect timeouts and auth headers,
+    or S3 (s3fs) with the same timeouts and its own retries reduced to one attempt.
 
     The timeout object goes straight to aiohttp here; passed through
     storage_options it would break `xr.open_zarr`. `total=None` lets a slow but
     steady transfer finish; `sock_read` stops a stalled one. Its session is
     created on the `IOLoop` at the first request.
     """
+    if is_s3(url):
+        return s3_filesystem(asynchronous=True, timeout_s=timeout_s, retries=1)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_s, sock_connect=timeout_s)
     headers = credentials.headers() if credentials else {}
     return HTTPFileSystem(
@@ -322,6 +344,19 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no data within the read timeout"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _s3_failure(exc: Exception, where: str) -> RemoteError | None:
+    """The error to raise at once for an S3 failure, or None when another attempt may help."""
+    import botocore.exceptions as boto
+
+    status = s3_status(exc)
+    if s3_refused(exc):
+        got = f"HTTP {status}" if status else type(exc).__name__
+        return RemoteAuthError(f"the object store refused access to {where} ({got}): {CREDENTIALS_HINT}")
+    if status in TRANSIENT_STATUS or isinstance(exc, boto.ConnectionError | boto.HTTPClientError):
+        return None
+    return RemoteReadError(f"reading {where} failed: {_describe(exc)}")
 
 
 def _auth_message(url: str, status: int, credentials: Credentials | None) -> str:
@@ -449,7 +484,7 @@ class ResilientStore(WrapperStore):
             if is_metadata(key):
                 return None
             raise MissingChunkError(
-                f"chunk {key!r} of {self.url} is missing on the server (HTTP 404), but every chunk "
+                f"chunk {key!r} of {self.url} is missing on the server (not found), but every chunk "
                 "must exist; the store is incomplete: re-run the ETL on the server, or check that "
                 "the server serves the right folder"
             )
@@ -484,6 +519,14 @@ class ResilientStore(WrapperStore):
                     raise RemoteReadError(
                         f"the data server's host name {host!r} does not resolve; check {URL_ENV} / --url"
                     ) from None
+                error = exc
+            except Exception as exc:  # s3fs: OSError subclasses and botocore errors
+                if not is_s3(self.url):
+                    raise
+                self.stats.add(requests=1)
+                failure = _s3_failure(exc, where)
+                if failure is not None:
+                    raise failure from None
                 error = exc
             attempt += 1
             delay = max(retry_after, random.uniform(0, min(BACKOFF_CAP_S, self.backoff_s * 2**attempt)))
@@ -528,10 +571,11 @@ class ResilientStore(WrapperStore):
             await session.close()
 
 
-def _close_sessions(io: IOLoop, sessions: list[aiohttp.ClientSession]) -> None:
-    """Close a collected filesystem's session on the I/O loop (without waiting: this may run anywhere)."""
+def _close_sessions(io: IOLoop, sessions: list[Any]) -> None:
+    """Close a collected filesystem's session (aiohttp's, or s3fs's client) on the I/O loop
+    (without waiting: this may run anywhere)."""
     for session in sessions:
-        if not session.closed and io.loop.is_running():
+        if not getattr(session, "closed", False) and io.loop.is_running():
             asyncio.run_coroutine_threadsafe(session.close(), io.loop)
 
 
@@ -611,9 +655,10 @@ def open_store(
     in_flight: int = 8,
 ) -> RemoteStore:
     """A `RemoteStore` on `url` without the manifest checks (see `connect`)."""
-    fs = make_filesystem(credentials, timeout_s=timeout_s)
+    fs = make_filesystem(credentials, timeout_s=timeout_s, url=url)
+    path = url.split("://", 1)[1] if is_s3(url) else url  # s3fs paths are bucket/key
     store = ResilientStore(
-        FsspecStore(fs, path=url, read_only=True),
+        FsspecStore(fs, path=path, read_only=True),
         url=url,
         credentials=credentials,
         timeout_s=timeout_s,

@@ -6,7 +6,8 @@ fit the transform on the training block, transform every time step -> append
 whole chunks of the series to `<dataset_name>.zarr` and the fitted state to its
 `climatology` group -> attributes (split, encoding, transform, provenance),
 consolidated metadata, manifest -> rename the finished store into
-place. The layout is `store_format.py`'s; windows are cut when read, never stored.
+place (on S3, `data.zarr_dir = "s3://..."`: copy it into place, the manifest last;
+etl/store.py). The layout is `store_format.py`'s; windows are cut when read, never stored.
 
 Memory: the grid is processed in blocks of cells sized from `etl.block_mb`
 (each cell holds its whole time series while it is transformed); finished rows
@@ -50,6 +51,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import Config
+from ..location import StoreLocation
 from ..store_format import (
     CELL,
     CLIMATOLOGY,
@@ -71,7 +73,7 @@ from . import derive, quantiles, timeaxis
 from .categories import encoding_attrs
 from .errors import EtlError, EtlInputError, StoreExistsError
 from .extract import Inputs, cell_blocks, cell_status, open_inputs
-from .store import ChunkAppender, finalize, provenance, staging
+from .store import ChunkAppender, finalize, leftovers, provenance, staging, store_exists, stored_bytes
 
 log = logging.getLogger(__name__)
 PACKAGE = __package__.rsplit(".", 1)[0]
@@ -106,18 +108,16 @@ def _time_units(inputs: Inputs) -> str:
     return f"days since {str(stamp).replace('T', ' ')}"
 
 
-def run_etl(cfg: Config, *, overwrite: bool = False) -> Path:
-    """Build the study's store (`cfg.store_path`); returns its path."""
-    target = cfg.store_path
-    if target.exists() and not overwrite:
+def run_etl(cfg: Config, *, overwrite: bool = False) -> Path | str:
+    """Build the study's store (`cfg.store_location`); returns its path (its URL on S3)."""
+    target = cfg.store_location
+    if store_exists(target) and not overwrite:
         raise StoreExistsError(f"{target} already exists; pass --overwrite to replace it")
-    stale = (
-        sorted(p.name for p in target.parent.glob(f".{target.name}.tmp-*")) if target.parent.is_dir() else []
-    )
+    stale = leftovers(target)
     if stale:
         log.warning(
             "%s holds leftovers of interrupted runs (%s); delete them when no ETL is running",
-            target.parent,
+            target.sibling(""),
             ", ".join(stale),
         )
     started = time.perf_counter()
@@ -169,7 +169,7 @@ def run_etl(cfg: Config, *, overwrite: bool = False) -> Path:
         counts["bytes"] / 1e6,
         seconds,
     )
-    return target
+    return target.url if target.remote else Path(target.url)
 
 
 @dataclass
@@ -213,7 +213,7 @@ class _Plan:
         )
 
 
-def _open_writers(cfg: Config, inputs: Inputs, plan: _Plan, path: Path) -> dict[str, ChunkAppender]:
+def _open_writers(cfg: Config, inputs: Inputs, plan: _Plan, path: Any) -> dict[str, ChunkAppender]:
     """The series writer (root) and the climatology writer (its group), both along `cell`."""
     etl, name = cfg.etl, cfg.study.dataset_name
     common: dict[str, Any] = {
@@ -295,10 +295,11 @@ def _process_block(
     return len(usable)
 
 
-def _write_store(cfg: Config, inputs: Inputs, path: Path) -> Counter[str]:
+def _write_store(cfg: Config, inputs: Inputs, location: StoreLocation) -> Counter[str]:
     """The block loop, then attributes, consolidated metadata and the manifest."""
     n_time, ny, nx = inputs.shape
     plan = _Plan.of(cfg, inputs)
+    path = location.zarr_store()  # the local path, or a zarr store on S3
     zarr.open_group(path, mode="w-", zarr_format=cfg.etl.zarr_format)  # the root; writers add to it
     writers = _open_writers(cfg, inputs, plan, path)
     counts: Counter[str] = Counter()
@@ -321,12 +322,12 @@ def _write_store(cfg: Config, inputs: Inputs, path: Path) -> Counter[str]:
                 f"{', '.join(p.name for p in inputs.files)}: no usable {split} window (every cell is masked, "
                 "or every window has a missing label or NaN input); check the inputs' overlap and NaNs"
             )
-    _finalize(cfg, inputs, plan, path)
-    counts["bytes"] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    _finalize(cfg, inputs, plan, location)
+    counts["bytes"] = stored_bytes(location)
     return counts
 
 
-def _finalize(cfg: Config, inputs: Inputs, plan: _Plan, path: Path) -> None:
+def _finalize(cfg: Config, inputs: Inputs, plan: _Plan, path: StoreLocation) -> None:
     """Attributes (encoding, split, transform, provenance), consolidated metadata, manifest."""
     days = plan.time_values
     base: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Writing the store: chunk-aligned appends, every chunk on disk, a manifest, an atomic rename.
+"""Writing the store: chunk-aligned appends, every chunk stored, a manifest, an atomic publish.
 
 What the store holds is defined in `store_format.py`; this module only writes it.
 
@@ -21,6 +21,13 @@ Why it is written this way:
   (`.<name>.tmp-<random>`, a dot name nginx never serves) and renamed into place
   when complete; a failure or interruption removes it, and an existing store is
   replaced only with `overwrite=True`.
+* **on an object store** (`data.zarr_dir = "s3://bucket/prefix"`) there is no rename:
+  the store is written under the hidden prefix in the same way, then published by
+  `_publish_s3`: the old store's manifest is deleted first (from then on readers refuse
+  it), its other objects next, then every object is copied server-side from the hidden
+  prefix, the manifest last, and the hidden prefix is deleted. Readers open a store only
+  through its manifest and check every chunk against it, so they see the old store, the
+  new one, or a refusal; never a mix and never a partial store as if it were whole.
 """
 
 from __future__ import annotations
@@ -46,8 +53,11 @@ import zarr
 from tqdm.auto import tqdm
 
 from ..atomic import write_text
+from ..location import CREDENTIALS_HINT, ENDPOINT_ENV, StoreLocation, s3_refused
 from ..store_format import MANIFEST, ArrayManifest, Manifest
 from .errors import EtlError, StoreExistsError
+
+MANIFEST_BATCH = 64  # chunks read at once to checksum them (concurrent requests on an object store)
 
 
 def compressor(zarr_format: int, level: int) -> Any:
@@ -85,7 +95,7 @@ class ChunkAppender:
 
     def __init__(
         self,
-        path: Path,
+        path: Any,
         *,
         dim: str,
         chunk: int,
@@ -100,7 +110,7 @@ class ChunkAppender:
         calendar: str = "proleptic_gregorian",
         flush_mb: float = 4,
     ) -> None:
-        self.path = Path(path)
+        self.path = path  # a local path or a zarr store (`StoreLocation.zarr_store`)
         self.group = group
         self.dim = dim
         self.chunk = int(chunk)
@@ -195,9 +205,11 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(path: Path) -> Manifest:
+def write_manifest(where: Path | str | StoreLocation) -> Manifest:
     """Check that every chunk of every array (subgroups included) exists; record shapes and checksums."""
-    group = zarr.open_group(path, mode="r")
+    location = _location(where)
+    fs = location.fs()
+    group = zarr.open_group(location.zarr_store(fs), mode="r")
     members = sorted(
         (name, node) for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)
     )
@@ -205,16 +217,20 @@ def write_manifest(path: Path) -> Manifest:
         math.prod(math.ceil(s / c) for s, c in zip(a.shape, a.chunks, strict=True)) for _, a in members
     )
     arrays: dict[str, ArrayManifest] = {}
-    with tqdm(total=total, unit="chunk", desc=f"manifest {path.name}", disable=None, leave=False) as progress:
+    desc = f"manifest {location.name}"
+    with tqdm(total=total, unit="chunk", desc=desc, disable=None, leave=False) as progress:
         for name, array in members:
             sha256, crc32c = {}, {}
-            for key in chunk_keys(array, name):
-                file = path / key
-                if not file.is_file():
-                    raise EtlError(f"{path}: chunk {key} was not written; the store is incomplete")
-                data = file.read_bytes()
-                sha256[key], crc32c[key] = hashlib.sha256(data).hexdigest(), google_crc32c.value(data)
-                progress.update()
+            keys = list(chunk_keys(array, name))
+            for start in range(0, len(keys), MANIFEST_BATCH):
+                batch = keys[start : start + MANIFEST_BATCH]
+                found = fs.cat([f"{location.path}/{key}" for key in batch], on_error="return")
+                for key in batch:
+                    data = found.get(f"{location.path}/{key}")
+                    if not isinstance(data, bytes):
+                        raise EtlError(f"{location}: chunk {key} was not written; the store is incomplete")
+                    sha256[key], crc32c[key] = hashlib.sha256(data).hexdigest(), google_crc32c.value(data)
+                progress.update(len(batch))
             arrays[name] = ArrayManifest(
                 shape=tuple(array.shape),
                 chunks=tuple(array.chunks),
@@ -222,23 +238,72 @@ def write_manifest(path: Path) -> Manifest:
                 crc32c=crc32c,
             )
     manifest = Manifest(zarr_format=group.metadata.zarr_format, arrays=arrays)
-    write_text(path / MANIFEST, manifest.to_json())
+    if location.remote:
+        fs.pipe_file(f"{location.path}/{MANIFEST}", manifest.to_json().encode())
+    else:
+        write_text(Path(location.path) / MANIFEST, manifest.to_json())
     return manifest
 
 
-def finalize(path: Path, attrs: Mapping[str, Any], group_attrs: Mapping[str, Mapping[str, Any]]) -> Manifest:
+def finalize(
+    where: Path | str | StoreLocation, attrs: Mapping[str, Any], group_attrs: Mapping[str, Mapping[str, Any]]
+) -> Manifest:
     """Set the attributes of the root and of each subgroup, consolidate each level's metadata,
     write the manifest."""
-    root = zarr.open_group(path, mode="r+")
+    store = _location(where).zarr_store()
+    root = zarr.open_group(store, mode="r+")
     root.attrs.put(dict(attrs))
     for name, values in group_attrs.items():
         root[name].attrs.put(dict(values))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
         for name in group_attrs:  # a subgroup opened by itself (xr.open_zarr(group=...)) needs its own
-            zarr.consolidate_metadata(path, path=name)
-        zarr.consolidate_metadata(path)
-    return write_manifest(path)
+            zarr.consolidate_metadata(store, path=name)
+        zarr.consolidate_metadata(store)
+    return write_manifest(where)
+
+
+def _location(where: Path | str | StoreLocation) -> StoreLocation:
+    return where if isinstance(where, StoreLocation) else StoreLocation.of(where)
+
+
+def stored_bytes(location: StoreLocation) -> int:
+    """Bytes of every file (object) of the store."""
+    return int(location.fs().du(location.path))
+
+
+def store_exists(location: StoreLocation) -> bool:
+    """Whether anything is at the location: a folder, or any object under the S3 prefix.
+
+    On S3 this is the ETL's first request: missing or refused keys and a missing bucket
+    stop it here, with a message saying what to set.
+    """
+    fs = location.fs()
+    if not location.remote:
+        return bool(fs.exists(location.path))
+    bucket = location.path.split("/", 1)[0]
+    fs.invalidate_cache()  # the filesystem is shared: never answer from an earlier listing
+    try:
+        fs.ls(bucket, refresh=True)  # one listing: refused keys and a missing bucket show here
+        return bool(fs.find(location.path))
+    except FileNotFoundError:
+        raise EtlError(
+            f"bucket {bucket!r} does not exist on the object store ({ENDPOINT_ENV}); create it first "
+            f"(e.g. `aws s3 mb s3://{bucket}`), or check data.zarr_dir"
+        ) from None
+    except Exception as exc:
+        if s3_refused(exc):
+            raise EtlError(f"the object store refused access to {location}: {CREDENTIALS_HINT}") from None
+        raise
+
+
+def leftovers(target: StoreLocation) -> list[str]:
+    """Names of hidden staging folders (prefixes) of interrupted runs beside `target`."""
+    fs = target.fs()
+    parent = target.sibling("").path.rstrip("/")
+    with contextlib.suppress(FileNotFoundError):
+        return sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{parent}/.{target.name}.tmp-*"))
+    return []
 
 
 def sha256_input(path: Path) -> str:
@@ -269,22 +334,31 @@ def provenance(
 
 
 @contextlib.contextmanager
-def staging(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """A hidden path beside `target` to write into; renamed to `target` if the block succeeds.
+def staging(target: Path | str | StoreLocation, *, overwrite: bool = False) -> Iterator[StoreLocation]:
+    """A hidden location beside `target` to write into; published as `target` if the block succeeds.
 
-    On any exception (or KeyboardInterrupt) the hidden path is removed and
-    `target` is left as it was. The caller creates the store at the yielded path.
+    On any exception (or KeyboardInterrupt) the hidden location is removed and
+    `target` is left as it was. The caller creates the store at the yielded location
+    (`StoreLocation.zarr_store()` for zarr). Local folders are renamed into place; on S3
+    see `_publish_s3` for what readers can see while it runs.
     """
-    target = Path(target)
-    if target.exists() and not overwrite:
+    target = _location(target)
+    if store_exists(target) and not overwrite:
         raise StoreExistsError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
+    tmp = target.sibling(f".{target.name}.tmp-{secrets.token_hex(4)}")
+    if not target.remote:
+        Path(target.path).parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
-        _publish(tmp, target, overwrite=overwrite)
+        if target.remote:
+            _publish_s3(tmp, target, overwrite=overwrite)
+        else:
+            _publish(Path(tmp.path), Path(target.path), overwrite=overwrite)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if target.remote:
+            _remove_prefix(tmp)
+        else:
+            shutil.rmtree(tmp.path, ignore_errors=True)
 
 
 def _publish(tmp: Path, target: Path, *, overwrite: bool) -> None:
@@ -297,3 +371,38 @@ def _publish(tmp: Path, target: Path, *, overwrite: bool) -> None:
     os.rename(target, old)
     os.rename(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish_s3(tmp: StoreLocation, target: StoreLocation, *, overwrite: bool) -> None:
+    """Copy the finished store from its hidden prefix to `target`, the manifest last.
+
+    S3 has no rename of a prefix. Readers open a store through its manifest and check every
+    chunk they read against it, so the order is what matters: delete the old manifest
+    (readers opening from now on are refused: "manifest not found"), delete the old objects,
+    copy the new ones server-side, and write the manifest last. A reader that opened the
+    old store before gets `MissingChunkError` or `ChecksumError` for chunks that changed
+    under it, never the new bytes as if they were the old ones. Two ETL runs publishing to
+    one target at the same time are not guarded against.
+    """
+    fs = target.fs()
+    if store_exists(target):
+        if not overwrite:
+            raise StoreExistsError(f"{target} appeared while the ETL ran; pass --overwrite to replace it")
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(f"{target.path}/{MANIFEST}")
+        _remove_prefix(target)
+    sources = sorted(fs.find(tmp.path))
+    manifest = f"{tmp.path}/{MANIFEST}"
+    if manifest not in sources:
+        raise EtlError(f"{tmp}: no {MANIFEST} was written; nothing published")
+    data = [p for p in sources if p != manifest]
+    fs.copy(data, [target.path + p[len(tmp.path) :] for p in data])
+    fs.copy(manifest, f"{target.path}/{MANIFEST}")
+
+
+def _remove_prefix(location: StoreLocation) -> None:
+    """Delete every object under the location's prefix (nothing if there is none)."""
+    fs = location.fs()
+    keys = fs.find(location.path)
+    if keys:
+        fs.rm(keys)

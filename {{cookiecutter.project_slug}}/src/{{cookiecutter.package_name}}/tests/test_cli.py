@@ -133,3 +133,9 @@ def test_a_failed_read_ends_train_with_one_clear_line(tmp_path: Path, fault: int
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and message in lines[-1], done.stderr
     assert not [line for line in lines if any(word in line for word in UNWANTED)], done.stderr
+
+
+def test_serve_refuses_a_store_on_an_object_store(tmp_path: Path, capsys) -> None:
+    config = study_toml(tmp_path / "study.toml", zarr_dir="s3://lab-bucket/drought")
+    assert main(["--config", str(config), "serve"]) == 2
+    assert "nothing to serve" in capsys.readouterr().err

@@ -90,3 +90,20 @@ def test_readme_reference_matches_the_declarations() -> None:
     readme = (STUDY_ROOT / "README.md").read_text()
     block = readme.split("<!-- config-reference:start -->\n")[1].split("<!-- config-reference:end -->")[0]
     assert block == reference_markdown(), "README reference is stale: paste `config --reference` into it"
+
+
+def test_zarr_dir_may_be_an_s3_url_and_nothing_else_with_a_scheme(study_config: Config) -> None:
+    on_s3 = study_config.override({"data.zarr_dir": "s3://lab-bucket/drought/"})
+    assert on_s3.store_location.url == f"s3://lab-bucket/drought/{on_s3.store_name}"
+    assert on_s3.store_location.path == f"lab-bucket/drought/{on_s3.store_name}"
+    with pytest.raises(ConfigError, match="nothing to serve"):
+        _ = on_s3.store_path
+    assert study_config.store_location.url == str(study_config.store_path)
+    for bad, message in (
+        ("gs://bucket/x", "not an s3://bucket/prefix URL"),
+        ("s3:///no-bucket", "not an s3://bucket/prefix URL"),
+        ("s3://key:hunter2@bucket/x", "must not carry credentials"),
+    ):
+        with pytest.raises(ConfigError, match=message) as caught:
+            study_config.override({"data.zarr_dir": bad})
+        assert "hunter2" not in str(caught.value)
