@@ -34,11 +34,9 @@ progress bar (tqdm) follows the cells when run in a terminal.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,35 +67,22 @@ from ..store_format import (
 )
 from . import derive, quantiles, timeaxis
 from .categories import encoding_attrs
-from .errors import EtlError, EtlInputError, StoreExistsError
-from .extract import Inputs, cell_blocks, cell_status, open_inputs
-from .store import ChunkAppender, finalize, provenance, staging
+from .cluster import Runner, check_address, runner
+from .errors import EtlInputError, StoreExistsError
+from .extract import Inputs, cell_blocks, cell_status, grid_positions, open_inputs
+from .regions import ArrayGroup, write_rows
+from .store import finalize, provenance, staging
 
 log = logging.getLogger(__name__)
 PACKAGE = __package__.rsplit(".", 1)[0]
-FLUSH_MB = 4  # buffer of whole chunks per writer (at least one chunk): few writes, bounded memory
 CELL_ORDER = "cells with data, in row-major (lat, lon) order of the input grid"
+TASKS_PER_WORKER = 4  # blocks per worker thread at least (when the grid allows): even load, small tail
 
 
 def block_cells(block_mb: float, n_time: int, n_features: int) -> int:
     """Cells per block so that one block's working arrays stay near `block_mb`."""
     bytes_per_cell = n_time * (40 * n_features + 40)  # values, features, float64 temporaries, indices
     return max(1, int(block_mb * 2**20 // bytes_per_cell))
-
-
-@contextlib.contextmanager
-def _dask_scheduler(address: str) -> Iterator[None]:
-    if not address:
-        yield
-        return
-    try:
-        from dask.distributed import Client
-    except ImportError:
-        raise EtlError(
-            f"etl.dask_scheduler = {address!r} needs dask.distributed: pip install distributed"
-        ) from None
-    with Client(address):
-        yield
 
 
 def _time_units(inputs: Inputs) -> str:
@@ -120,6 +105,7 @@ def run_etl(cfg: Config, *, overwrite: bool = False) -> Path:
             target.parent,
             ", ".join(stale),
         )
+    check_address(cfg.etl.dask_scheduler)
     started = time.perf_counter()
     inputs = open_inputs(cfg)
     n_time, ny, nx = inputs.shape
@@ -144,8 +130,9 @@ def run_etl(cfg: Config, *, overwrite: bool = False) -> Path:
             str(days[block.stop - 1])[:10],
             timeaxis.steps(block.steps, step),
         )
-    with _dask_scheduler(cfg.etl.dask_scheduler), staging(target, overwrite=overwrite) as tmp:
-        counts = _write_store(cfg, inputs, tmp)
+    # the runner closes first (its cluster too), then staging publishes or removes the store
+    with staging(target, overwrite=overwrite) as tmp, runner(cfg.etl.dask_scheduler) as run:
+        counts = _write_store(cfg, inputs, tmp, run)
     seconds = time.perf_counter() - started
     log.info(
         "masked %d of %d cells: %d without reference labels, %d with all-NaN inputs (a cell may be both)",
@@ -213,21 +200,20 @@ class _Plan:
         )
 
 
-def _open_writers(cfg: Config, inputs: Inputs, plan: _Plan, path: Path) -> dict[str, ChunkAppender]:
-    """The series writer (root) and the climatology writer (its group), both along `cell`."""
+def _groups(cfg: Config, inputs: Inputs, plan: _Plan) -> dict[str, ArrayGroup]:
+    """The series arrays (root) and the fitted state (the climatology group), both along `cell`
+    and chunked alike (`etl.chunk_cells`), so whole series chunks are whole climatology chunks."""
     etl, name = cfg.etl, cfg.study.dataset_name
     common: dict[str, Any] = {
         "zarr_format": etl.zarr_format,
         "compression_level": etl.compression_level,
         "time_units": _time_units(inputs),
         "calendar": inputs.calendar,
-        "flush_mb": FLUSH_MB,
         "dim": CELL,
         "coords": (LAT, LON),
     }
     features = xr.Dataset(coords={FEATURE: np.array(inputs.features, dtype=object)})
-    series = ChunkAppender(
-        path,
+    series = ArrayGroup(
         chunk=etl.chunk_cells,
         layout={
             name: (CELL, TIME, FEATURE),
@@ -240,12 +226,9 @@ def _open_writers(cfg: Config, inputs: Inputs, plan: _Plan, path: Path) -> dict[
         fill_values={name: np.float32(np.nan), LABELS: np.int8(MISSING), TIME: TIME_FILL},
         **common,
     )
-    n_train = plan.train_days.stop - plan.train_days.start
-    row_bytes = 8 * max(n_train if plan.spec.transform in quantiles.PERCENTILE_TRANSFORMS else 1, 1000)
-    climatology = ChunkAppender(
-        path,
+    climatology = ArrayGroup(
         group=CLIMATOLOGY,
-        chunk=max(1, (8 << 20) // row_bytes),  # about 8 MB per chunk
+        chunk=etl.chunk_cells,
         layout={**quantiles.state_dims(plan.spec, inputs.features), LAT: (CELL,), LON: (CELL,)},
         static=features.assign_coords(
             quantiles.static_coords(
@@ -257,57 +240,128 @@ def _open_writers(cfg: Config, inputs: Inputs, plan: _Plan, path: Path) -> dict[
     return {"series": series, CLIMATOLOGY: climatology}
 
 
-def _process_block(
-    cfg: Config,
-    inputs: Inputs,
-    plan: _Plan,
-    rows: slice,
-    cols: slice,
-    writers: dict[str, ChunkAppender],
-    counts: Counter[str],
-) -> int:
-    """Mask, fit, transform and encode one block of cells; returns how many cells it had."""
-    values, reference = inputs.read_block(rows, cols)
-    codes = plan.labels(reference)
-    for i, name in enumerate(inputs.features):  # which variables have any value at all
+@dataclass
+class _Job:
+    """What every block task needs (sent once to each dask worker): the lazily opened inputs,
+    the plan, and the store location the rows are written to."""
+
+    inputs: Inputs
+    plan: _Plan
+    dataset_name: str
+    lookback: int
+    location: Path
+
+
+def _survey(block: tuple[slice, slice], job: _Job) -> tuple[np.ndarray, Counter[str]]:
+    """Which cells of a grid block have data (labels and every input somewhere), and the counts
+    of masked cells and of variables with any finite value."""
+    values, reference = job.inputs.read_block(*block)
+    codes = job.plan.labels(reference)
+    counts: Counter[str] = Counter()
+    for i, name in enumerate(job.inputs.features):  # which variables have any value at all
         counts[f"finite {name}"] += int(np.isfinite(values[:, :, i]).any())
     usable, no_labels, all_nan = cell_status(values, codes)
     counts.update(masked=int((~usable).sum()), no_labels=int(no_labels.sum()), all_nan=int(all_nan.sum()))
-    if not usable.any():
-        return len(usable)
-    lat, lon = np.meshgrid(inputs.model["lat"].values[rows], inputs.model["lon"].values[cols], indexing="ij")
-    lat, lon = lat.ravel()[usable], lon.ravel()[usable]
-    values, codes = values[usable], codes[usable]
-    state = quantiles.fit(values[:, plan.train_days], plan.spec, inputs.features)
+    return usable, counts
+
+
+def _rows(
+    job: _Job, values: np.ndarray, codes: np.ndarray, lat: np.ndarray, lon: np.ndarray, counts: Counter[str]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Fit on the training block, transform every step, count usable windows: the series rows
+    and the fitted-state rows of some cells with data."""
+    plan, features = job.plan, job.inputs.features
+    state = quantiles.fit(values[:, plan.train_days], plan.spec, features)
     series = quantiles.transform(
-        state, values, plan.season, plan.spec, inputs.features, train_season=plan.season[plan.train_days]
+        state, values, plan.season, plan.spec, features, train_season=plan.season[plan.train_days]
     )
-    del values
     complete = np.isfinite(series).all(axis=2)
-    lookback = cfg.etl.time_lookback
     for split, block in plan.blocks.items():
-        counts[split] += len(valid_pairs(codes, complete, window_ends(block, lookback), lookback))
+        counts[split] += len(valid_pairs(codes, complete, window_ends(block, job.lookback), job.lookback))
     counts["cells"] += len(lat)
-    writers["series"].add(
-        {cfg.study.dataset_name: series, LABELS: codes, COMPLETE: complete, LAT: lat, LON: lon}
-    )
-    writers[CLIMATOLOGY].add({**state, LAT: lat, LON: lon})
-    return len(usable)
+    rows = {job.dataset_name: series, LABELS: codes, COMPLETE: complete, LAT: lat, LON: lon}
+    return rows, {**state, LAT: lat, LON: lon}
 
 
-def _write_store(cfg: Config, inputs: Inputs, path: Path) -> Counter[str]:
-    """The block loop, then attributes, consolidated metadata and the manifest."""
+def _span(span: tuple[int, np.ndarray], job: _Job) -> Counter[str]:
+    """Compute and write the store's cells `start`.. (whole chunks); `cells` are their positions in
+    the row-major input grid. Returns the counts of its windows and cells."""
+    start, cells = span
+    nx = job.inputs.shape[2]
+    values, reference = job.inputs.read_cells(cells)
+    lat = job.inputs.model[LAT].values[cells // nx]
+    lon = job.inputs.model[LON].values[cells % nx]
+    counts: Counter[str] = Counter()
+    rows, state = _rows(job, values, job.plan.labels(reference), lat, lon, counts)
+    del values, reference
+    write_rows(job.location, None, start, rows)
+    write_rows(job.location, CLIMATOLOGY, start, state)
+    return counts
+
+
+def _like(job: _Job) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Rows of one made-up cell: the shapes and dtypes the arrays are created with."""
+    n_time, _, _ = job.inputs.shape
+    values = np.random.default_rng(0).standard_normal((1, n_time, len(job.inputs.features)), dtype=np.float32)
+    coords = {c: np.zeros(1, job.inputs.model[c].dtype) for c in (LAT, LON)}
+    return _rows(job, values, np.full((1, n_time), MISSING, np.int8), coords[LAT], coords[LON], Counter())
+
+
+def _write_store(cfg: Config, inputs: Inputs, path: Path, run: Runner) -> Counter[str]:
+    """Survey the grid (which cells have data), create the arrays at their final size, compute and
+    write spans of whole chunks (in this process or on dask workers), then attributes,
+    consolidated metadata and the manifest."""
     n_time, ny, nx = inputs.shape
     plan = _Plan.of(cfg, inputs)
-    zarr.open_group(path, mode="w-", zarr_format=cfg.etl.zarr_format)  # the root; writers add to it
-    writers = _open_writers(cfg, inputs, plan, path)
+    groups = _groups(cfg, inputs, plan)
+    job = _Job(inputs, plan, cfg.study.dataset_name, cfg.etl.time_lookback, path)
+    block = min(
+        block_cells(cfg.etl.block_mb, n_time, len(inputs.features)),
+        -(-ny * nx // (TASKS_PER_WORKER * run.workers)),  # enough blocks to keep every worker busy
+    )
+
     counts: Counter[str] = Counter()
-    blocks = list(cell_blocks(ny, nx, block_cells(cfg.etl.block_mb, n_time, len(inputs.features))))
-    with tqdm(total=ny * nx, unit="cell", desc="etl", disable=None) as progress:
-        for rows, cols in blocks:
-            progress.update(_process_block(cfg, inputs, plan, rows, cols, writers, counts))
-    for writer in writers.values():
-        writer.close()
+    usable: dict[tuple[int, int], np.ndarray] = {}  # by the block's first row and column
+    grid = list(cell_blocks(ny, nx, block))
+    with tqdm(total=ny * nx, unit="cell", desc="etl: cells with data", disable=None) as progress:
+        for (rows, cols), (mask, found) in run.map(_survey, grid, job, _rows_of):
+            usable[rows.start, cols.start] = mask
+            counts.update(found)
+            progress.update(mask.size)
+    _check_variables(inputs, counts)
+    cells = np.concatenate(
+        [grid_positions(rows, cols, nx)[usable[rows.start, cols.start]] for rows, cols in grid]
+    )
+    if not len(cells):
+        _check_windows(inputs, counts)
+
+    zarr.open_group(path, mode="w-", zarr_format=cfg.etl.zarr_format)  # the root; the groups add to it
+    for group, like in zip(groups.values(), _like(job), strict=True):
+        group.create(path, len(cells), like)
+    chunk = cfg.etl.chunk_cells
+    span = max(1, min(block, -(-len(cells) // (TASKS_PER_WORKER * run.workers))) // chunk) * chunk
+    spans = [(start, cells[start : start + span]) for start in range(0, len(cells), span)]
+    with tqdm(total=len(cells), unit="cell", desc="etl", disable=None) as progress:
+        for (_, part), found in run.map(_span, spans, job, _cells_of):
+            counts.update(found)
+            progress.update(len(part))
+    _check_windows(inputs, counts)
+    _finalize(cfg, inputs, plan, path)
+    counts["bytes"] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return counts
+
+
+def _rows_of(block: tuple[slice, slice]) -> str:
+    rows, cols = block
+    return f"the grid's rows {rows.start}..{rows.stop - 1}, columns {cols.start}..{cols.stop - 1}"
+
+
+def _cells_of(span: tuple[int, np.ndarray]) -> str:
+    start, cells = span
+    return f"the store's cells {start}..{start + len(cells) - 1}"
+
+
+def _check_variables(inputs: Inputs, counts: Counter[str]) -> None:
     empty = [name for name in inputs.features if not counts[f"finite {name}"]]
     if empty:
         raise EtlInputError(
@@ -315,15 +369,15 @@ def _write_store(cfg: Config, inputs: Inputs, path: Path) -> Counter[str]:
             "and day of the common period; check its fill value and scale in the file, or leave it out "
             "of data.variables"
         )
+
+
+def _check_windows(inputs: Inputs, counts: Counter[str]) -> None:
     for split in SPLITS:
         if counts[split] == 0:
             raise EtlInputError(
                 f"{', '.join(p.name for p in inputs.files)}: no usable {split} window (every cell is masked, "
                 "or every window has a missing label or NaN input); check the inputs' overlap and NaNs"
             )
-    _finalize(cfg, inputs, plan, path)
-    counts["bytes"] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return counts
 
 
 def _finalize(cfg: Config, inputs: Inputs, plan: _Plan, path: Path) -> None:

@@ -1,0 +1,183 @@
+"""Where the ETL's blocks run: in this process, or as tasks on dask.distributed workers.
+
+`etl.dask_scheduler` picks it:
+
+* `""` (default): every block in this process, one after another;
+* `"local:N"`: a `distributed.LocalCluster` of N worker processes of one thread each, started for
+  this run and closed at its end (also on failure);
+* `"tcp://host:port"`: a running scheduler, e.g. one started by dask-jobqueue on a cluster; its
+  workers must import this package and reach the raw inputs and `data.zarr_dir` under the same paths.
+
+Both runners take the same task function and items, so a block's result and the bytes it writes
+do not depend on where it ran. On a worker, a task reads its inputs with dask's synchronous
+scheduler (one worker thread per task; no nested tasks). At most two tasks per worker thread
+are in flight: after a failure nothing new is submitted, and the ETL waits for the running tasks
+to end before the temporary store is removed, so no task writes into a removed folder.
+A task that raises or a worker that dies fails the ETL with an `EtlError` saying which block and
+what to do. With `local:N`, a worker that dies fails its task at once (`allowed-failures` 0):
+locally that is nearly always memory, which a retry would exhaust again; an external scheduler
+keeps its own retry setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, TypeVar
+
+from ..errors import StudyError
+from .errors import EtlError
+
+log = logging.getLogger(__name__)
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+LOCAL = re.compile(r"local:(\d+)")
+IN_FLIGHT_PER_THREAD = 2
+Task = Callable[[Item, Any], Result]  # fn(item, shared) -> result
+
+
+class Runner(Protocol):
+    workers: int  # threads that run tasks at once (1 in process)
+
+    def map(
+        self, fn: Task[Item, Result], items: Iterable[Item], shared: Any, what: Callable[[Item], str]
+    ) -> Iterator[tuple[Item, Result]]:
+        """`fn(item, shared)` for every item; yields (item, result) as each ends (in any order).
+        `what(item)` names the item in error messages."""
+        ...
+
+
+def check_address(address: str) -> None:
+    """Refuse a malformed `etl.dask_scheduler` before any work starts."""
+    match = LOCAL.fullmatch(address)
+    if address == "" or (match and int(match[1]) >= 1) or re.fullmatch(r"(tcp|tls)://\S+", address):
+        return
+    raise EtlError(
+        f"etl.dask_scheduler = {address!r}: use \"\" (this process), \"local:N\" (N >= 1 worker "
+        'processes started for this run) or a scheduler address such as "tcp://host:8786"'
+    )
+
+
+@contextlib.contextmanager
+def runner(address: str) -> Iterator[Runner]:
+    """The runner for `etl.dask_scheduler`; a cluster it starts is closed on exit."""
+    check_address(address)
+    if not address:
+        yield InProcess()
+        return
+    try:
+        import dask
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise EtlError(
+            f"etl.dask_scheduler = {address!r} needs dask.distributed: pip install distributed "
+            "(or the study's etl extra)"
+        ) from None
+    with contextlib.ExitStack() as stack:
+        if match := LOCAL.fullmatch(address):
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                cluster = stack.enter_context(
+                    LocalCluster(
+                        n_workers=int(match[1]),
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address="127.0.0.1:0",
+                    )
+                )
+            client = stack.enter_context(Client(cluster))  # closed before the cluster
+        else:
+            try:
+                client = stack.enter_context(Client(address, timeout="30s"))
+            except (OSError, TimeoutError) as exc:
+                raise EtlError(
+                    f"cannot reach the dask scheduler at {address} ({type(exc).__name__}: {exc}); start it "
+                    "(e.g. with dask-jobqueue) or fix etl.dask_scheduler"
+                ) from None
+        workers = client.scheduler_info().get("workers", {})
+        log.info(
+            "dask: %s, %d workers, dashboard %s (its pages need bokeh installed)",
+            address,
+            len(workers),
+            client.dashboard_link,
+        )
+        yield OnCluster(client)
+
+
+class InProcess:
+    """Every item in this process, in order."""
+
+    workers = 1
+
+    def map(
+        self, fn: Task[Item, Result], items: Iterable[Item], shared: Any, what: Callable[[Item], str]
+    ) -> Iterator[tuple[Item, Result]]:
+        for item in items:
+            yield item, fn(item, shared)
+
+
+def _on_worker(fn: Task[Item, Result], item: Item, shared: Any) -> Result:
+    """Run a task with dask's synchronous scheduler for the reads inside it (no nested tasks)."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        return fn(item, shared)
+
+
+class OnCluster:
+    """Items as dask tasks on the client's workers, a bounded number in flight."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.workers = max(1, sum(client.nthreads().values()))
+
+    def _window(self) -> int:
+        return IN_FLIGHT_PER_THREAD * max(1, sum(self.client.nthreads().values()))
+
+    def map(
+        self, fn: Task[Item, Result], items: Iterable[Item], shared: Any, what: Callable[[Item], str]
+    ) -> Iterator[tuple[Item, Result]]:
+        from distributed import as_completed, wait
+
+        shared_future = self.client.scatter(shared, broadcast=True, hash=False)
+        todo = iter(items)
+        running: dict[Any, Item] = {}
+        done = as_completed()
+
+        def submit() -> None:
+            while len(running) < self._window() and (item := next(todo, None)) is not None:
+                future = self.client.submit(_on_worker, fn, item, shared_future, pure=False)
+                running[future] = item
+                done.add(future)
+
+        submit()
+        try:
+            for future in done:
+                item = running.pop(future)
+                try:
+                    result = future.result()
+                except Exception as exc:
+                    wait(list(running))  # let the running tasks end before the store is removed
+                    raise _failure(exc, what(item)) from None
+                yield item, result
+                submit()
+        finally:
+            self.client.cancel(list(running))
+
+
+def _failure(exc: BaseException, what: str) -> StudyError:
+    """One-line error for a failed task: the user's own error as it is, else what happened and what to do."""
+    from distributed import KilledWorker
+
+    if isinstance(exc, StudyError):
+        return exc
+    if isinstance(exc, KilledWorker):
+        return EtlError(
+            f"a dask worker died while processing {what} (killed, or out of memory: lower etl.block_mb "
+            "or give the workers more memory); no store was written, re-run the ETL"
+        )
+    return EtlError(
+        f"processing {what} failed on a dask worker ({type(exc).__name__}: {exc}); no store was written, "
+        "fix the cause and re-run the ETL"
+    )
