@@ -342,9 +342,10 @@ def _write_store(cfg: Config, inputs: Inputs, path: Path, run: Runner) -> Counte
     span = max(1, min(block, -(-len(cells) // (TASKS_PER_WORKER * run.workers))) // chunk) * chunk
     spans = [(start, cells[start : start + span]) for start in range(0, len(cells), span)]
     with tqdm(total=len(cells), unit="cell", desc="etl", disable=None) as progress:
-        for (_, part), found in run.map(_span, spans, job, _cells_of):
+        for span_done, found in run.map(_span, spans, job, _cells_of):
+            log.debug("wrote %s", _cells_of(span_done))
             counts.update(found)
-            progress.update(len(part))
+            progress.update(len(span_done[1]))
     _check_windows(inputs, counts)
     _finalize(cfg, inputs, plan, path)
     counts["bytes"] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
