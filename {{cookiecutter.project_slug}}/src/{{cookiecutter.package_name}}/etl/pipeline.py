@@ -1,21 +1,25 @@
 """The ETL in one call: `run_etl(cfg)` (CLI: `<package> etl [--overwrite]`).
 
-raw inputs (data/raw) -> extract (open, validate, align) -> per block of cells:
-labels (read, or derived from a variable and fitted on the training block), mask,
-fit the transform on the training block, transform every time step -> append
-whole chunks of the series to `<dataset_name>.zarr` and the fitted state to its
-`climatology` group -> attributes (split, encoding, transform, provenance),
-consolidated metadata, manifest -> rename the finished store into
-place. The layout is `store_format.py`'s; windows are cut when read, never stored.
+raw inputs (data/raw) -> extract (open, validate, align) -> survey the grid block by block
+(labels read, or derived from a variable and fitted on the training block; which cells have
+data) -> create the store's arrays at their final size -> per span of whole chunks of the cells
+with data: fit the transform on the training block, transform every time step, write the
+series and the fitted state (`climatology` group) into their own chunks -> attributes (split,
+encoding, transform, provenance), consolidated metadata, manifest -> rename the finished store
+into place. The layout is `store_format.py`'s; windows are cut when read, never stored.
 
-Memory: the grid is processed in blocks of cells sized from `etl.block_mb`
-(each cell holds its whole time series while it is transformed); finished rows
-go to a fixed buffer of whole chunks (FLUSH_MB, at least one chunk) that is
-appended when full, so peak memory is about `block_mb` plus two such buffers,
-whatever the number of cells; with more years a block simply holds fewer cells.
-Inputs are read through dask; set `etl.dask_scheduler` to a dask.distributed
-address to read on a cluster. Inputs chunked along time (one file per year, say)
-are read once per block: for very large grids, rechunk them to whole time series first.
+Where the blocks run is `etl.dask_scheduler` (etl/cluster.py): in this process, one after
+another, or as dask tasks on dask.distributed workers ("local:N" or "tcp://host:port"), each
+task reading its inputs and writing its own chunks (etl/regions.py). The same functions run
+either way, so the store's bytes do not depend on it; the driver holds the positions of the
+cells with data (8 bytes a cell) and small counts, never the series.
+
+Memory: a block holds about `etl.block_mb` of working arrays (each cell holds its whole time
+series while it is transformed), whatever the number of cells; with more years a block simply
+holds fewer cells. A block is also at most 1/4 of the grid per worker thread, so every worker
+gets work. Blocks of the write phase are whole chunks (at least one), read as the grid cells
+from their first to their last cell with data. Inputs chunked along time (one file per year,
+say) are read once per block: for very large grids, rechunk them to whole time series first.
 
 Usage:
 
