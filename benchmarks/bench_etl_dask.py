@@ -9,7 +9,8 @@ figures and the goals of issue 13 as met / not met; asserts nothing.
 Each ETL runs in a fresh subprocess (the driver). Its peak RSS is `getrusage` of that process
 (with `local:2` it also hosts the scheduler and the two nannies, as a LocalCluster does); each
 worker's peak is the kernel's high-water mark (`VmHWM` in /proc) of the worker process, read
-every 0.1 s while it lives. The two stores of a size are compared chunk by chunk (manifest
+every 0.1 s while it lives. CPU seconds are `getrusage` of the driver during the run and of its
+reaped children (the workers). The two stores of a size are compared chunk by chunk (manifest
 sha256s). Runs are interleaved (in process, local:2, in process, ...) when repeated.
 """
 
@@ -35,6 +36,11 @@ MODES = ("", "local:2")
 
 def maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def high_water_mb(pid: int) -> float | None:
@@ -84,6 +90,8 @@ def child_etl(ns: argparse.Namespace) -> None:
         {"data.raw_dir": str(ns.raw), "data.zarr_dir": str(ns.out), "etl.dask_scheduler": ns.scheduler}
     )
     baseline = maxrss_mb()
+    cpu = cpu_seconds(resource.RUSAGE_SELF)
+    load = os.getloadavg()[0]
     sampler = WorkerPeaks()
     sampler.start()
     started = time.perf_counter()
@@ -99,6 +107,9 @@ def child_etl(ns: argparse.Namespace) -> None:
                 "cells": manifest["arrays"][cfg.study.dataset_name]["shape"][0],
                 "rss_after_imports_mb": baseline,
                 "driver_peak_mb": maxrss_mb(),
+                "driver_cpu_s": cpu_seconds(resource.RUSAGE_SELF) - cpu,
+                "workers_cpu_s": cpu_seconds(resource.RUSAGE_CHILDREN),  # the workers, reaped when the cluster closed
+                "load_before": load,
                 "worker_peaks_mb": sorted(sampler.peaks.values()),
                 "chunks": {k: v["sha256"] for k, v in manifest["arrays"].items()},
             }
@@ -161,8 +172,8 @@ def main() -> None:
                     runs.setdefault((size, mode), []).append(child(args, study))
 
         print(
-            f"{'grid':<6} {'cells':>6} {'with data':>9} {'scheduler':<9} {'seconds':>8} {'driver peak':>11} "
-            f"{'(imports)':>9}  workers' peaks"
+            f"{'grid':<6} {'cells':>6} {'with data':>9} {'scheduler':<10} {'seconds':>8} {'CPU s driver':>12} "
+            f"{'CPU s workers':>13} {'load':>5} {'driver peak':>11} {'(imports)':>9}  workers' peaks"
         )
         summary: dict[tuple[str, str], dict[str, float]] = {}
         for (size, mode), results in runs.items():
@@ -172,9 +183,13 @@ def main() -> None:
             workers = [max(r["worker_peaks_mb"][i] for r in results) for i in range(len(results[0]["worker_peaks_mb"]))]
             summary[size, mode] = {"seconds": seconds, "driver": driver}
             spread = f" [{min(r['seconds'] for r in results):.1f}-{max(r['seconds'] for r in results):.1f}]"
+            cpu_driver = statistics.median(r["driver_cpu_s"] for r in results)
+            cpu_workers = statistics.median(r["workers_cpu_s"] for r in results)
+            load = statistics.median(r["load_before"] for r in results)
             print(
-                f"{size:<6} {ny * nx:>6} {results[0]['cells']:>9} {mode or 'in process':<9} {seconds:>8.1f}"
-                f"{spread if len(results) > 1 else ''} {driver:>10.0f}M {results[0]['rss_after_imports_mb']:>8.0f}M  "
+                f"{size:<6} {ny * nx:>6} {results[0]['cells']:>9} {mode or 'in process':<10} {seconds:>8.1f}"
+                f"{spread if len(results) > 1 else ''} {cpu_driver:>12.1f} {cpu_workers:>13.1f} {load:>5.1f} "
+                f"{driver:>10.0f}M {results[0]['rss_after_imports_mb']:>8.0f}M  "
                 + (", ".join(f"{w:.0f}M" for w in workers) or "-")
             )
         for size in sizes:
@@ -195,7 +210,8 @@ def main() -> None:
             )
         print(
             "\n'cells' counts the input grid, 'with data' the cells stored; seconds are the median of the runs "
-            "(range in brackets); the driver's peak includes the scheduler and nannies of local:2."
+            "(range in brackets); the driver's peak includes the scheduler and nannies of local:2; 'load' is the "
+            "1-minute load average when the run started (other work on the machine)."
         )
 
 

@@ -1,6 +1,7 @@
-"""The ETL on dask.distributed (`etl.dask_scheduler = "local:N"`): worker processes write the same
-chunks as the in-process run; a task that raises and a worker that dies fail the ETL with one
-clear error, leave no store and no temporary folder, and the cluster is closed."""
+"""The ETL on dask.distributed: worker processes (`etl.dask_scheduler = "local:2"`) write the same
+chunks as the in-process run; on a running scheduler (`tcp://...`) a task that raises fails the
+ETL with its error, and a worker that dies fails a `local:2` run with one clear line; no store
+and no temporary folder is left, and a cluster the ETL started is closed."""
 
 from __future__ import annotations
 
@@ -62,9 +63,18 @@ def hook(handlers: list[OnMessage], text: str, action) -> OnMessage:
     return handler
 
 
-def on_cluster(cfg: Config, **extra: object) -> Config:
+def on_cluster(cfg: Config, scheduler: str = "local:2", **extra: object) -> Config:
     """Two worker processes; 1 MB blocks, so the tiny grid makes several survey and write tasks."""
-    return cfg.override({"etl.dask_scheduler": "local:2", "etl.block_mb": 1, **extra})
+    return cfg.override({"etl.dask_scheduler": scheduler, "etl.block_mb": 1, **extra})
+
+
+@pytest.fixture(scope="class")
+def scheduler() -> Iterator[str]:
+    """A running scheduler with two worker processes, as dask-jobqueue would start: its address."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0") as cluster:
+        yield cluster.scheduler_address
 
 
 def test_local_cluster_writes_the_same_chunks_as_in_process(tiny_inputs: Config, caplog) -> None:
@@ -79,30 +89,37 @@ def test_local_cluster_writes_the_same_chunks_as_in_process(tiny_inputs: Config,
     assert worker_processes() == []  # the cluster was closed
 
 
-def test_a_task_that_raises_fails_the_etl_and_leaves_nothing(tiny_config: Config) -> None:
-    """Labels out of range in the reference are found by a worker: its error, as in process."""
-    model, reference = tiny_datasets(tiny_config)
-    bad = reference.drought_category.where(reference.lat < reference.lat.max(), 12)  # the last row
-    write_inputs(tiny_config, model, reference.assign(drought_category=bad))
-    with pytest.raises(EtlInputError, match=r"reference\.nc: variable 'drought_category': \d+ values are"):
-        run_etl(on_cluster(tiny_config))
-    assert leftovers(tiny_config) == []
-    assert worker_processes() == []
+class TestOnARunningScheduler:
+    """Failures on a scheduler the ETL did not start (`tcp://`): it stays up, the store goes."""
+
+    def test_a_task_that_raises_fails_the_etl_and_leaves_nothing(
+        self, tiny_config: Config, scheduler: str
+    ) -> None:
+        """Labels out of range in the reference are found by a worker: its error, as in process."""
+        model, reference = tiny_datasets(tiny_config)
+        bad = reference.drought_category.where(reference.lat < reference.lat.max(), 12)  # the last row
+        write_inputs(tiny_config, model, reference.assign(drought_category=bad))
+        message = r"reference\.nc: variable 'drought_category': \d+ values are not category codes"
+        with pytest.raises(EtlInputError, match=message):
+            run_etl(on_cluster(tiny_config, scheduler))
+        assert leftovers(tiny_config) == []
+
+    def test_an_input_removed_mid_run_fails_the_etl_with_the_block_named(
+        self, tiny_inputs: Config, scheduler: str, on_message: list[OnMessage]
+    ) -> None:
+        """The driver has validated the inputs; the file is gone when the workers open it."""
+        model_file = tiny_inputs.path(tiny_inputs.data.raw_dir) / MODEL_FILE
+        hook(on_message, "split test", model_file.unlink)  # logged before the blocks start
+        with pytest.raises(EtlError, match=r"processing the grid's rows 0\.\.\d+, .* failed on a dask worker "
+                           r"\((FileNotFoundError|OSError).*re-run the ETL$") as failure:  # fmt: skip
+            run_etl(on_cluster(tiny_inputs, scheduler))
+        assert "\n" not in str(failure.value)
+        assert leftovers(tiny_inputs) == []
 
 
-def test_an_input_removed_mid_run_fails_the_etl_with_the_block_named(tiny_inputs: Config, on_message) -> None:
-    """The driver has validated the inputs; the file is gone when the workers open it."""
-    model_file = tiny_inputs.path(tiny_inputs.data.raw_dir) / MODEL_FILE
-    hook(on_message, "split test", model_file.unlink)  # logged before the cluster starts
-    with pytest.raises(EtlError, match=r"processing the grid's rows 0\.\.\d+, .* failed on a dask worker "
-                       r"\((FileNotFoundError|OSError).*re-run the ETL$") as failure:  # fmt: skip
-        run_etl(on_cluster(tiny_inputs))
-    assert "\n" not in str(failure.value)
-    assert leftovers(tiny_inputs) == []
-    assert worker_processes() == []
-
-
-def test_a_worker_killed_mid_run_fails_the_etl_and_leaves_nothing(tiny_inputs: Config, on_message) -> None:
+def test_a_worker_killed_mid_run_fails_the_etl_and_leaves_nothing(
+    tiny_inputs: Config, on_message: list[OnMessage]
+) -> None:
     def kill_a_worker() -> None:  # after the first block is written, others are running on both workers
         victim = worker_processes()[0]
         os.kill(victim.pid, signal.SIGKILL)
