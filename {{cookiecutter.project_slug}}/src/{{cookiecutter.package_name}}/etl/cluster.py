@@ -21,10 +21,12 @@ keeps its own retry setting.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from ..errors import StudyError
@@ -66,54 +68,69 @@ def check_address(address: str) -> None:
     if address == "" or (match and int(match[1]) >= 1) or re.fullmatch(r"(tcp|tls)://\S+", address):
         return
     raise EtlError(
-        f"etl.dask_scheduler = {address!r}: use \"\" (this process), \"local:N\" (N >= 1 worker "
+        f'etl.dask_scheduler = {address!r}: use "" (this process), "local:N" (N >= 1 worker '
         'processes started for this run) or a scheduler address such as "tcp://host:8786"'
     )
 
 
 @contextlib.contextmanager
 def runner(address: str) -> Iterator[Runner]:
-    """The runner for `etl.dask_scheduler`; a cluster it starts is closed on exit."""
+    """The runner for `etl.dask_scheduler`. A cluster starts (or the scheduler is reached) in the
+    background, so its workers start while the caller validates the inputs; on exit the client,
+    then a cluster it started, are closed."""
     check_address(address)
     if not address:
         yield InProcess()
         return
     try:
-        import dask
-        from distributed import Client, LocalCluster
+        import distributed  # noqa: F401  (here, so a missing package is named before any work)
     except ImportError:
         raise EtlError(
             f"etl.dask_scheduler = {address!r} needs dask.distributed: pip install distributed "
             "(or the study's etl extra)"
         ) from None
-    with contextlib.ExitStack() as stack:
-        if match := LOCAL.fullmatch(address):
-            with dask.config.set(LOCAL_CLUSTER_CONFIG):
-                cluster = stack.enter_context(
-                    LocalCluster(
-                        n_workers=int(match[1]),
-                        threads_per_worker=1,
-                        processes=True,
-                        dashboard_address="127.0.0.1:0",
-                    )
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(1, thread_name_prefix="etl-dask") as pool:
+        client = pool.submit(_connect, address, stack)
+        try:
+            yield OnCluster(client)
+        finally:
+            client.exception()  # let the start end before the stack closes what it opened
+
+
+def _connect(address: str, stack: contextlib.ExitStack) -> Any:
+    """A client of a LocalCluster started for `local:N`, or of the scheduler at `address`; both
+    entered into `stack`, the client last (closed first). The client is not made dask's default:
+    the driver's own small computations stay in this process."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    if match := LOCAL.fullmatch(address):
+        with dask.config.set(LOCAL_CLUSTER_CONFIG):
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=int(match[1]),
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address="127.0.0.1:0",
                 )
-            client = stack.enter_context(Client(cluster))  # closed before the cluster
-        else:
-            try:
-                client = stack.enter_context(Client(address, timeout="30s"))
-            except (OSError, TimeoutError) as exc:
-                raise EtlError(
-                    f"cannot reach the dask scheduler at {address} ({type(exc).__name__}: {exc}); start it "
-                    "(e.g. with dask-jobqueue) or fix etl.dask_scheduler"
-                ) from None
-        workers = client.scheduler_info().get("workers", {})
-        log.info(
-            "dask: %s, %d workers, dashboard %s (its pages need bokeh installed)",
-            address,
-            len(workers),
-            client.dashboard_link,
-        )
-        yield OnCluster(client)
+            )
+        client = stack.enter_context(Client(cluster, set_as_default=False))
+    else:
+        try:
+            client = stack.enter_context(Client(address, timeout="30s", set_as_default=False))
+        except (OSError, TimeoutError) as exc:
+            raise EtlError(
+                f"cannot reach the dask scheduler at {address} ({type(exc).__name__}: {exc}); start it "
+                "(e.g. with dask-jobqueue) or fix etl.dask_scheduler"
+            ) from None
+    workers = client.scheduler_info().get("workers", {})
+    log.info(
+        "dask: %s, %d workers, dashboard %s (its pages need bokeh installed)",
+        address,
+        len(workers),
+        client.dashboard_link,
+    )
+    return client
 
 
 class InProcess:
@@ -137,28 +154,35 @@ def _on_worker(fn: Task[Item, Result], item: Item, shared: Any) -> Result:
 
 
 class OnCluster:
-    """Items as dask tasks on the client's workers, a bounded number in flight."""
+    """Items as dask tasks on the workers of a client (started in the background), a bounded
+    number in flight; every exit waits for the tasks it submitted that are still running."""
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.workers = max(1, sum(client.nthreads().values()))
+    def __init__(self, client: Future[Any]) -> None:
+        self._client = client
 
-    def _window(self) -> int:
-        return IN_FLIGHT_PER_THREAD * max(1, sum(self.client.nthreads().values()))
+    @property
+    def client(self) -> Any:
+        return self._client.result()  # the start's own error (e.g. no scheduler there), if any
+
+    @property
+    def workers(self) -> int:
+        return max(1, sum(self.client.nthreads().values()))
 
     def map(
         self, fn: Task[Item, Result], items: Iterable[Item], shared: Any, what: Callable[[Item], str]
     ) -> Iterator[tuple[Item, Result]]:
-        from distributed import as_completed, wait
+        from distributed import as_completed
 
-        shared_future = self.client.scatter(shared, broadcast=True, hash=False)
+        client = self.client
+        shared_future = client.scatter(shared, broadcast=True, hash=False)
         todo = iter(items)
         running: dict[Any, Item] = {}
-        done = as_completed()
+        done = as_completed(loop=client.loop)  # this client's, not a default one
 
         def submit() -> None:
-            while len(running) < self._window() and (item := next(todo, None)) is not None:
-                future = self.client.submit(_on_worker, fn, item, shared_future, pure=False)
+            limit = IN_FLIGHT_PER_THREAD * self.workers
+            while len(running) < limit and (item := next(todo, None)) is not None:
+                future = client.submit(_on_worker, fn, item, shared_future, pure=False)
                 running[future] = item
                 done.add(future)
 
@@ -168,13 +192,14 @@ class OnCluster:
                 item = running.pop(future)
                 try:
                     result = future.result()
-                except Exception as exc:
-                    wait(list(running))  # let the running tasks end before the store is removed
+                except (Exception, asyncio.CancelledError) as exc:
                     raise _failure(exc, what(item)) from None
                 yield item, result
                 submit()
-        finally:
-            self.client.cancel(list(running))
+        finally:  # on a failure (or Ctrl-C): the running tasks end before the store is removed
+            for future in running:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    future.exception()  # waits for the task to end, whatever its outcome
 
 
 def _failure(exc: BaseException, what: str) -> StudyError:

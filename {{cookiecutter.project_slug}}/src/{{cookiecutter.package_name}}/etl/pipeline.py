@@ -71,7 +71,7 @@ from ..store_format import (
 )
 from . import derive, quantiles, timeaxis
 from .categories import encoding_attrs
-from .cluster import Runner, check_address, runner
+from .cluster import Runner, runner
 from .errors import EtlInputError, StoreExistsError
 from .extract import Inputs, cell_blocks, cell_status, grid_positions, open_inputs
 from .regions import ArrayGroup, write_rows
@@ -109,34 +109,34 @@ def run_etl(cfg: Config, *, overwrite: bool = False) -> Path:
             target.parent,
             ", ".join(stale),
         )
-    check_address(cfg.etl.dask_scheduler)
     started = time.perf_counter()
-    inputs = open_inputs(cfg)
-    n_time, ny, nx = inputs.shape
-    step = inputs.time_step
-    log.info(
-        "inputs: %s | reference: %s | grid %dx%d, %s (%s calendar)",
-        ", ".join(p.name for p in inputs.model_files),
-        ", ".join(p.name for p in inputs.reference_files)
-        or f"derived from {cfg.data.derive_from!r} (trailing means over "
-        f"{timeaxis.steps(cfg.data.derive_window, step)})",
-        ny,
-        nx,
-        timeaxis.steps(n_time, step),
-        inputs.calendar,
-    )
-    days = inputs.time.values
-    for block in inputs.blocks.values():
+    # a cluster starts in the background while the inputs are validated; it closes last
+    with runner(cfg.etl.dask_scheduler) as run:
+        inputs = open_inputs(cfg)
+        n_time, ny, nx = inputs.shape
+        step = inputs.time_step
         log.info(
-            "split %-5s label dates %s .. %s (%s)",
-            block.name,
-            str(days[block.start])[:10],
-            str(days[block.stop - 1])[:10],
-            timeaxis.steps(block.steps, step),
+            "inputs: %s | reference: %s | grid %dx%d, %s (%s calendar)",
+            ", ".join(p.name for p in inputs.model_files),
+            ", ".join(p.name for p in inputs.reference_files)
+            or f"derived from {cfg.data.derive_from!r} (trailing means over "
+            f"{timeaxis.steps(cfg.data.derive_window, step)})",
+            ny,
+            nx,
+            timeaxis.steps(n_time, step),
+            inputs.calendar,
         )
-    # the runner closes first (its cluster too), then staging publishes or removes the store
-    with staging(target, overwrite=overwrite) as tmp, runner(cfg.etl.dask_scheduler) as run:
-        counts = _write_store(cfg, inputs, tmp, run)
+        days = inputs.time.values
+        for block in inputs.blocks.values():
+            log.info(
+                "split %-5s label dates %s .. %s (%s)",
+                block.name,
+                str(days[block.start])[:10],
+                str(days[block.stop - 1])[:10],
+                timeaxis.steps(block.steps, step),
+            )
+        with staging(target, overwrite=overwrite) as tmp:  # run.map returns or raises once its tasks ended
+            counts = _write_store(cfg, inputs, tmp, run)
     seconds = time.perf_counter() - started
     log.info(
         "masked %d of %d cells: %d without reference labels, %d with all-NaN inputs (a cell may be both)",
