@@ -172,8 +172,9 @@ def main() -> None:
                     runs.setdefault((size, mode), []).append(child(args, study))
 
         print(
-            f"{'grid':<6} {'cells':>6} {'with data':>9} {'scheduler':<10} {'seconds':>8} {'CPU s driver':>12} "
-            f"{'CPU s workers':>13} {'load':>5} {'driver peak':>11} {'(imports)':>9}  workers' peaks"
+            f"{'grid':<6} {'cells':>6} {'with data':>9} {'scheduler':<10} {'seconds':>8} {'(range)':>11} "
+            f"{'CPU s driver':>12} {'CPU s workers':>13} {'load':>5} {'driver peak':>11} {'(imports)':>9}  "
+            "workers' peaks"
         )
         summary: dict[tuple[str, str], dict[str, float]] = {}
         for (size, mode), results in runs.items():
@@ -182,13 +183,13 @@ def main() -> None:
             driver = statistics.median(r["driver_peak_mb"] for r in results)
             workers = [max(r["worker_peaks_mb"][i] for r in results) for i in range(len(results[0]["worker_peaks_mb"]))]
             summary[size, mode] = {"seconds": seconds, "driver": driver}
-            spread = f" [{min(r['seconds'] for r in results):.1f}-{max(r['seconds'] for r in results):.1f}]"
+            spread = f"{min(r['seconds'] for r in results):.1f}-{max(r['seconds'] for r in results):.1f}"
             cpu_driver = statistics.median(r["driver_cpu_s"] for r in results)
             cpu_workers = statistics.median(r["workers_cpu_s"] for r in results)
             load = statistics.median(r["load_before"] for r in results)
             print(
-                f"{size:<6} {ny * nx:>6} {results[0]['cells']:>9} {mode or 'in process':<10} {seconds:>8.1f}"
-                f"{spread if len(results) > 1 else ''} {cpu_driver:>12.1f} {cpu_workers:>13.1f} {load:>5.1f} "
+                f"{size:<6} {ny * nx:>6} {results[0]['cells']:>9} {mode or 'in process':<10} {seconds:>8.1f} "
+                f"{spread:>11} {cpu_driver:>12.1f} {cpu_workers:>13.1f} {load:>5.1f} "
                 f"{driver:>10.0f}M {results[0]['rss_after_imports_mb']:>8.0f}M  "
                 + (", ".join(f"{w:.0f}M" for w in workers) or "-")
             )
@@ -210,7 +211,7 @@ def main() -> None:
             )
         print(
             "\n'cells' counts the input grid, 'with data' the cells stored; seconds are the median of the runs "
-            "(range in brackets); the driver's peak includes the scheduler and nannies of local:2; 'load' is the "
+            "(their range); the driver's peak includes the scheduler and nannies of local:2; 'load' is the "
             "1-minute load average when the run started (other work on the machine)."
         )
 

@@ -9,7 +9,9 @@
   workers must import this package and reach the raw inputs and `data.zarr_dir` under the same paths.
 
 Both runners take the same task function and items, so a block's result and the bytes it writes
-do not depend on where it ran. On a worker, a task reads its inputs with dask's synchronous
+do not depend on where it ran. A cluster starts in a background thread, so its workers start
+while the driver validates the inputs; its client is not made dask's default (the driver's own
+small computations stay in the driver), and `LOCAL_CLUSTER_CONFIG` tunes the workers it starts. On a worker, a task reads its inputs with dask's synchronous
 scheduler (one worker thread per task; no nested tasks). At most two tasks per worker thread
 are in flight: after a failure nothing new is submitted, and the ETL waits for the running tasks
 to end before the temporary store is removed, so no task writes into a removed folder.
@@ -213,7 +215,8 @@ def _failure(exc: BaseException, what: str) -> StudyError:
             f"a dask worker died while processing {what} (killed, or out of memory: lower etl.block_mb "
             "or give the workers more memory); no store was written, re-run the ETL"
         )
+    detail = " ".join(str(exc).split())  # one line, whatever the worker's message
     return EtlError(
-        f"processing {what} failed on a dask worker ({type(exc).__name__}: {exc}); no store was written, "
-        "fix the cause and re-run the ETL"
+        f"processing {what} failed on a dask worker ({type(exc).__name__}: {detail}); no store was "
+        "written, fix the cause and re-run the ETL"
     )
