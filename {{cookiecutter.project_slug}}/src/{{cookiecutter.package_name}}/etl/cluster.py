@@ -13,8 +13,9 @@ do not depend on where it ran. A cluster starts in a background thread, so its w
 while the driver validates the inputs; its client is not made dask's default (the driver's own
 small computations stay in the driver), and `LOCAL_CLUSTER_CONFIG` tunes the workers it starts.
 On a worker, a task reads its inputs with dask's synchronous scheduler (one worker thread per
-task; no nested tasks). At most two tasks per worker thread are in flight: after a failure nothing new is submitted, and the ETL waits for the running tasks
-to end before the temporary store is removed, so no task writes into a removed folder.
+task; no nested tasks). At most two tasks per worker thread are in flight: after a failure
+nothing new is submitted, and the ETL waits for the running tasks to end before the temporary
+store is removed, so no task writes into a removed folder.
 A task that raises or a worker that dies fails the ETL with an `EtlError` saying which block and
 what to do. With `local:N`, a worker that dies fails its task at once (`allowed-failures` 0):
 locally that is nearly always memory, which a retry would exhaust again; an external scheduler

@@ -75,17 +75,15 @@ class ArrayGroup:
             consolidated=False,
         )
 
-    def aligned(self, start: int, stop: int, n_rows: int) -> bool:
-        """Whether rows [start, stop) are whole chunks of this group (the last may end the array)."""
-        return start % self.chunk == 0 and (stop % self.chunk == 0 or stop == n_rows)
-
 
 def write_rows(location: Path, group: str | None, start: int, arrays: Mapping[str, np.ndarray]) -> None:
     """Write `arrays` (rows along the first axis) at rows `start`.. of the arrays of `group`.
 
-    Opens the existing store (never creates one: a writer that outlives a removed temporary
-    store fails instead of recreating its folder) and writes every chunk, also an all-fill one,
-    so the manifest finds each chunk on disk. The caller keeps to whole chunks (`ArrayGroup.aligned`).
+    Opens the existing store (mode r+: a writer whose temporary store is gone fails instead of
+    recreating it; the runners also let every task end before the store is removed) and writes
+    every chunk, also an all-fill one,
+    so the manifest finds each chunk on disk. The caller keeps to whole chunks: rows from a chunk
+    boundary to a chunk boundary or the array's end.
     """
     root = zarr.open_group(location, mode="r+")
     node = root[group] if group else root
