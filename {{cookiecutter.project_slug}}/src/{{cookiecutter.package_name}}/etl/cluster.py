@@ -68,7 +68,7 @@ class Runner(Protocol):
 def check_address(address: str) -> None:
     """Refuse a malformed `etl.dask_scheduler` before any work starts."""
     match = LOCAL.fullmatch(address)
-    if address == "" or (match and int(match[1]) >= 1) or re.fullmatch(r"(tcp|tls)://\S+", address):
+    if address == "" or (match and int(match[1]) >= 1) or re.fullmatch(r"tcp://\S+:\d+", address):
         return
     raise EtlError(
         f'etl.dask_scheduler = {address!r}: use "" (this process), "local:N" (N >= 1 worker '

@@ -77,6 +77,13 @@ def scheduler() -> Iterator[str]:
         yield cluster.scheduler_address
 
 
+@pytest.mark.parametrize("address", ["local", "local:0", "host:8786", "tcp://host"])
+def test_a_malformed_scheduler_is_refused_before_any_work(tiny_inputs: Config, address: str) -> None:
+    with pytest.raises(EtlError, match=r"etl\.dask_scheduler = .*: use \"\" \(this process\), \"local:N\""):
+        run_etl(tiny_inputs.override({"etl.dask_scheduler": address}))
+    assert leftovers(tiny_inputs) == []
+
+
 def test_local_cluster_writes_the_same_chunks_as_in_process(tiny_inputs: Config, caplog) -> None:
     run_etl(tiny_inputs)
     in_process = manifest(tiny_inputs.store_path)["arrays"]
