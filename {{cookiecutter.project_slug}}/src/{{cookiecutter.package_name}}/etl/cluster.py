@@ -30,14 +30,12 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from ..errors import StudyError
 from .errors import EtlError
 
 log = logging.getLogger(__name__)
-Item = TypeVar("Item")
-Result = TypeVar("Result")
 LOCAL = re.compile(r"local:(\d+)")
 IN_FLIGHT_PER_THREAD = 2
 LOCAL_CLUSTER_CONFIG = {
@@ -51,15 +49,15 @@ LOCAL_CLUSTER_CONFIG = {
     # about 6 of 32 CPU seconds of a local:2 run on the 8x grid (one measurement)
     "distributed.worker.profile.enabled": False,
 }
-Task = Callable[[Item, Any], Result]  # fn(item, shared) -> result
+Task = Callable[[Any, Any], Any]  # fn(item, shared) -> result (no TypeVars: Python 3.11 and 3.12+ alike)
 
 
 class Runner(Protocol):
     workers: int  # threads that run tasks at once (1 in process)
 
     def map(
-        self, fn: Task[Item, Result], items: Iterable[Item], shared: Any, what: Callable[[Item], str]
-    ) -> Iterator[tuple[Item, Result]]:
+        self, fn: Task, items: Iterable[Any], shared: Any, what: Callable[[Any], str]
+    ) -> Iterator[tuple[Any, Any]]:
         """`fn(item, shared)` for every item; yields (item, result) as each ends (in any order).
         `what(item)` names the item in error messages."""
         ...
@@ -142,13 +140,13 @@ class InProcess:
     workers = 1
 
     def map(
-        self, fn: Task[Item, Result], items: Iterable[Item], shared: Any, what: Callable[[Item], str]
-    ) -> Iterator[tuple[Item, Result]]:
+        self, fn: Task, items: Iterable[Any], shared: Any, what: Callable[[Any], str]
+    ) -> Iterator[tuple[Any, Any]]:
         for item in items:
             yield item, fn(item, shared)
 
 
-def _on_worker(fn: Task[Item, Result], item: Item, shared: Any) -> Result:
+def _on_worker(fn: Task, item: Any, shared: Any) -> Any:
     """Run a task with dask's synchronous scheduler for the reads inside it (no nested tasks)."""
     import dask
 
@@ -172,14 +170,14 @@ class OnCluster:
         return max(1, sum(self.client.nthreads().values()))
 
     def map(
-        self, fn: Task[Item, Result], items: Iterable[Item], shared: Any, what: Callable[[Item], str]
-    ) -> Iterator[tuple[Item, Result]]:
+        self, fn: Task, items: Iterable[Any], shared: Any, what: Callable[[Any], str]
+    ) -> Iterator[tuple[Any, Any]]:
         from distributed import as_completed
 
         client = self.client
         shared_future = client.scatter(shared, broadcast=True, hash=False)
         todo = iter(items)
-        running: dict[Any, Item] = {}
+        running: dict[Any, Any] = {}
         done = as_completed(loop=client.loop)  # this client's, not a default one
 
         def submit() -> None:
