@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
@@ -23,18 +23,22 @@ PIPELINE_LOG = f"{__package__.rsplit('.', 1)[0]}.etl.pipeline"
 
 
 def worker_processes() -> list[psutil.Process]:
-    """This process's children started by multiprocessing (the dask workers of a LocalCluster)."""
-    return [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "multiprocessing" in " ".join(p.cmdline()) and "resource_tracker" not in " ".join(p.cmdline())
-    ]
+    """This process's live children started by multiprocessing (the dask workers of a LocalCluster)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:  # ended meanwhile
+            continue
+        if "multiprocessing" in cmdline and "resource_tracker" not in cmdline:
+            found.append(child)
+    return found
 
 
 class OnMessage(logging.Handler):
     """Runs an action, once, in the ETL's own thread when the pipeline logs a message containing `text`."""
 
-    def __init__(self, text: str, action) -> None:
+    def __init__(self, text: str, action: Callable[[], object]) -> None:
         super().__init__(logging.DEBUG)
         self.text, self.action, self.fired = text, action, False
 
@@ -56,7 +60,7 @@ def on_message() -> Iterator[list[OnMessage]]:
     logger.setLevel(level)
 
 
-def hook(handlers: list[OnMessage], text: str, action) -> OnMessage:
+def hook(handlers: list[OnMessage], text: str, action: Callable[[], object]) -> OnMessage:
     handler = OnMessage(text, action)
     logging.getLogger(PIPELINE_LOG).addHandler(handler)
     handlers.append(handler)
