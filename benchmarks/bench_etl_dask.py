@@ -29,13 +29,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_etl import bake, package_of  # the sibling benchmark's bake helpers
+from bench_etl import bake, maxrss_mb, package_of  # the sibling benchmark's helpers
 
 MODES = ("", "local:2")
-
-
-def maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def cpu_seconds(who: int) -> float:
