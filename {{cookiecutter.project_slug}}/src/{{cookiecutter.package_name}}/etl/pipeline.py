@@ -20,8 +20,9 @@ holds fewer cells. A block also holds at most 1/(4 x worker threads) of the grid
 process), so every worker gets work. The inputs are read twice, by the survey and by the write
 phase (derived labels are computed twice too): the price of knowing each cell's place in the
 store before any block is written. Blocks of the write phase are whole chunks (at least one),
-read as the grid cells from their first to their last cell with data. Inputs chunked along time (one file per year,
-say) are read once per block: for very large grids, rechunk them to whole time series first.
+read as the grid cells from their first to their last cell with data. Inputs chunked along time
+(one file per year, say) are read once per block: for very large grids, rechunk them to whole
+time series first.
 
 Usage:
 
