@@ -142,7 +142,10 @@ class EtlSection:
     block_mb: int = key(
         "Working memory (MB) of one block of cells; peak memory stays near it whatever the grid size.", low=1
     )
-    dask_scheduler: str = key("dask.distributed scheduler address; empty for local threads.")
+    dask_scheduler: str = key(
+        'Where the blocks of cells run: "" in this process; "local:N" on N dask worker processes '
+        'started for the run; "tcp://host:port" on a running dask.distributed scheduler.'
+    )
 
 
 @dataclass(frozen=True)

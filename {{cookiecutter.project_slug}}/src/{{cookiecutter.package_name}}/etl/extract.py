@@ -112,6 +112,39 @@ class Inputs:
         codes = reference_to_codes(np.asarray(labels), self.reference_kind, where, axis=-1)
         return values.transpose(1, 0, 2), codes.reshape(n_time, n_cells).T
 
+    def read_cells(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`read_block` of some cells given by their sorted positions in the row-major grid: reads
+        the grid cells from the first to the last (at most three rectangles) and keeps these."""
+        nx = self.model.sizes["lon"]
+        first, stop = int(cells[0]), int(cells[-1]) + 1
+        parts = [self.read_block(rows, cols) for rows, cols in flat_blocks(first, stop, nx)]
+        keep = np.asarray(cells) - first
+        return (
+            np.concatenate([values for values, _ in parts])[keep],
+            np.concatenate([reference for _, reference in parts])[keep],
+        )
+
+
+def flat_blocks(first: int, stop: int, nx: int) -> Iterator[tuple[slice, slice]]:
+    """The grid rectangles (rows, cols) covering row-major positions first..stop-1, in order."""
+    r0, c0 = divmod(first, nx)
+    r1, c1 = divmod(stop, nx)
+    if r0 == r1:
+        yield slice(r0, r0 + 1), slice(c0, c1)
+        return
+    if c0:
+        yield slice(r0, r0 + 1), slice(c0, nx)
+        r0 += 1
+    if r1 > r0:
+        yield slice(r0, r1), slice(0, nx)
+    if c1:
+        yield slice(r1, r1 + 1), slice(0, c1)
+
+
+def grid_positions(rows: slice, cols: slice, nx: int) -> np.ndarray:
+    """Row-major positions (int64) of the cells of a grid block, in `read_block`'s order."""
+    return (np.arange(rows.start, rows.stop)[:, None] * nx + np.arange(cols.start, cols.stop)).ravel()
+
 
 def cell_status(values: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(usable, without_labels, all_nan_inputs) per cell of a block (cells, T, features)."""

@@ -1,22 +1,29 @@
 """The ETL in one call: `run_etl(cfg)` (CLI: `<package> etl [--overwrite]`).
 
-raw inputs (data/raw) -> extract (open, validate, align) -> per block of cells:
-labels (read, or derived from a variable and fitted on the training block), mask,
-fit the transform on the training block, transform every time step -> append
-whole chunks of the series to `<dataset_name>.zarr` and the fitted state to its
-`climatology` group -> attributes (split, encoding, transform, provenance),
-consolidated metadata, manifest -> rename the finished store into
-place (on S3, `data.zarr_dir = "s3://..."`: copy it into place, the manifest last;
+raw inputs (data/raw) -> extract (open, validate, align) -> survey the grid block by block
+(labels read, or derived from a variable and fitted on the training block; which cells have
+data) -> create the store's arrays at their final size -> per span of whole chunks of the cells
+with data: fit the transform on the training block, transform every time step, write the
+series and the fitted state (`climatology` group) into their own chunks -> attributes (split,
+encoding, transform, provenance), consolidated metadata, manifest -> rename the finished store
+into place (on S3, `data.zarr_dir = "s3://..."`: copy it into place, the manifest last;
 etl/store.py). The layout is `store_format.py`'s; windows are cut when read, never stored.
 
-Memory: the grid is processed in blocks of cells sized from `etl.block_mb`
-(each cell holds its whole time series while it is transformed); finished rows
-go to a fixed buffer of whole chunks (FLUSH_MB, at least one chunk) that is
-appended when full, so peak memory is about `block_mb` plus two such buffers,
-whatever the number of cells; with more years a block simply holds fewer cells.
-Inputs are read through dask; set `etl.dask_scheduler` to a dask.distributed
-address to read on a cluster. Inputs chunked along time (one file per year, say)
-are read once per block: for very large grids, rechunk them to whole time series first.
+Where the blocks run is `etl.dask_scheduler` (etl/cluster.py): in this process, one after
+another, or as dask tasks on dask.distributed workers ("local:N" or "tcp://host:port"), each
+task reading its inputs and writing its own chunks (etl/regions.py). The same functions run
+either way, so the store's bytes do not depend on it; the driver holds the positions of the
+cells with data (8 bytes a cell) and small counts, never the series.
+
+Memory: a block holds about `etl.block_mb` of working arrays (each cell holds its whole time
+series while it is transformed), whatever the number of cells; with more years a block simply
+holds fewer cells. A block also holds at most 1/(4 x worker threads) of the grid (a quarter in
+process), so every worker gets work. The inputs are read twice, by the survey and by the write
+phase (derived labels are computed twice too): the price of knowing each cell's place in the
+store before any block is written. Blocks of the write phase are whole chunks (at least one),
+read as the grid cells from their first to their last cell with data. Inputs chunked along time
+(one file per year, say) are read once per block: for very large grids, rechunk them to whole
+time series first.
 
 Usage:
 
@@ -35,11 +42,9 @@ progress bar (tqdm) follows the cells when run in a terminal.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,35 +76,22 @@ from ..store_format import (
 )
 from . import derive, quantiles, timeaxis
 from .categories import encoding_attrs
-from .errors import EtlError, EtlInputError, StoreExistsError
-from .extract import Inputs, cell_blocks, cell_status, open_inputs
-from .store import ChunkAppender, finalize, leftovers, provenance, staging, store_exists, stored_bytes
+from .cluster import Runner, runner
+from .errors import EtlInputError, StoreExistsError
+from .extract import Inputs, cell_blocks, cell_status, grid_positions, open_inputs
+from .regions import ArrayGroup, write_rows
+from .store import finalize, leftovers, provenance, staging, store_exists, stored_bytes
 
 log = logging.getLogger(__name__)
 PACKAGE = __package__.rsplit(".", 1)[0]
-FLUSH_MB = 4  # buffer of whole chunks per writer (at least one chunk): few writes, bounded memory
 CELL_ORDER = "cells with data, in row-major (lat, lon) order of the input grid"
+TASKS_PER_WORKER = 4  # blocks per worker thread at least (when the grid allows): even load, small tail
 
 
 def block_cells(block_mb: float, n_time: int, n_features: int) -> int:
     """Cells per block so that one block's working arrays stay near `block_mb`."""
     bytes_per_cell = n_time * (40 * n_features + 40)  # values, features, float64 temporaries, indices
     return max(1, int(block_mb * 2**20 // bytes_per_cell))
-
-
-@contextlib.contextmanager
-def _dask_scheduler(address: str) -> Iterator[None]:
-    if not address:
-        yield
-        return
-    try:
-        from dask.distributed import Client
-    except ImportError:
-        raise EtlError(
-            f"etl.dask_scheduler = {address!r} needs dask.distributed: pip install distributed"
-        ) from None
-    with Client(address):
-        yield
 
 
 def _time_units(inputs: Inputs) -> str:
@@ -121,31 +113,33 @@ def run_etl(cfg: Config, *, overwrite: bool = False) -> Path | str:
             ", ".join(stale),
         )
     started = time.perf_counter()
-    inputs = open_inputs(cfg)
-    n_time, ny, nx = inputs.shape
-    step = inputs.time_step
-    log.info(
-        "inputs: %s | reference: %s | grid %dx%d, %s (%s calendar)",
-        ", ".join(p.name for p in inputs.model_files),
-        ", ".join(p.name for p in inputs.reference_files)
-        or f"derived from {cfg.data.derive_from!r} (trailing means over "
-        f"{timeaxis.steps(cfg.data.derive_window, step)})",
-        ny,
-        nx,
-        timeaxis.steps(n_time, step),
-        inputs.calendar,
-    )
-    days = inputs.time.values
-    for block in inputs.blocks.values():
+    # a cluster starts in the background while the inputs are validated; it closes last
+    with runner(cfg.etl.dask_scheduler) as run:
+        inputs = open_inputs(cfg)
+        n_time, ny, nx = inputs.shape
+        step = inputs.time_step
         log.info(
-            "split %-5s label dates %s .. %s (%s)",
-            block.name,
-            str(days[block.start])[:10],
-            str(days[block.stop - 1])[:10],
-            timeaxis.steps(block.steps, step),
+            "inputs: %s | reference: %s | grid %dx%d, %s (%s calendar)",
+            ", ".join(p.name for p in inputs.model_files),
+            ", ".join(p.name for p in inputs.reference_files)
+            or f"derived from {cfg.data.derive_from!r} (trailing means over "
+            f"{timeaxis.steps(cfg.data.derive_window, step)})",
+            ny,
+            nx,
+            timeaxis.steps(n_time, step),
+            inputs.calendar,
         )
-    with _dask_scheduler(cfg.etl.dask_scheduler), staging(target, overwrite=overwrite) as tmp:
-        counts = _write_store(cfg, inputs, tmp)
+        days = inputs.time.values
+        for block in inputs.blocks.values():
+            log.info(
+                "split %-5s label dates %s .. %s (%s)",
+                block.name,
+                str(days[block.start])[:10],
+                str(days[block.stop - 1])[:10],
+                timeaxis.steps(block.steps, step),
+            )
+        with staging(target, overwrite=overwrite) as tmp:  # run.map returns or raises once its tasks ended
+            counts = _write_store(cfg, inputs, tmp, run)
     seconds = time.perf_counter() - started
     log.info(
         "masked %d of %d cells: %d without reference labels, %d with all-NaN inputs (a cell may be both)",
@@ -213,21 +207,20 @@ class _Plan:
         )
 
 
-def _open_writers(cfg: Config, inputs: Inputs, plan: _Plan, path: Any) -> dict[str, ChunkAppender]:
-    """The series writer (root) and the climatology writer (its group), both along `cell`."""
+def _groups(cfg: Config, inputs: Inputs, plan: _Plan) -> dict[str, ArrayGroup]:
+    """The series arrays (root) and the fitted state (the climatology group), both along `cell`
+    and chunked alike (`etl.chunk_cells`), so whole series chunks are whole climatology chunks."""
     etl, name = cfg.etl, cfg.study.dataset_name
     common: dict[str, Any] = {
         "zarr_format": etl.zarr_format,
         "compression_level": etl.compression_level,
         "time_units": _time_units(inputs),
         "calendar": inputs.calendar,
-        "flush_mb": FLUSH_MB,
         "dim": CELL,
         "coords": (LAT, LON),
     }
     features = xr.Dataset(coords={FEATURE: np.array(inputs.features, dtype=object)})
-    series = ChunkAppender(
-        path,
+    series = ArrayGroup(
         chunk=etl.chunk_cells,
         layout={
             name: (CELL, TIME, FEATURE),
@@ -240,12 +233,9 @@ def _open_writers(cfg: Config, inputs: Inputs, plan: _Plan, path: Any) -> dict[s
         fill_values={name: np.float32(np.nan), LABELS: np.int8(MISSING), TIME: TIME_FILL},
         **common,
     )
-    n_train = plan.train_days.stop - plan.train_days.start
-    row_bytes = 8 * max(n_train if plan.spec.transform in quantiles.PERCENTILE_TRANSFORMS else 1, 1000)
-    climatology = ChunkAppender(
-        path,
+    climatology = ArrayGroup(
         group=CLIMATOLOGY,
-        chunk=max(1, (8 << 20) // row_bytes),  # about 8 MB per chunk
+        chunk=etl.chunk_cells,
         layout={**quantiles.state_dims(plan.spec, inputs.features), LAT: (CELL,), LON: (CELL,)},
         static=features.assign_coords(
             quantiles.static_coords(
@@ -257,58 +247,129 @@ def _open_writers(cfg: Config, inputs: Inputs, plan: _Plan, path: Any) -> dict[s
     return {"series": series, CLIMATOLOGY: climatology}
 
 
-def _process_block(
-    cfg: Config,
-    inputs: Inputs,
-    plan: _Plan,
-    rows: slice,
-    cols: slice,
-    writers: dict[str, ChunkAppender],
-    counts: Counter[str],
-) -> int:
-    """Mask, fit, transform and encode one block of cells; returns how many cells it had."""
-    values, reference = inputs.read_block(rows, cols)
-    codes = plan.labels(reference)
-    for i, name in enumerate(inputs.features):  # which variables have any value at all
+@dataclass
+class _Job:
+    """What every block task needs (sent once to each dask worker): the lazily opened inputs,
+    the plan, and the store location the rows are written to."""
+
+    inputs: Inputs
+    plan: _Plan
+    dataset_name: str
+    lookback: int
+    location: StoreLocation
+
+
+def _survey(block: tuple[slice, slice], job: _Job) -> tuple[np.ndarray, Counter[str]]:
+    """Which cells of a grid block have data (labels and every input somewhere), and the counts
+    of masked cells and of variables with any finite value."""
+    values, reference = job.inputs.read_block(*block)
+    codes = job.plan.labels(reference)
+    counts: Counter[str] = Counter()
+    for i, name in enumerate(job.inputs.features):  # which variables have any value at all
         counts[f"finite {name}"] += int(np.isfinite(values[:, :, i]).any())
     usable, no_labels, all_nan = cell_status(values, codes)
     counts.update(masked=int((~usable).sum()), no_labels=int(no_labels.sum()), all_nan=int(all_nan.sum()))
-    if not usable.any():
-        return len(usable)
-    lat, lon = np.meshgrid(inputs.model["lat"].values[rows], inputs.model["lon"].values[cols], indexing="ij")
-    lat, lon = lat.ravel()[usable], lon.ravel()[usable]
-    values, codes = values[usable], codes[usable]
-    state = quantiles.fit(values[:, plan.train_days], plan.spec, inputs.features)
+    return usable, counts
+
+
+def _rows(
+    job: _Job, values: np.ndarray, codes: np.ndarray, lat: np.ndarray, lon: np.ndarray, counts: Counter[str]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Fit on the training block, transform every step, count usable windows: the series rows
+    and the fitted-state rows of some cells with data."""
+    plan, features = job.plan, job.inputs.features
+    state = quantiles.fit(values[:, plan.train_days], plan.spec, features)
     series = quantiles.transform(
-        state, values, plan.season, plan.spec, inputs.features, train_season=plan.season[plan.train_days]
+        state, values, plan.season, plan.spec, features, train_season=plan.season[plan.train_days]
     )
-    del values
     complete = np.isfinite(series).all(axis=2)
-    lookback = cfg.etl.time_lookback
     for split, block in plan.blocks.items():
-        counts[split] += len(valid_pairs(codes, complete, window_ends(block, lookback), lookback))
+        counts[split] += len(valid_pairs(codes, complete, window_ends(block, job.lookback), job.lookback))
     counts["cells"] += len(lat)
-    writers["series"].add(
-        {cfg.study.dataset_name: series, LABELS: codes, COMPLETE: complete, LAT: lat, LON: lon}
-    )
-    writers[CLIMATOLOGY].add({**state, LAT: lat, LON: lon})
-    return len(usable)
+    rows = {job.dataset_name: series, LABELS: codes, COMPLETE: complete, LAT: lat, LON: lon}
+    return rows, {**state, LAT: lat, LON: lon}
 
 
-def _write_store(cfg: Config, inputs: Inputs, location: StoreLocation) -> Counter[str]:
-    """The block loop, then attributes, consolidated metadata and the manifest."""
+def _span(span: tuple[int, np.ndarray], job: _Job) -> Counter[str]:
+    """Compute and write the store's cells `start`.. (whole chunks); `cells` are their positions in
+    the row-major input grid. Returns the counts of its windows and cells."""
+    start, cells = span
+    nx = job.inputs.shape[2]
+    values, reference = job.inputs.read_cells(cells)
+    lat = job.inputs.model[LAT].values[cells // nx]
+    lon = job.inputs.model[LON].values[cells % nx]
+    counts: Counter[str] = Counter()
+    rows, state = _rows(job, values, job.plan.labels(reference), lat, lon, counts)
+    del values, reference
+    write_rows(job.location, None, start, rows)
+    write_rows(job.location, CLIMATOLOGY, start, state)
+    return counts
+
+
+def _like(job: _Job) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Rows of one made-up cell: the shapes and dtypes the arrays are created with."""
+    n_time, _, _ = job.inputs.shape
+    values = np.random.default_rng(0).standard_normal((1, n_time, len(job.inputs.features)), dtype=np.float32)
+    coords = {c: np.zeros(1, job.inputs.model[c].dtype) for c in (LAT, LON)}
+    return _rows(job, values, np.full((1, n_time), MISSING, np.int8), coords[LAT], coords[LON], Counter())
+
+
+def _write_store(cfg: Config, inputs: Inputs, location: StoreLocation, run: Runner) -> Counter[str]:
+    """Survey the grid (which cells have data), create the arrays at their final size, compute and
+    write spans of whole chunks (in this process or on dask workers), then attributes,
+    consolidated metadata and the manifest."""
     n_time, ny, nx = inputs.shape
     plan = _Plan.of(cfg, inputs)
-    path = location.zarr_store()  # the local path, or a zarr store on S3
-    zarr.open_group(path, mode="w-", zarr_format=cfg.etl.zarr_format)  # the root; writers add to it
-    writers = _open_writers(cfg, inputs, plan, path)
+    groups = _groups(cfg, inputs, plan)
+    job = _Job(inputs, plan, cfg.study.dataset_name, cfg.etl.time_lookback, location)
+    block = min(
+        block_cells(cfg.etl.block_mb, n_time, len(inputs.features)),
+        -(-ny * nx // (TASKS_PER_WORKER * run.workers)),  # enough blocks to keep every worker busy
+    )
+
     counts: Counter[str] = Counter()
-    blocks = list(cell_blocks(ny, nx, block_cells(cfg.etl.block_mb, n_time, len(inputs.features))))
-    with tqdm(total=ny * nx, unit="cell", desc="etl", disable=None) as progress:
-        for rows, cols in blocks:
-            progress.update(_process_block(cfg, inputs, plan, rows, cols, writers, counts))
-    for writer in writers.values():
-        writer.close()
+    usable: dict[tuple[int, int], np.ndarray] = {}  # by the block's first row and column
+    grid = list(cell_blocks(ny, nx, block))
+    with tqdm(total=ny * nx, unit="cell", desc="etl: cells with data", disable=None) as progress:
+        for (rows, cols), (mask, found) in run.map(_survey, grid, job, _rows_of):
+            usable[rows.start, cols.start] = mask
+            counts.update(found)
+            progress.update(mask.size)
+    _check_variables(inputs, counts)
+    cells = np.concatenate(
+        [grid_positions(rows, cols, nx)[usable[rows.start, cols.start]] for rows, cols in grid]
+    )
+    if not len(cells):
+        _check_windows(inputs, counts)
+
+    zarr.open_group(location.zarr_store(), mode="w-", zarr_format=cfg.etl.zarr_format)  # the root; the groups add to it
+    for group, like in zip(groups.values(), _like(job), strict=True):
+        group.create(location, len(cells), like)
+    chunk = cfg.etl.chunk_cells
+    span = max(1, min(block, -(-len(cells) // (TASKS_PER_WORKER * run.workers))) // chunk) * chunk
+    spans = [(start, cells[start : start + span]) for start in range(0, len(cells), span)]
+    with tqdm(total=len(cells), unit="cell", desc="etl", disable=None) as progress:
+        for span_done, found in run.map(_span, spans, job, _cells_of):
+            log.debug("wrote %s", _cells_of(span_done))
+            counts.update(found)
+            progress.update(len(span_done[1]))
+    _check_windows(inputs, counts)
+    _finalize(cfg, inputs, plan, location)
+    counts["bytes"] = stored_bytes(location)
+    return counts
+
+
+def _rows_of(block: tuple[slice, slice]) -> str:
+    rows, cols = block
+    return f"the grid's rows {rows.start}..{rows.stop - 1}, columns {cols.start}..{cols.stop - 1}"
+
+
+def _cells_of(span: tuple[int, np.ndarray]) -> str:
+    start, cells = span
+    return f"the store's cells {start}..{start + len(cells) - 1}"
+
+
+def _check_variables(inputs: Inputs, counts: Counter[str]) -> None:
     empty = [name for name in inputs.features if not counts[f"finite {name}"]]
     if empty:
         raise EtlInputError(
@@ -316,15 +377,15 @@ def _write_store(cfg: Config, inputs: Inputs, location: StoreLocation) -> Counte
             "and day of the common period; check its fill value and scale in the file, or leave it out "
             "of data.variables"
         )
+
+
+def _check_windows(inputs: Inputs, counts: Counter[str]) -> None:
     for split in SPLITS:
         if counts[split] == 0:
             raise EtlInputError(
                 f"{', '.join(p.name for p in inputs.files)}: no usable {split} window (every cell is masked, "
                 "or every window has a missing label or NaN input); check the inputs' overlap and NaNs"
             )
-    _finalize(cfg, inputs, plan, location)
-    counts["bytes"] = stored_bytes(location)
-    return counts
 
 
 def _finalize(cfg: Config, inputs: Inputs, plan: _Plan, path: StoreLocation) -> None:

@@ -175,19 +175,44 @@ class ChunkAppender:
         self.filled = 0
 
     def _encoding(self, ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-        encoding: dict[str, dict[str, Any]] = {}
-        for name, var in ds.variables.items():
-            chunks = tuple(self.chunk if d == self.dim else ds.sizes[d] for d in var.dims)
-            entry: dict[str, Any] = {"chunks": chunks, "compressors": (self.codec,)}
-            if _is_time(np.asarray(var.values[:1])):
-                entry.update(units=self.time_units, calendar=self.calendar, dtype="int64")
-            if str(name) in self.fill_values:
-                fill = self.fill_values[str(name)]
-                entry["_FillValue"] = fill  # the CF attribute: plain xarray readers mask it
-                if self.zarr_format == 3:
-                    entry["fill_value"] = fill  # zarr 3 keeps the array's own fill value apart
-            encoding[str(name)] = entry
-        return encoding
+        return zarr_encoding(
+            ds,
+            dim=self.dim,
+            chunk=self.chunk,
+            codec=self.codec,
+            zarr_format=self.zarr_format,
+            time_units=self.time_units,
+            calendar=self.calendar,
+            fill_values=self.fill_values,
+        )
+
+
+def zarr_encoding(
+    ds: xr.Dataset,
+    *,
+    dim: str,
+    chunk: int,
+    codec: Any,
+    zarr_format: int,
+    time_units: str,
+    calendar: str,
+    fill_values: Mapping[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """xarray encoding of every variable: `chunk` rows along `dim` (whole other axes), the codec,
+    integer days for dates, and each variable's fill value (zarr's and the CF `_FillValue`)."""
+    encoding: dict[str, dict[str, Any]] = {}
+    for name, var in ds.variables.items():
+        chunks = tuple(chunk if d == dim else ds.sizes[d] for d in var.dims)
+        entry: dict[str, Any] = {"chunks": chunks, "compressors": (codec,)}
+        if var.dtype.kind in "MO" and _is_time(np.asarray(var.values[:1])):  # never loads a lazy array
+            entry.update(units=time_units, calendar=calendar, dtype="int64")
+        if str(name) in fill_values:
+            fill = fill_values[str(name)]
+            entry["_FillValue"] = fill  # the CF attribute: plain xarray readers mask it
+            if zarr_format == 3:
+                entry["fill_value"] = fill  # zarr 3 keeps the array's own fill value apart
+        encoding[str(name)] = entry
+    return encoding
 
 
 def chunk_keys(array: Any, name: str) -> Iterator[str]:

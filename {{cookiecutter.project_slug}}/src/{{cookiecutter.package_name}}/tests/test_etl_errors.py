@@ -16,7 +16,7 @@ import pytest
 import xarray as xr
 
 from ..config import Config
-from ..etl import store
+from ..etl import pipeline
 from ..etl.errors import EtlInputError
 from ..etl.pipeline import run_etl
 from .conftest import STUDY_ROOT
@@ -122,15 +122,15 @@ def test_an_interrupted_write_leaves_nothing_and_keeps_the_old_store(
     run_etl(tiny_inputs)
     before = checksums(tiny_inputs.store_path)
     calls = []
-    original = store.ChunkAppender._write
+    original = pipeline.write_rows
 
-    def interrupted(self, n):
-        calls.append(n)
-        if len(calls) == 2:  # the series are written, the climatology not yet
+    def interrupted(*args):
+        calls.append(args)
+        if len(calls) == 2:  # the first series rows are written, their climatology not yet
             raise KeyboardInterrupt
-        original(self, n)
+        original(*args)
 
-    monkeypatch.setattr(store.ChunkAppender, "_write", interrupted)
+    monkeypatch.setattr(pipeline, "write_rows", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_etl(tiny_inputs, overwrite=True)
     assert leftovers(tiny_inputs) == [tiny_inputs.store_path.name]  # no hidden temporary folder

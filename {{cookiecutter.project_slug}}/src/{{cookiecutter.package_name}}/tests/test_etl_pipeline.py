@@ -139,7 +139,6 @@ def test_small_blocks_give_the_same_bytes_as_one_block(built: Config, monkeypatc
 
     one_block = checksums(built.store_path)
     monkeypatch.setattr(pipeline, "block_cells", lambda *args: 3)  # partial rows of the 3x4 grid
-    monkeypatch.setattr(pipeline, "FLUSH_MB", 0)  # append chunk by chunk instead of in one write
     run_etl(built, overwrite=True)
     assert checksums(built.store_path) == one_block
 
