@@ -342,7 +342,8 @@ def _write_store(cfg: Config, inputs: Inputs, location: StoreLocation, run: Runn
     if not len(cells):
         _check_windows(inputs, counts)
 
-    zarr.open_group(location.zarr_store(), mode="w-", zarr_format=cfg.etl.zarr_format)  # the root; the groups add to it
+    # the root; the groups add to it
+    zarr.open_group(location.zarr_store(), mode="w-", zarr_format=cfg.etl.zarr_format)
     for group, like in zip(groups.values(), _like(job), strict=True):
         group.create(location, len(cells), like)
     chunk = cfg.etl.chunk_cells

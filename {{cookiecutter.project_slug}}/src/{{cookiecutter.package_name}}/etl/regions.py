@@ -76,7 +76,9 @@ class ArrayGroup:
         )
 
 
-def write_rows(location: StoreLocation, group: str | None, start: int, arrays: Mapping[str, np.ndarray]) -> None:
+def write_rows(
+    location: StoreLocation, group: str | None, start: int, arrays: Mapping[str, np.ndarray]
+) -> None:
     """Write `arrays` (rows along the first axis) at rows `start`.. of the arrays of `group`.
 
     Opens the existing store (mode r+: a writer whose temporary store is gone fails instead of
