@@ -72,3 +72,9 @@ def fast_store(fast_study: tuple[Path, Path], tmp_path_factory: pytest.TempPathF
     run([python, "-m", package, "--config", config, "synth", "--size", "tiny"], cwd=work)
     run([python, "-m", package, "--config", config, "etl"], cwd=work, timeout=300)
     return config, work / "data" / "zarr"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest test first: the baked study's own suite (about 5 minutes) then runs on one
+    `-n 2 --dist loadfile` worker beside all the others, instead of starting after most of them."""
+    items.sort(key=lambda item: item.path.name != "test_study_suite.py")
