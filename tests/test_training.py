@@ -7,7 +7,7 @@ then `etl`, lookback 30: 22k training windows) into a temporary folder, served b
 written, the same seed gives the same metrics in a new process, a resumed run
 continues where it stopped (and ends where an uninterrupted run ends), and a
 wrong token fails with a clear message that does not echo it.
-Cost: about 30 s on 2 idle cores (ETL 3 s, six short CPU epochs, process start-ups).
+Cost: about 30 s on 2 idle cores (ETL 3 s, four short CPU epochs, process start-ups).
 """
 
 from __future__ import annotations
@@ -77,10 +77,7 @@ def test_train_over_nginx_is_reproducible_and_resumable(fast_study: tuple[Path, 
         assert set(first["baselines"]) == {"majority", "logistic"}
         assert first["loader"][0]["network_bytes"] > 0 and first["loader"][1]["requests"] == 0  # cached
 
-        train("b", 2)
-        assert reproducible(summary("b")) == reproducible(first)
-
-        train("c", 1)
+        train("c", 1)  # a new process: its first epoch and the resumed second must match run "a"
         assert summary("c")["epochs_run"] == 1
         resumed = train("c", 2)
         assert "resuming from" in resumed.stdout + resumed.stderr

@@ -115,6 +115,12 @@ def test_the_etl_writes_the_same_chunks_to_the_bucket_as_to_a_folder(
     local = run_etl(etl_config.override({"data.zarr_dir": str(tmp_path / "zarr")}))
     on_s3 = Manifest.from_json(s3_filesystem().cat_file(f"{store_url.removeprefix('s3://')}/{MANIFEST}"))
     assert on_s3.sha256 == Manifest.from_json((Path(local) / MANIFEST).read_bytes()).sha256
+    # dask workers (separate processes, the AWS variables inherited) write their chunks to the bucket
+    workers = etl_config.override({"data.zarr_dir": f"s3://{BUCKET}/dask", "etl.dask_scheduler": "local:2"})
+    by_workers = str(run_etl(workers)).removeprefix("s3://")
+    on_workers = Manifest.from_json(s3_filesystem().cat_file(f"{by_workers}/{MANIFEST}"))
+    assert on_workers.sha256 == on_s3.sha256
+    assert not [k for k in objects("dask") if ".tmp-" in k], "the staging prefix was left behind"
     with pytest.raises(StoreExistsError, match="--overwrite"):
         run_etl(etl_config)
 
