@@ -42,11 +42,12 @@ def package_of(study: Path) -> str:
     return package
 
 
-def child(args: list[str], study: Path) -> dict:
-    """Run this script in child mode with the study importable; return its JSON line."""
+def child(args: list[str], study: Path, script: str = __file__) -> dict:
+    """Run `script` (this one by default) in child mode with the study importable; return its
+    JSON line."""
     env = {**os.environ, "PYTHONPATH": str(study / "src")}
     result = subprocess.run(
-        [sys.executable, __file__, *args, "--study", str(study)], capture_output=True, text=True, env=env
+        [sys.executable, script, *args, "--study", str(study)], capture_output=True, text=True, env=env
     )
     if result.returncode:
         raise SystemExit(f"child {args} failed:\n{result.stdout}\n{result.stderr}")

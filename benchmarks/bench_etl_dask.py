@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_etl import bake, maxrss_mb, package_of  # the sibling benchmark's helpers
+from bench_etl import bake, child, maxrss_mb, package_of  # the sibling benchmark's helpers
 
 MODES = ("", "local:2")
 
@@ -63,15 +63,15 @@ class WorkerPeaks(threading.Thread):
 
         me = psutil.Process()
         while not self.stop.wait(0.1):
-            for child in me.children(recursive=True):
+            for proc in me.children(recursive=True):
                 try:
-                    cmdline = " ".join(child.cmdline())
+                    cmdline = " ".join(proc.cmdline())
                 except psutil.Error:
                     continue
                 if "multiprocessing" in cmdline and "resource_tracker" not in cmdline:
-                    peak = high_water_mb(child.pid)
+                    peak = high_water_mb(proc.pid)
                     if peak is not None:
-                        self.peaks[child.pid] = max(peak, self.peaks.get(child.pid, 0.0))
+                        self.peaks[proc.pid] = max(peak, self.peaks.get(proc.pid, 0.0))
 
 
 # ---------------------------------------------------------------- child mode
@@ -111,16 +111,6 @@ def child_etl(ns: argparse.Namespace) -> None:
             }
         )
     )
-
-
-def child(args: list[str], study: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(study / "src")}
-    result = subprocess.run(
-        [sys.executable, __file__, *args, "--study", str(study)], capture_output=True, text=True, env=env
-    )
-    if result.returncode:
-        raise SystemExit(f"child {args} failed:\n{result.stdout}\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def synth(study: Path, out: Path, ny: int, nx: int, years: int | None) -> None:
@@ -165,7 +155,7 @@ def main() -> None:
             for _ in range(ns.repeat):
                 for mode in MODES:
                     args = ["_etl", "--raw", str(raw), "--out", str(work / "zarr"), "--scheduler", mode]
-                    runs.setdefault((size, mode), []).append(child(args, study))
+                    runs.setdefault((size, mode), []).append(child(args, study, __file__))
 
         print(
             f"{'grid':<6} {'cells':>6} {'with data':>9} {'scheduler':<10} {'seconds':>8} {'(range)':>11} "
