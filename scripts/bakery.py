@@ -18,6 +18,7 @@ from typing import Any
 from cookiecutter.main import cookiecutter
 
 TEMPLATE = Path(__file__).resolve().parents[1]
+LIBRARY = TEMPLATE / "labzarr"  # the library every study depends on (installed from here, offline)
 
 
 class CommandFailed(RuntimeError):
@@ -70,7 +71,8 @@ def install_study(study: Path, where: Path) -> Path:
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
     site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
-    (site / "_template_dev_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # The dev environment's packages, and the template's own library source (editable there).
+    (site / "_template_dev_env.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n{LIBRARY / 'src'}\n")
     run(
         [sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps",
          "--no-build-isolation", "--disable-pip-version-check", "-e", study],

@@ -12,9 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from labzarr.errors import StudyError
+
 from . import __version__
 from .config import Config, load_config, reference_markdown
-from .errors import StudyError
 
 
 def _synth(cfg: Config, args: argparse.Namespace) -> int:
@@ -63,10 +64,12 @@ def _etl(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _serve(cfg: Config, args: argparse.Namespace) -> int:
-    from .serve import serve
+    from labzarr.serve import serve
 
     data = Path(args.data) if args.data else cfg.store_path.parent  # refuses an s3:// zarr_dir, saying why
-    return serve(cfg, host=args.host, port=args.port, data_dir=data, limit_rate=args.limit_rate)
+    return serve(
+        cfg.serve_settings(), host=args.host, port=args.port, data_dir=data, limit_rate=args.limit_rate
+    )
 
 
 def _train(cfg: Config, args: argparse.Namespace) -> int:
@@ -78,10 +81,10 @@ def _train(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _lock(cfg: Config, args: argparse.Namespace) -> int:
-    from .lock import write_lock
+    from labzarr.lock import write_lock
 
     out = Path(args.out) if args.out else cfg.root / "requirements.lock"
-    pins = write_lock(out, cfg.root)
+    pins = write_lock(out, cfg.root, __package__)
     print(f"pinned {len(pins)} packages in {out}")
     return 0
 

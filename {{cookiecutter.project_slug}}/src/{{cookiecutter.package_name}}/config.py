@@ -9,20 +9,20 @@ mistyped keys are errors that name the file, the key and what is allowed), and
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import tomllib
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import StudyError
-from .location import LocationError, StoreLocation, check_s3_url
-from .store_format import store_name
+from labzarr.location import LocationError, StoreLocation, check_s3_url
+from labzarr.remote import StoreSource
+from labzarr.serve import ServeSettings
+from labzarr.settings import ConfigError, key
+from labzarr.store_format import store_name
+
+from labzarr import settings
 
 # Keys renamed when time steps other than days arrived; an old study.toml is told the new name.
 RENAMED = {"etl.split_gap_days": "etl.split_gap", "etl.doy_window": "etl.season_window"}
@@ -30,16 +30,6 @@ RENAMED = {"etl.split_gap_days": "etl.split_gap", "etl.doy_window": "etl.season_
 CONFIG_NAME = "study.toml"
 CONFIG_ENV = "STUDY_CONFIG"
 MAX_MONTHLY_SEASON_WINDOW = 5  # months either side: 11 of the 12 calendar months
-
-
-class ConfigError(StudyError, ValueError):
-    """A problem with study.toml, phrased so the user knows what to change."""
-
-
-def key(help: str, *, choices: tuple[Any, ...] = (), low: float | None = None,
-        high: float | None = None) -> Any:  # fmt: skip
-    """Declare a config key: its meaning, and optionally allowed values or bounds."""
-    return field(metadata={"help": help, "choices": choices, "low": low, "high": high})
 
 
 @dataclass(frozen=True)
@@ -255,6 +245,43 @@ class Config:
             return StoreLocation(f"{self.data.zarr_dir.rstrip('/')}/{self.store_name}")
         return StoreLocation(str(self.store_path))
 
+    def store_source(
+        self,
+        url: str | None = None,
+        *,
+        token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        cache: str | None = None,
+    ) -> StoreSource:
+        """The served store as [train] reads it, resolved once: base URL from `url`, then
+        $DATA_URL, then server.url; credentials from the arguments, then DATA_TOKEN or
+        DATA_USER/DATA_PASSWORD (server.auth decides which wins when both are set)."""
+        t = self.train
+        return StoreSource.resolve(
+            url,
+            dataset_name=self.study.dataset_name,
+            default_url=self.server.url,
+            auth=self.server.auth,
+            token=token,
+            user=user,
+            password=password,
+            timeout_s=t.timeout_s,
+            retry_budget_s=t.retry_budget_s,
+            in_flight=t.prefetch_chunks,
+            cache=cache or t.cache,
+            cache_dir=str(self.path(t.cache_dir)),
+            cache_max_mb=t.cache_max_mb,
+        )
+
+    def serve_settings(self) -> ServeSettings:
+        """What `serve` needs: the study folder (nginx templates, secrets) and [server]."""
+        s = self.server
+        return ServeSettings(
+            root=self.root, auth=s.auth, port=s.port, limit_rate=s.limit_rate,
+            requests_per_second=s.requests_per_second, burst=s.burst, source=self.source,
+        )  # fmt: skip
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The config as plain TOML-like data (for provenance and overrides)."""
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
@@ -265,80 +292,10 @@ class Config:
         for dotted, value in changes.items():
             section, _, name = dotted.partition(".")
             if section not in raw or name not in raw[section]:
-                raise ConfigError(f"override {dotted!r}: no such key; {_suggest(dotted, _all_keys())}")
+                hint = settings.suggest(dotted, settings.all_keys(SECTIONS))
+                raise ConfigError(f"override {dotted!r}: no such key; {hint}")
             raw[section][name] = value
         return from_dict(raw, root=self.root, source=f"{self.source} (with overrides)")
-
-
-def _type_name(hint: Any) -> str:
-    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
-
-
-def _all_keys() -> list[str]:
-    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
-
-
-def _suggest(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=1)
-    return f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(options)}"
-
-
-def _check_type(value: Any, hint: Any, where: str) -> Any:
-    """Check (and lightly coerce) one value against its declared type."""
-    origin = typing.get_origin(hint)
-    if origin is types.UnionType:
-        for option in typing.get_args(hint):
-            try:
-                return _check_type(value, option, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list of {item.__name__}, got {value!r}")
-        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        _, item = typing.get_args(hint)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return {str(k): _check_type(v, item, f"{where}.{k}") for k, v in value.items()}
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def _build_section(cls: type, table: Any, source: str, section: str) -> Any:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{source}: [{section}] must be a table of keys")
-    where = f"{source}: {section}"
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for name in table:
-        if f"{section}.{name}" in RENAMED:
-            raise ConfigError(
-                f"{where}.{name}: renamed {RENAMED[f'{section}.{name}']} (it counts time steps, days or "
-                "months: etl.time_step); rename it in study.toml"
-            )
-        if name not in fields:
-            raise ConfigError(f"{where}.{name}: unknown key; {_suggest(name, list(fields))}")
-    values = {}
-    for name, spec in fields.items():
-        if name not in table:
-            raise ConfigError(f"{where}.{name}: missing key ({spec.metadata['help']})")
-        value = _check_type(table[name], hints[name], f"{where}.{name}")
-        meta = spec.metadata
-        if meta["choices"] and value not in meta["choices"]:
-            allowed = ", ".join(repr(c) for c in meta["choices"])
-            raise ConfigError(f"{where}.{name}: {value!r} is not allowed; allowed: {allowed}")
-        if meta["low"] is not None and value < meta["low"]:
-            raise ConfigError(f"{where}.{name}: {value!r} is below the minimum {meta['low']}")
-        if meta["high"] is not None and value > meta["high"]:
-            raise ConfigError(f"{where}.{name}: {value!r} is above the maximum {meta['high']}")
-        values[name] = value
-    return cls(**values)
 
 
 def _check_consistency(cfg: Config) -> None:
@@ -406,14 +363,7 @@ def _check_labels(data: DataSection, where: str) -> None:
 
 def from_dict(raw: Mapping[str, Any], *, root: Path, source: str = "<dict>") -> Config:
     """Build and validate a Config from parsed TOML."""
-    for name in raw:
-        if name not in SECTIONS:
-            raise ConfigError(f"{source}: unknown section [{name}]; {_suggest(name, list(SECTIONS))}")
-    sections = {}
-    for name, cls in SECTIONS.items():
-        if name not in raw:
-            raise ConfigError(f"{source}: missing section [{name}]")
-        sections[name] = _build_section(cls, raw[name], source, name)
+    sections = settings.build_sections(raw, SECTIONS, source, RENAMED)
     cfg = Config(root=Path(root).resolve(), source=source, **sections)
     _check_consistency(cfg)
     return cfg
@@ -445,27 +395,9 @@ def find_config(start: Path | None = None) -> Path:
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Load and validate study.toml (found with `find_config` when no path is given)."""
     path = Path(path) if path is not None else find_config()
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return from_dict(raw, root=path.resolve().parent, source=str(path))
+    return from_dict(settings.read_toml(path), root=path.resolve().parent, source=str(path))
 
 
 def reference_markdown() -> str:
     """Markdown table of every key: the config reference of the README."""
-    lines = ["| key | type | meaning | allowed |", "|---|---|---|---|"]
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for spec in dataclasses.fields(cls):
-            meta = spec.metadata
-            kind = _type_name(hints[spec.name]).replace("|", "\\|")  # a Markdown table cell
-            allowed = ", ".join(f"`{c}`" for c in meta["choices"])
-            if not allowed and (meta["low"] is not None or meta["high"] is not None):
-                low = "" if meta["low"] is None else f"≥ {meta['low']}"
-                high = "" if meta["high"] is None else f"≤ {meta['high']}"
-                allowed = " and ".join(x for x in (low, high) if x)
-            lines.append(f"| `{section}.{spec.name}` | {kind} | {meta['help']} | {allowed} |")
-    return "\n".join(lines) + "\n"
+    return settings.reference_markdown(SECTIONS)

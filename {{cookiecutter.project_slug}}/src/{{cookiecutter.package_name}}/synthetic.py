@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from labzarr.atomic import atomic_write
+from labzarr.etl import timeaxis
+from labzarr.store_format import split_blocks
 
-from .atomic import atomic_write
-from .etl import derive, timeaxis
+from .etl import derive
 from .etl.categories import CATEGORIES, MISSING
 from .etl.quantiles import TransformSpec
-from .store_format import split_blocks
 
 MODEL_FILE = "model_output.nc"
 REFERENCE_FILE = "reference.nc"

@@ -21,13 +21,12 @@ raises `EtlInputError` naming where it came from.
 from __future__ import annotations
 
 import numpy as np
-
-from .errors import EtlInputError
+from labzarr.etl.errors import EtlInputError
+from labzarr.store_format import MISSING
 
 CATEGORIES: tuple[str, ...] = ("W4", "W3", "W2", "W1", "W0", "N", "D0", "D1", "D2", "D3", "D4")
 N_CLASSES = len(CATEGORIES)
 NEUTRAL = CATEGORIES.index("N")
-MISSING = -1
 # Upper percentile bounds of D4, D3, D2, D1, D0 (inclusive).
 DRY_BOUNDS = np.array([0.02, 0.05, 0.10, 0.20, 0.30])
 # Lower percentile bounds of W0, W1, W2, W3, W4 (inclusive), the mirror of DRY_BOUNDS.

@@ -52,12 +52,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
-from tqdm.auto import tqdm
-
-from .. import __version__
-from ..config import Config
-from ..location import StoreLocation
-from ..store_format import (
+from labzarr.etl import timeaxis
+from labzarr.etl.cluster import Runner, runner
+from labzarr.etl.errors import EtlInputError, StoreExistsError
+from labzarr.etl.regions import ArrayGroup, write_rows
+from labzarr.etl.store import finalize, leftovers, provenance, staging, store_exists, stored_bytes
+from labzarr.location import StoreLocation
+from labzarr.store_format import (
     CELL,
     CLIMATOLOGY,
     COMPLETE,
@@ -74,13 +75,13 @@ from ..store_format import (
     valid_pairs,
     window_ends,
 )
-from . import derive, quantiles, timeaxis
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..config import Config
+from . import derive, quantiles
 from .categories import encoding_attrs
-from .cluster import Runner, runner
-from .errors import EtlInputError, StoreExistsError
 from .extract import Inputs, cell_blocks, cell_status, grid_positions, open_inputs
-from .regions import ArrayGroup, write_rows
-from .store import finalize, leftovers, provenance, staging, store_exists, stored_bytes
 
 log = logging.getLogger(__name__)
 PACKAGE = __package__.rsplit(".", 1)[0]

@@ -54,9 +54,8 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-
-from ..store_format import CELL, CLIMATOLOGY, FEATURE, TIME
-from .timeaxis import TIME_STEPS, season_index
+from labzarr.etl.timeaxis import TIME_STEPS, season_index
+from labzarr.store_format import CELL, CLIMATOLOGY, FEATURE, TIME
 
 # Plotting position parameter a of p = (i - a) / (n + 1 - 2a) (alpha = beta = a in scipy).
 PLOTTING_POSITIONS: dict[str, float] = {

@@ -45,15 +45,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from labzarr.atomic import atomic_write, write_text
+from labzarr.errors import StudyError
+from labzarr.train.distributed import Ranks, start, state_digest, uneven_inputs
+from labzarr.train.loader import LoaderStats, Series
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write, write_text
-from ..errors import StudyError
 from ..etl.categories import CATEGORIES, N_CLASSES
 from .baselines import FIT_SAMPLES, baselines, scores, window_means
-from .distributed import Ranks, start, state_digest, uneven_inputs
-from .loader import LoaderStats, Series, make_loader, open_series
+from .data import make_loader, open_series
 from .model import build_model
 
 if TYPE_CHECKING:

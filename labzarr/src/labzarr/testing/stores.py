@@ -20,7 +20,7 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from ..etl.categories import percentile_to_code
+
 from ..etl.store import ChunkAppender, finalize
 from ..store_format import (
     CELL,

@@ -16,8 +16,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write
-from ..errors import StudyError
+from .atomic import atomic_write
+from .errors import StudyError
 
 CACHE_KINDS = ("none", "memory", "disk")
 

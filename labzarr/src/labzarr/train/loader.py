@@ -37,28 +37,23 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import StudyError
-from ..remote import Credentials, RemoteStore, connect, credentials_from, resolve_base_url, store_url
+from ..remote import StoreSource
 from ..store_format import (
     COMPLETE,
     LABELS,
     SPLIT_GAP,
-    SPLITS,
     blocks_from_attrs,
     valid_pairs,
     window_ends,
     window_rows,
 )
-from .cache import make_cache
-
-if TYPE_CHECKING:
-    from ..config import Config
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -106,65 +101,6 @@ class LoaderStats:
             f"{self.samples:,} samples in {self.elapsed_s:.1f} s ({self.samples_per_s:,.0f} samples/s), "
             f"{self.network_bytes / 1e6:.2f} MB over the network ({self.requests} requests, "
             f"{self.cache_hits} cache hits), waiting {self.wait_s:.1f} s"
-        )
-
-
-@dataclass(frozen=True)
-class StoreSource:
-    """A picklable recipe to open the study's store in any process (e.g. each DDP rank).
-
-    Build it with `StoreSource.from_config(cfg, url=...)`.
-    """
-
-    url: str
-    features: str
-    credentials: Credentials | None = None
-    timeout_s: float = 30.0
-    retry_budget_s: float = 60.0
-    backoff_s: float = 0.5
-    in_flight: int = 8
-    cache: str = "none"
-    cache_dir: str | None = None
-    cache_max_mb: float = 4096
-
-    @classmethod
-    def from_config(
-        cls,
-        cfg: Config,
-        *,
-        url: str | None = None,
-        token: str | None = None,
-        user: str | None = None,
-        password: str | None = None,
-        cache: str | None = None,
-    ) -> StoreSource:
-        """The store as configured: URL from `url`/$DATA_URL/study.toml, [train] settings."""
-        t = cfg.train
-        return cls(
-            url=store_url(resolve_base_url(url, cfg), cfg),
-            features=cfg.study.dataset_name,
-            credentials=credentials_from(token, user, password, prefer=cfg.server.auth),
-            timeout_s=t.timeout_s,
-            retry_budget_s=t.retry_budget_s,
-            in_flight=t.prefetch_chunks,
-            cache=cache or t.cache,
-            cache_dir=str(cfg.path(t.cache_dir)),
-            cache_max_mb=t.cache_max_mb,
-        )
-
-    def connect(self) -> RemoteStore:
-        """Open the store (manifest checked) with this process's own session and cache."""
-        creds = self.credentials
-        return connect(
-            full_url=self.url,
-            token=creds.token if creds else None,
-            user=creds.user if creds else None,
-            password=creds.password if creds else None,
-            timeout_s=self.timeout_s,
-            retry_budget_s=self.retry_budget_s,
-            backoff_s=self.backoff_s,
-            in_flight=self.in_flight,
-            cache=make_cache(self.cache, max_mb=self.cache_max_mb, cache_dir=self.cache_dir),
         )
 
 
@@ -500,50 +436,3 @@ def _prefetched(read: Any, rounds: list[np.ndarray]) -> Iterator[np.ndarray]:
             yield item
     finally:
         stop.set()
-
-
-def open_series(
-    cfg: Config,
-    *,
-    url: str | None = None,
-    token: str | None = None,
-    user: str | None = None,
-    password: str | None = None,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-    cache: str | None = None,
-) -> Series:
-    """The study's served series as configured in [train] (URL from `url`/$DATA_URL/study.toml)."""
-    source = StoreSource.from_config(cfg, url=url, token=token, user=user, password=password, cache=cache)
-    return Series(source, device=device, resident_max_mb=cfg.train.resident_max_mb, progress=progress)
-
-
-def make_loader(
-    cfg: Config,
-    series: Series,
-    split: str,
-    *,
-    shuffle: bool | None = None,
-    progress: bool = True,
-    start_epoch: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-) -> WindowLoader:
-    """The loader of one split as configured in [train] (training data shuffled, others not)."""
-    if split not in SPLITS:
-        raise LoaderError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
-    t = cfg.train
-    return WindowLoader(
-        series,
-        split,
-        batch_size=t.batch_size,
-        lookback=cfg.etl.time_lookback,
-        stride=t.sample_stride,
-        shuffle=split == "train" if shuffle is None else shuffle,
-        seed=t.seed,
-        rank=rank,
-        world_size=world_size,
-        progress=progress,
-        desc=split,
-        start_epoch=start_epoch,
-    )

@@ -41,9 +41,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
 from .errors import StudyError
 
 TEMPLATE_DIR = "storage/nginx/templates"
@@ -59,6 +59,20 @@ NGINX_SIZE = re.compile(r"\d+[kKmMgG]?")
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `serve` needs of a study: its folder (templates and secrets live under it), the
+    server settings, and the config file's name for messages."""
+
+    root: Path
+    auth: str = "token"
+    port: int = 8080
+    limit_rate: str = "0"
+    requests_per_second: int = 200
+    burst: int = 200
+    source: str = "study.toml"
 
 
 class ServeError(StudyError):
@@ -133,29 +147,29 @@ def htpasswd_line(user: str, password: str) -> str:
     return user + ":{SSHA}" + base64.b64encode(digest + salt).decode() + "\n"
 
 
-def _secret_file(cfg: Config, env_name: str, default_name: str) -> Path | None:
+def _secret_file(settings: ServeSettings, env_name: str, default_name: str) -> Path | None:
     if value := os.environ.get(env_name):
         path = Path(value).expanduser()
         if not path.is_file():
             raise ServeError(f"{env_name}={value!r} does not point to a file")
         return path
-    default = cfg.root / SECRETS_DIR / default_name
+    default = settings.root / SECRETS_DIR / default_name
     return default if default.is_file() else None
 
 
-def auth_variables(cfg: Config, workdir: Path) -> dict[str, str]:
-    """Template variables for the credentials of `cfg.server.auth` (may write an htpasswd)."""
-    auth = cfg.server.auth
+def auth_variables(settings: ServeSettings, workdir: Path) -> dict[str, str]:
+    """Template variables for the credentials of `settings.auth` (may write an htpasswd)."""
+    auth = settings.auth
     if auth == "none":
         return {}
     if auth == "token":
         if token := os.environ.get("DATA_TOKEN", "").strip():
             return {"STUDY_TOKEN": check_token(token, "DATA_TOKEN")}
-        if path := _secret_file(cfg, "DATA_TOKEN_FILE", "token"):
+        if path := _secret_file(settings, "DATA_TOKEN_FILE", "token"):
             return {"STUDY_TOKEN": check_token(path.read_text(), str(path))}
         raise ServeError(
             "server.auth is 'token' but no token was given: set DATA_TOKEN (or DATA_TOKEN_FILE, or write "
-            f"{cfg.root / SECRETS_DIR / 'token'}); see storage/README.md"
+            f"{settings.root / SECRETS_DIR / 'token'}); see storage/README.md"
         )
     user, password = os.environ.get("DATA_USER"), os.environ.get("DATA_PASSWORD")
     if user or password:
@@ -165,26 +179,26 @@ def auth_variables(cfg: Config, workdir: Path) -> dict[str, str]:
         path.write_text(htpasswd_line(user, password))
         path.chmod(0o600)
         return {"STUDY_HTPASSWD": str(path)}
-    if path := _secret_file(cfg, "DATA_HTPASSWD_FILE", "htpasswd"):
+    if path := _secret_file(settings, "DATA_HTPASSWD_FILE", "htpasswd"):
         return {"STUDY_HTPASSWD": str(path.resolve())}
     raise ServeError(
         "server.auth is 'basic' but no credentials were given: set DATA_USER and DATA_PASSWORD (or "
-        f"DATA_HTPASSWD_FILE, or write {cfg.root / SECRETS_DIR / 'htpasswd'}); see storage/README.md"
+        f"DATA_HTPASSWD_FILE, or write {settings.root / SECRETS_DIR / 'htpasswd'}); see storage/README.md"
     )
 
 
-def templates(cfg: Config) -> list[Path]:
+def templates(settings: ServeSettings) -> list[Path]:
     """The study's nginx templates, checked against `server.auth`."""
-    folder = cfg.root / TEMPLATE_DIR
+    folder = settings.root / TEMPLATE_DIR
     found = sorted(folder.glob("*.template"))
     if not found:
         raise ServeError(f"no nginx templates in {folder}; serve runs from a study folder (not a wheel)")
     for path in found:
         marker = AUTH_MARKER.search(path.read_text())
-        if marker and marker.group(1) != cfg.server.auth:
+        if marker and marker.group(1) != settings.auth:
             raise ServeError(
-                f"{path} was generated for auth {marker.group(1)!r} but {cfg.source} says server.auth = "
-                f"{cfg.server.auth!r}; set server.auth back or regenerate the study with the other answer"
+                f"{path} was generated for auth {marker.group(1)!r} but {settings.source} says server.auth = "
+                f"{settings.auth!r}; set server.auth back or regenerate the study with the other answer"
             )
     return found
 
@@ -284,7 +298,7 @@ def _worker_user(data_dir: Path, prefix: Path) -> str | None:
 
 
 def write_config(
-    cfg: Config, prefix: Path, *, listen: str, data_dir: Path, limit_rate: str | None = None
+    settings: ServeSettings, prefix: Path, *, listen: str, data_dir: Path, limit_rate: str | None = None
 ) -> Path:
     """Render the study's templates into `prefix`; returns the main nginx.conf."""
     (prefix / "conf.d").mkdir(parents=True, exist_ok=True)
@@ -292,14 +306,14 @@ def write_config(
     variables = {
         "STUDY_LISTEN": listen,
         "STUDY_DATA_ROOT": _quote_path(data_dir, "the data folder"),
-        "STUDY_LIMIT_RATE": check_size(limit_rate or cfg.server.limit_rate, "limit_rate"),
-        "STUDY_REQUESTS_PER_SECOND": str(cfg.server.requests_per_second),
-        "STUDY_BURST": str(cfg.server.burst),
+        "STUDY_LIMIT_RATE": check_size(limit_rate or settings.limit_rate, "limit_rate"),
+        "STUDY_REQUESTS_PER_SECOND": str(settings.requests_per_second),
+        "STUDY_BURST": str(settings.burst),
         # No TLS without Docker: this folder stays empty, so the include adds nothing.
         "STUDY_TLS_DIR": _quote_path(prefix / "tls", "the temporary folder"),
-        **auth_variables(cfg, prefix),
+        **auth_variables(settings, prefix),
     }
-    for template in templates(cfg):
+    for template in templates(settings):
         target = prefix / "conf.d" / template.name.removesuffix(".template")
         target.write_text(render(template.read_text(), variables, str(template)))
     user = _worker_user(data_dir, prefix)
@@ -347,7 +361,13 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> None
 
 @contextmanager
 def _running(
-    cfg: Config, data_dir: Path, *, host: str, port: int, limit_rate: str | None, ready_timeout: float
+    settings: ServeSettings,
+    data_dir: Path,
+    *,
+    host: str,
+    port: int,
+    limit_rate: str | None,
+    ready_timeout: float,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start nginx, wait for /healthz, yield (url, nginx master); always stop it."""
     nginx = find_nginx()
@@ -361,12 +381,12 @@ def _running(
         with tempfile.TemporaryDirectory(prefix="study-nginx-") as tmp:
             prefix = Path(tmp)
             listen = _listen(host, chosen)
-            conf = write_config(cfg, prefix, listen=listen, data_dir=data_dir, limit_rate=limit_rate)
+            conf = write_config(settings, prefix, listen=listen, data_dir=data_dir, limit_rate=limit_rate)
             cmd = [nginx, "-e", "stderr", "-p", str(prefix), "-c", str(conf)]
             test = subprocess.run([*cmd, "-t", "-q"], capture_output=True, text=True)
             if test.returncode != 0:
                 raise ServeError(f"nginx rejected the rendered configuration:\n{test.stderr.strip()}")
-            check_port_free(host, port, cfg.source)
+            check_port_free(host, port, settings.source)
             proc = subprocess.Popen(
                 [*cmd, "-g", "daemon off;"], stdin=subprocess.DEVNULL, start_new_session=True,
                 preexec_fn=_die_with_parent,
@@ -386,7 +406,7 @@ def _running(
 
 @contextmanager
 def serving(
-    cfg: Config,
+    settings: ServeSettings,
     data_dir: Path,
     *,
     host: str = "127.0.0.1",
@@ -398,13 +418,13 @@ def serving(
     (no trailing slash, the form of `server.url`). nginx (master and workers) and its
     temporary prefix are always gone on exit."""
     with _running(
-        cfg, data_dir, host=host, port=port, limit_rate=limit_rate, ready_timeout=ready_timeout
+        settings, data_dir, host=host, port=port, limit_rate=limit_rate, ready_timeout=ready_timeout
     ) as (url, _):
         yield url
 
 
 def serve(
-    cfg: Config,
+    settings: ServeSettings,
     *,
     host: str = "127.0.0.1",
     port: int | None = None,
@@ -416,7 +436,7 @@ def serve(
     `port` None means `server.port` of study.toml (the port the docs and clients expect);
     0 means any free port (tests, a second server on the same machine)."""
     if port is None:
-        port = cfg.server.port
+        port = settings.port
     if not 0 <= port <= 65535:
         raise ServeError(f"--port {port} is out of range; allowed: 0 (a free port) to 65535")
 
@@ -426,10 +446,10 @@ def serve(
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with _running(
-            cfg, data_dir, host=host, port=port, limit_rate=limit_rate, ready_timeout=READY_TIMEOUT_S
+            settings, data_dir, host=host, port=port, limit_rate=limit_rate, ready_timeout=READY_TIMEOUT_S
         ) as (url, proc):
             print(f"Serving {Path(data_dir).resolve()} at {url}/", flush=True)
-            print(f"auth: {cfg.server.auth}; stop with Ctrl-C", file=sys.stderr, flush=True)
+            print(f"auth: {settings.auth}; stop with Ctrl-C", file=sys.stderr, flush=True)
             status = proc.wait()
         raise ServeError(f"nginx stopped unexpectedly with status {status} (see its errors above)")
     except _Stop:

@@ -63,6 +63,7 @@ from fsspec.implementations.http import HTTPFileSystem
 from zarr.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore, WrapperStore
 
+from .cache import make_cache
 from .errors import StudyError
 from .location import (
     CREDENTIALS_HINT,
@@ -78,8 +79,6 @@ from .store_format import MANIFEST, Manifest, is_metadata, store_name
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
     from zarr.core.buffer import Buffer, BufferPrototype
-
-    from .config import Config
 
 URL_ENV = "DATA_URL"
 TOKEN_ENV = "DATA_TOKEN"
@@ -189,13 +188,12 @@ def _is_placeholder(host: str) -> bool:
     return any(host == h or host.endswith("." + h) for h in PLACEHOLDER_HOSTS) or host.endswith(".example")
 
 
-def resolve_base_url(url: str | None, cfg: Config | None) -> str:
-    """Base URL of the data server: the argument, then $DATA_URL, then study.toml."""
-    for candidate, origin in (
-        (url, "the url argument"),
-        (os.environ.get(URL_ENV), f"${URL_ENV}"),
-        (cfg.server.url if cfg is not None else None, "server.url in study.toml"),
-    ):
+def resolve_base_url(url: str | None, default: str | None = None, default_origin: str = "server.url") -> str:
+    """Base URL of the data server: the argument, then $DATA_URL, then `default` (the study's
+    configured URL, named `default_origin` in messages). Checked once: a scheme we read, no
+    credentials in it, not a documentation placeholder."""
+    for candidate, origin in ((url, "the url argument"), (os.environ.get(URL_ENV), f"${URL_ENV}"),
+                              (default, default_origin)):  # fmt: skip
         if candidate and is_s3(candidate):
             try:
                 return check_s3_url(candidate, origin)
@@ -220,12 +218,63 @@ def resolve_base_url(url: str | None, cfg: Config | None) -> str:
                     f"set {URL_ENV} to your lab server's URL (in Colab: a secret), or pass --url / url=..."
                 )
             return candidate.rstrip("/")
-    raise RemoteError(f"no data URL: set ${URL_ENV}, pass --url / url=..., or set server.url in study.toml")
+    raise RemoteError(f"no data URL: set ${URL_ENV}, pass --url / url=..., or set {default_origin}")
 
 
-def store_url(base: str, cfg: Config) -> str:
-    """URL of the study's store: {base}/{dataset_name}.zarr."""
-    return f"{base.rstrip('/')}/{store_name(cfg.study.dataset_name)}"
+@dataclass(frozen=True)
+class StoreSource:
+    """Where a store is and how to read it, resolved once: the store's own URL (checked),
+    the credentials, the name of its features array, timeouts, retry budget, requests in
+    flight and the chunk cache. Picklable, so every process (a DDP rank, a worker) opens
+    the store from the same recipe with a session of its own.
+
+    Build it with `StoreSource.resolve(...)` (URL from an argument, $DATA_URL or a
+    default; credentials from arguments or the environment).
+    """
+
+    url: str
+    features: str = ""
+    credentials: Credentials | None = None
+    timeout_s: float = 30.0
+    retry_budget_s: float = 60.0
+    backoff_s: float = 0.5
+    in_flight: int = 8
+    cache: str = "none"
+    cache_dir: str | None = None
+    cache_max_mb: float = 4096
+
+    @classmethod
+    def resolve(
+        cls,
+        url: str | None = None,
+        *,
+        dataset_name: str,
+        default_url: str | None = None,
+        auth: str = "token",
+        token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        **settings: Any,
+    ) -> StoreSource:
+        """The store `{base}/{dataset_name}.zarr`, base from `url`, then $DATA_URL, then
+        `default_url`; credentials from the arguments, then $DATA_TOKEN or
+        $DATA_USER/$DATA_PASSWORD (`auth` decides which wins when both are set);
+        `settings` are the other fields (timeout_s, retry_budget_s, in_flight, cache, ...)."""
+        base = resolve_base_url(url, default_url)
+        return cls(
+            url=f"{base}/{store_name(dataset_name)}",
+            features=dataset_name,
+            credentials=credentials_from(token, user, password, prefer=auth),
+            **settings,
+        )
+
+    def connect(self, *, require_manifest: bool = True) -> RemoteStore:
+        """Open the store (manifest checked) with this process's own session and cache."""
+        return connect(self, require_manifest=require_manifest)
+
+    def __repr__(self) -> str:
+        creds = self.credentials
+        return f"StoreSource(url={redact(self.url)!r}, features={self.features!r}, credentials={creds!r})"
 
 
 class IOLoop:
@@ -669,52 +718,25 @@ def open_store(
     return RemoteStore(url=url, store=store, manifest=None, stats=store.stats)
 
 
-def connect(
-    url: str | None = None,
-    *,
-    cfg: Config | None = None,
-    token: str | None = None,
-    user: str | None = None,
-    password: str | None = None,
-    timeout_s: float | None = None,
-    retry_budget_s: float | None = None,
-    backoff_s: float = 0.5,
-    in_flight: int | None = None,
-    cache: ChunkCache | None = None,
-    require_manifest: bool = True,
-    full_url: str | None = None,
-) -> RemoteStore:
-    """Open the study's store and check it against its manifest.
-
-    URL: `url`, then $DATA_URL, then `server.url` of study.toml, plus the store's
-    name (`full_url` gives the store's own URL instead). Timeouts, the retry budget
-    and requests in flight default to `train.timeout_s`, `train.retry_budget_s` and
-    `train.prefetch_chunks`.
-    """
-    if full_url is None:
-        if cfg is None:
-            from .config import load_config
-
-            cfg = load_config()
-        full_url = store_url(resolve_base_url(url, cfg), cfg)
-    else:
-        full_url = resolve_base_url(full_url, None)
-    t = cfg.train if cfg is not None else None
+def connect(source: StoreSource, *, require_manifest: bool = True) -> RemoteStore:
+    """Open the store of `source` and check it against its manifest (shapes, chunk counts),
+    so a chunk that should exist can never be read as fill values."""
+    full_url = source.url
     remote = open_store(
         full_url,
-        credentials=credentials_from(token, user, password, prefer=cfg.server.auth if cfg else "token"),
-        timeout_s=timeout_s if timeout_s is not None else (t.timeout_s if t else 30.0),
-        retry_budget_s=retry_budget_s if retry_budget_s is not None else (t.retry_budget_s if t else 60.0),
-        backoff_s=backoff_s,
-        in_flight=in_flight if in_flight is not None else (t.prefetch_chunks if t else 8),
+        credentials=source.credentials,
+        timeout_s=source.timeout_s,
+        retry_budget_s=source.retry_budget_s,
+        backoff_s=source.backoff_s,
+        in_flight=source.in_flight,
     )
     try:
         raw = remote.store.io.run(remote.store.get(MANIFEST, default_buffer_prototype()))
         if raw is None:
             if require_manifest:
                 raise StoreNotFoundError(
-                    f"{full_url}/{MANIFEST} not found: the URL is wrong, the store is incomplete, or "
-                    "it was not written by this study's ETL; check the URL (and server folder), or re-run "
+                    f"{redact(full_url)}/{MANIFEST} not found: the URL is wrong, the store is incomplete, "
+                    "or it was not written by this study's ETL; check the URL (and server folder), or re-run "
                     "the ETL"
                 )
         else:
@@ -722,11 +744,14 @@ def connect(
                 manifest = Manifest.from_json(raw.to_bytes())
             except ValueError as exc:
                 raise ManifestError(
-                    f"{full_url}/{MANIFEST}: not a valid manifest ({exc}); re-run the ETL to rewrite it"
+                    f"{redact(full_url)}/{MANIFEST}: not a valid manifest ({exc}); re-run the ETL to "
+                    "rewrite it"
                 ) from None
-            check_manifest(remote.open_group(), manifest, full_url)
+            check_manifest(remote.open_group(), manifest, redact(full_url))
             remote.store.use_manifest(manifest)
-            remote.store.cache = cache
+            remote.store.cache = make_cache(
+                source.cache, max_mb=source.cache_max_mb, cache_dir=source.cache_dir
+            )
             remote.manifest = manifest
     except BaseException:
         remote.close()
@@ -735,62 +760,32 @@ def connect(
 
 
 def open_remote(
-    url: str | None = None,
-    *,
-    cfg: Config | None = None,
-    group: str | None = None,
-    token: str | None = None,
-    user: str | None = None,
-    password: str | None = None,
-    timeout_s: float | None = None,
-    retry_budget_s: float | None = None,
-    cache: ChunkCache | None = None,
-    require_manifest: bool = True,
+    source: StoreSource, group: str | None = None, *, require_manifest: bool = True
 ) -> xr.Dataset:
-    """Open the served store (or its `climatology` group) as a lazy xarray Dataset, as the notebook does.
+    """Open the store (or its `climatology` group) as a lazy xarray Dataset, as the notebook does.
 
-    URL: `url`, then $DATA_URL, then `server.url` of study.toml; the store is
-    `{url}/{dataset_name}.zarr`. Credentials: arguments, then $DATA_TOKEN
-    (bearer) or $DATA_USER/$DATA_PASSWORD (basic). Every chunk read later
-    through the dataset is retried, checksum-verified and never filled in.
+    Every chunk read later through the dataset is retried, checksum-verified and
+    never filled in.
     """
-    remote = connect(
-        url,
-        cfg=cfg,
-        token=token,
-        user=user,
-        password=password,
-        timeout_s=timeout_s,
-        retry_budget_s=retry_budget_s,
-        cache=cache,
-        require_manifest=require_manifest,
-    )
+    remote = connect(source, require_manifest=require_manifest)
     ds = remote.open_dataset(group)
-    ds.attrs.setdefault("source_url", remote.url)
+    ds.attrs.setdefault("source_url", redact(remote.url))
     return ds
 
 
-def check_access(
-    full_url: str,
-    *,
-    token: str | None = None,
-    user: str | None = None,
-    password: str | None = None,
-    timeout_s: float = 30.0,
-) -> None:
+def check_access(source: StoreSource) -> None:
     """Fail early, with a clear message, if the store cannot be read with these credentials.
 
-    Reads the store's zarr metadata once: 401/403 raise `RemoteAuthError`
-    (about credentials), a missing store a `RemoteError` naming the URL.
+    Reads the store's zarr metadata once, without retries: 401/403 raise
+    `RemoteAuthError` (about credentials), a missing store a `RemoteError` naming the URL.
     """
-    full_url = resolve_base_url(full_url, None)
     with open_store(
-        full_url, credentials=credentials_from(token, user, password), timeout_s=timeout_s, retry_budget_s=0
+        source.url, credentials=source.credentials, timeout_s=source.timeout_s, retry_budget_s=0
     ) as remote:
         for key in (".zmetadata", "zarr.json"):
             if remote.store.io.run(remote.store.get(key, default_buffer_prototype())) is not None:
                 return
         raise RemoteError(
-            f"no zarr store at {full_url} (neither .zmetadata nor zarr.json found); check the URL, "
+            f"no zarr store at {redact(source.url)} (neither .zmetadata nor zarr.json found); check the URL, "
             "the dataset name and that the ETL has written the store"
         )

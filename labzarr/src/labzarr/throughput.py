@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .loader import StoreSource
-
-if TYPE_CHECKING:
-    from ..config import Config
+from .remote import StoreSource
 
 
-def measure_throughput(
-    url: str | None = None,
-    *,
-    cfg: Config | None = None,
-    max_chunks: int = 8,
-    token: str | None = None,
-    user: str | None = None,
-    password: str | None = None,
-) -> dict[str, float]:
+def measure_throughput(source: StoreSource, *, max_chunks: int = 8) -> dict[str, float]:
     """Read up to `max_chunks` whole feature chunks the way the loader does (no cache: this
     measures the link); returns `chunks`, `cells`, `seconds`, `bytes`, `mb_per_s` and
     `cells_per_s` (whole series of a cell per second)."""
-    if cfg is None:
-        from ..config import load_config
-
-        cfg = load_config()
-    source = StoreSource.from_config(cfg, url=url, token=token, user=user, password=password, cache="none")
+    source = dataclasses.replace(source, cache="none")
     with source.connect() as remote:
-        features = remote.open_group()[cfg.study.dataset_name]
+        features = remote.open_group()[source.features]
         chunk_cells = int(features.chunks[0])
         n_chunks = min(max_chunks, -(-int(features.shape[0]) // chunk_cells))
         before = remote.stats.snapshot()["bytes"]

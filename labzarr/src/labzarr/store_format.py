@@ -41,9 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from .etl.categories import MISSING
-
 STORE_SUFFIX = ".zarr"
+MISSING = -1  # label code of a step without a label (the fill value of `category`)
 CELL, TIME, FEATURE = "cell", "time", "feature"
 LABELS = "category"
 COMPLETE = "complete"

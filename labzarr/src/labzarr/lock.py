@@ -28,7 +28,7 @@ from .atomic import write_text
 from .errors import StudyError
 
 LOCAL_LABEL = re.compile(r"^(?P<pin>[A-Za-z0-9][A-Za-z0-9._-]*==[^+\s;]+)\+\S+")
-DIRECT = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*) @ ")
+DIRECT = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*) @ (?P<url>\S+)")
 
 
 class LockError(StudyError):
@@ -39,12 +39,12 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def own_distribution() -> md.Distribution:
-    """The installed distribution that provides this package (its console script names it)."""
+def own_distribution(package: str) -> md.Distribution:
+    """The installed distribution that provides the study's `package` (its console script names it)."""
     for dist in md.distributions():
-        if any(ep.value.startswith(f"{__package__}.cli:") for ep in dist.entry_points):
+        if any(ep.value.startswith(f"{package}.cli:") for ep in dist.entry_points):
             return dist
-    raise LockError(f"{__package__} is not installed; run `pip install -e .` in the study first")
+    raise LockError(f"{package} is not installed; run `pip install -e .` in the study first")
 
 
 def group_requirements(pyproject: Path) -> list[Requirement]:
@@ -94,21 +94,28 @@ def lock_lines(lines: list[str], wanted: set[str]) -> list[str]:
     """The `wanted` lines of a freeze, each `name==version` without a local label."""
     pins = []
     for line in lines:
-        if direct := DIRECT.match(line):  # installed from a file or URL: pin the version it has
+        if direct := DIRECT.match(line):
             name = direct["name"]
-            line = f"{name}=={md.version(name)}"
+            if _norm(name) in wanted and direct["url"].startswith("git+"):
+                pins.append(line)  # from a repository (the library at a tag): installable as it is
+                continue
+            if _norm(name) in wanted and direct["url"].startswith("file:"):
+                # a local folder (the template's own library) is not installable elsewhere: say so
+                pins.append(f"# {name}=={md.version(name)} was installed from a local folder")
+                continue
+            line = f"{name}=={md.version(name)}"  # a wheel file or archive URL: pin the version it has
         name = line.split("==")[0].strip()
         if "==" in line and _norm(name) in wanted:
             pins.append(LOCAL_LABEL.sub(r"\g<pin>", line))
-    return sorted(pins, key=lambda pin: _norm(pin.split("==")[0]))
+    return sorted(pins, key=lambda pin: _norm(re.split(r"==| @ ", pin.lstrip("# "))[0]))
 
 
-def write_lock(path: Path, root: Path) -> list[str]:
-    """Write `path` atomically for the study whose pyproject.toml is in `root`; returns the pins."""
-    dist = own_distribution()
+def write_lock(path: Path, root: Path, package: str) -> list[str]:
+    """Write `path` atomically for the study `package` whose pyproject.toml is in `root`; returns the pins."""
+    dist = own_distribution(package)
     pins = lock_lines(freeze(), study_dependencies(dist, group_requirements(root / "pyproject.toml")))
     header = (
-        f"# Exact versions that ran this study (`{__package__} lock`): pip freeze --all\n"
+        f"# Exact versions that ran this study (`{package} lock`): pip freeze --all\n"
         f"# --exclude-editable on Python {platform.python_version()} ({sys.platform}), limited to the\n"
         "# study's dependencies, local labels (+cpu) removed. Reproduce:\n"
         f"#   pip install -r {path.name} && pip install --no-deps -e .\n"

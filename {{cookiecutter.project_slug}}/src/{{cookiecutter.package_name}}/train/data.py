@@ -1,0 +1,61 @@
+"""How this study's training reads its data: the served series and one loader per split,
+with the settings of study.toml's [train] and [etl] (the machinery is labzarr's)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from labzarr.store_format import SPLITS
+from labzarr.train.loader import LoaderError, Series, WindowLoader
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+
+def open_series(
+    cfg: Config,
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    cache: str | None = None,
+) -> Series:
+    """The study's served series (URL from `url`, $DATA_URL or server.url), resident on `device`
+    when it fits in train.resident_max_mb."""
+    source = cfg.store_source(url, token=token, user=user, password=password, cache=cache)
+    return Series(source, device=device, resident_max_mb=cfg.train.resident_max_mb, progress=progress)
+
+
+def make_loader(
+    cfg: Config,
+    series: Series,
+    split: str,
+    *,
+    shuffle: bool | None = None,
+    progress: bool = True,
+    start_epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> WindowLoader:
+    """The loader of one split as configured in [train] (training data shuffled, others not)."""
+    if split not in SPLITS:
+        raise LoaderError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    t = cfg.train
+    return WindowLoader(
+        series,
+        split,
+        batch_size=t.batch_size,
+        lookback=cfg.etl.time_lookback,
+        stride=t.sample_stride,
+        shuffle=split == "train" if shuffle is None else shuffle,
+        seed=t.seed,
+        rank=rank,
+        world_size=world_size,
+        progress=progress,
+        desc=split,
+        start_epoch=start_epoch,
+    )
