@@ -55,6 +55,7 @@ import zarr
 from labzarr.etl import timeaxis
 from labzarr.etl.cluster import Runner, runner
 from labzarr.etl.errors import EtlInputError, StoreExistsError
+from labzarr.etl.inputs import cell_blocks, grid_positions
 from labzarr.etl.regions import ArrayGroup, write_rows
 from labzarr.etl.store import finalize, leftovers, provenance, staging, store_exists, stored_bytes
 from labzarr.location import StoreLocation
@@ -81,7 +82,7 @@ from .. import __version__
 from ..config import Config
 from . import derive, quantiles
 from .categories import encoding_attrs
-from .extract import Inputs, cell_blocks, cell_status, grid_positions, open_inputs
+from .extract import Inputs, cell_status, open_inputs
 
 log = logging.getLogger(__name__)
 PACKAGE = __package__.rsplit(".", 1)[0]

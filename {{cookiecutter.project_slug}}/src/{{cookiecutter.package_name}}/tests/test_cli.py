@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
+from labzarr.testing.faultserver import FaultServer
+from labzarr.testing.stores import learnable_series, write_series_store
 
 from ..cli import COMMANDS, build_parser, main
 from ..config import load_config
 from .conftest import STUDY_ROOT, study_toml
-from .faultserver import FaultServer
-from .stores import learnable_series, write_series_store
 
 PACKAGE = __package__.rsplit(".", 1)[0]
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from labzarr.etl.errors import EtlInputError
 
 from ..etl import categories as c
-from ..etl.errors import EtlInputError
 
 
 @pytest.mark.parametrize(

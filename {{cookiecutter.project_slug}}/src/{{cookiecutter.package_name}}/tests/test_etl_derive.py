@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
+from labzarr.store_format import blocks_from_attrs
 
 from ..config import Config, ConfigError
 from ..etl.categories import CATEGORIES, MISSING
 from ..etl.derive import trailing_mean
 from ..etl.pipeline import run_etl
-from ..store_format import blocks_from_attrs
 from ..synthetic import LABEL_WINDOW, REFERENCE_FILE, SIZES, training_steps, write_synthetic
 from .etl_support import open_store, tiny_datasets, write_inputs
 

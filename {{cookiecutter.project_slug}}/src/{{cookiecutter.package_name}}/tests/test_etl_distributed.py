@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
+from labzarr.etl.errors import EtlError, EtlInputError
 
 from ..config import Config
-from ..etl.errors import EtlError, EtlInputError
 from ..etl.pipeline import run_etl
 from ..synthetic import MODEL_FILE
 from .etl_support import leftovers, manifest, tiny_datasets, write_inputs

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from labzarr.etl.errors import EtlInputError
 
 from ..config import Config
 from ..etl import pipeline
-from ..etl.errors import EtlInputError
 from ..etl.pipeline import run_etl
 from .conftest import STUDY_ROOT
 from .etl_support import checksums, leftovers, tiny_datasets, write_inputs

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from labzarr.etl import timeaxis
+from labzarr.etl.errors import EtlInputError
 
 from ..config import Config
-from ..etl import timeaxis
-from ..etl.errors import EtlInputError
 from ..etl.pipeline import run_etl
 from .etl_support import leftovers, open_store, tiny_datasets, write_inputs, write_netcdf
 

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from labzarr.etl.errors import StoreExistsError
+from labzarr.etl.store import ChunkAppender, finalize, sha256_file
+from labzarr.store_format import CLIMATOLOGY, blocks_from_attrs, valid_pairs, window_ends
 
 from .. import __version__
 from ..cli import main
 from ..config import Config, load_config
 from ..etl import quantiles
 from ..etl.categories import CATEGORIES, MISSING, encoding_attrs, one_hot
-from ..etl.errors import StoreExistsError
 from ..etl.pipeline import run_etl
-from ..etl.store import ChunkAppender, finalize, sha256_file
-from ..store_format import CLIMATOLOGY, blocks_from_attrs, valid_pairs, window_ends
 from ..synthetic import SIZES, write_synthetic
 from .conftest import study_toml
 from .etl_support import (

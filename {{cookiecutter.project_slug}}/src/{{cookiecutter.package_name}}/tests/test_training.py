@@ -13,17 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from labzarr.store_format import blocks_from_attrs, valid_pairs, window_ends
+from labzarr.testing.faultserver import FaultServer
+from labzarr.testing.stores import learnable_series, write_series_store
 
 from ..config import Config
 from ..etl.categories import MISSING
 from ..etl.pipeline import run_etl
-from ..store_format import blocks_from_attrs, valid_pairs, window_ends
 from ..synthetic import SIZES, SyntheticSize, training_steps
 from ..train.loop import TrainError, class_weights, train
 from ..train.model import build_model
 from .etl_support import open_store, tiny_datasets, write_inputs
-from .faultserver import FaultServer
-from .stores import learnable_series, write_series_store
 
 LOOKBACK = 20
 N_CELLS, N_TIME = 8, 400  # days 0-215 train, 236-307 valid, 328-399 test (fractions 0.6, 0.2, 0.2; gaps 20)
