@@ -179,6 +179,12 @@ def task_relock(args: list[str]) -> None:
     say(f"wrote {STUDY_LOCK.relative_to(ROOT)}; `python3 tasks.py setup` installs it")
 
 
+def task_docs(args: list[str]) -> None:
+    """rewrite the study README's command table and config reference from a fresh bake"""
+    ensure_venv()
+    run(PYTHON, ROOT / "scripts" / "readme_sections.py", *args, cwd=ROOT)
+
+
 def task_help(args: list[str]) -> None:
     """list the tasks"""
     print("usage: python3 tasks.py TASK [ARGS]\n")
@@ -193,6 +199,7 @@ TASKS = {
     "lint": task_lint,
     "fmt": task_fmt,
     "relock": task_relock,
+    "docs": task_docs,
     "help": task_help,
 }
 

@@ -6,10 +6,10 @@ answer; everything else in the template is always generated.
 
 from __future__ import annotations
 
-import importlib
 import json
+import re
 import shutil
-import sys
+import tempfile
 from pathlib import Path
 
 ANSWERS = json.loads(
@@ -18,6 +18,13 @@ ANSWERS = json.loads(
   "license": {{ cookiecutter.license | tojson }},
   "package_name": {{ cookiecutter.package_name | tojson }},
   "project_slug": {{ cookiecutter.project_slug | tojson }}
+}"""
+)
+# Who renders: plain cookiecutter records the output folder, cruft the template's commit.
+CONTEXT = json.loads(
+    r"""{
+  "_output_dir": {{ cookiecutter.get("_output_dir", "") | tojson }},
+  "_commit": {{ cookiecutter.get("_commit", "") | tojson }}
 }"""
 )
 
@@ -50,47 +57,40 @@ def prune(root: Path) -> None:
             path.rmdir()
 
 
-def write_generated_sections(root: Path) -> None:
-    """Fill the README's config reference and command table from config.py and cli.py, the
-    single sources of the keys and the commands."""
-    sys.dont_write_bytecode = True  # leave no __pycache__ in the new study
-    sys.path.insert(0, str(root / "src"))
-    try:
-        config = importlib.import_module(f"{ANSWERS['package_name']}.config")
-        cli = importlib.import_module(f"{ANSWERS['package_name']}.cli")
-    finally:
-        sys.path.pop(0)
-    readme = root / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    for name, content in (("config-reference", config.reference_markdown()), ("commands", cli.commands_markdown())):
-        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-        head, _, rest = text.partition(start)
-        _, _, tail = rest.partition(end)
-        text = f"{head}{start}\n{content}{end}{tail}"
-    readme.write_text(text, encoding="utf-8")
+def first_steps(root: Path) -> list[str]:
+    """The setup commands of the study's README (section 1, between its first-steps markers):
+    the one list of first commands, which the banner below repeats."""
+    text = (root / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- first-steps:start -->", 1)[1].split("<!-- first-steps:end -->", 1)[0]
+    return [line for line in block.strip().splitlines() if line.strip() and not line.startswith("```")]
 
 
-def next_steps() -> str:
+def next_steps(root: Path) -> str:
     """The first commands a new study owner runs."""
-    pkg = ANSWERS["package_name"]
+    steps = "\n".join(f"  {line}" for line in [f"cd {ANSWERS['project_slug']}", *first_steps(root)])
     return f"""
 Study created in ./{ANSWERS["project_slug"]}
 
 Next steps:
-  cd {ANSWERS["project_slug"]}
-  git init && git add -A && git commit -m "Start study from template"
-  python3 -m venv .venv && . .venv/bin/activate
-  python -m pip install -U pip
-  pip install torch --index-url https://download.pytorch.org/whl/cpu   # CPU torch (skip on a GPU box)
-  pip install -e ".[etl,train]" --group dev && pre-commit install
-  {pkg} synth            # synthetic inputs in data/raw (or put your own NetCDF there)
-  {pkg} --help           # every command
-  pytest                 # the study's own tests
+{steps}
 See README.md for the lab-machine (docker compose) and Colab steps.
 """
 
 
+def cruft_scratch_render(root: Path) -> bool:
+    """Whether cruft renders the template into a scratch folder to compute a diff (`cruft update`
+    renders twice, the old and the new template version; `cruft diff` and `cruft check` too),
+    rather than creating a study: no banner then. Plain cookiecutter always creates (it records
+    `_output_dir`); cruft (which records `_commit` instead) creates in the folder it is given,
+    and renders its scratch copies straight into a new `tempfile.TemporaryDirectory()`."""
+    if CONTEXT["_output_dir"] or not CONTEXT["_commit"]:
+        return False
+    parent = root.resolve().parent
+    scratch = parent.parent == Path(tempfile.gettempdir()).resolve()
+    return scratch and re.fullmatch(r"tmp[a-z0-9_]{8}", parent.name) is not None
+
+
 if __name__ == "__main__":
     prune(Path.cwd())
-    write_generated_sections(Path.cwd())
-    print(next_steps())
+    if not cruft_scratch_render(Path.cwd()):
+        print(next_steps(Path.cwd()))

@@ -35,6 +35,10 @@ RESERVED = {
     "pandas", "pytest", "scipy", "setuptools", "sklearn", "scikit_learn",
     "test", "tests", "torch", "tqdm", "xarray", "zarr", "pip", "hatchling",
 }  # fmt: skip
+TRACEBACK_NOTE = (
+    "Nothing was generated. Fix the answers above and run again; the traceback cookiecutter\n"
+    'prints after this ("Hook script failed") only says that this check stopped the bake.'
+)
 MAX_LOOKBACK = 3660  # ten years of daily steps
 MAX_CHUNK_CELLS = 1_000_000
 
@@ -127,4 +131,7 @@ if __name__ == "__main__":
         print("ERROR: this study cannot be generated:", file=sys.stderr)
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
+        # Cookiecutter (2.7.1) logs every failed hook with a traceback of its own, whatever the
+        # hook does: say so, so that nobody looks for the problem there.
+        print(TRACEBACK_NOTE, file=sys.stderr, flush=True)
         sys.exit(1)

@@ -39,7 +39,8 @@ def template_repo(tmp_path: Path) -> Path:
 def test_change_an_answer_and_keep_own_edits(template_repo: Path, tmp_path: Path) -> None:
     cruft = require_tool("cruft")
     out = tmp_path / "out"
-    run([cruft, "create", "--no-input", "--output-dir", out, template_repo])
+    created = run([cruft, "create", "--no-input", "--output-dir", out, template_repo])
+    assert created.stdout.count("Next steps:") == 1, created.stdout
     study = out / "columbia_drought_study"
     assert json.loads((study / ".cruft.json").read_text())["context"]["cookiecutter"]["auth"] == "token"
     run(["git", "init", "-q", "-b", "main"], cwd=study)
@@ -50,7 +51,11 @@ def test_change_an_answer_and_keep_own_edits(template_repo: Path, tmp_path: Path
         f.write("# my comment\n")
     commit_all(study, "own edits")
 
-    run([cruft, "update", "--project-dir", study, "--skip-apply-ask", "--variables-to-update", '{"auth": "basic"}'])
+    updated = run(
+        [cruft, "update", "--project-dir", study, "--skip-apply-ask", "--variables-to-update", '{"auth": "basic"}']
+    )
+    # cruft renders the old and the new template version in scratch folders: no "Study created" banner.
+    assert "Study created" not in updated.stdout and "Next steps" not in updated.stdout, updated.stdout
 
     config = tomllib.loads((study / "study.toml").read_text())
     assert config["server"]["auth"] == "basic"
@@ -85,7 +90,8 @@ def test_plain_cookiecutter_study_links_with_its_recorded_answers(template_repo:
     readme = template_repo / "{{cookiecutter.project_slug}}" / "storage" / "README.md"
     readme.write_text(readme.read_text() + "\nA section a later template version adds.\n")
     commit_all(template_repo, "template: a new section")
-    run([cruft, "update", "--project-dir", study, "--skip-apply-ask"])
+    updated = run([cruft, "update", "--project-dir", study, "--skip-apply-ask"])
+    assert "Next steps" not in updated.stdout, updated.stdout
 
     assert "A section a later template version adds." in (study / "storage" / "README.md").read_text()
     config = tomllib.loads((study / "study.toml").read_text())
