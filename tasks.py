@@ -28,6 +28,8 @@ REQUIREMENTS = ROOT / "requirements-dev.txt"
 # requirements-dev.txt installs the study's dependencies from the lock every baked study starts with.
 STUDY_LOCK = ROOT / "{{cookiecutter.project_slug}}" / "requirements.lock"
 NO_DEPS = ROOT / "requirements-nodeps.txt"  # installed with --no-deps (test data that declares iris)
+# The studies' machinery library, installed editable (its dependencies are in the study's lock).
+LIBRARY = ROOT / "labzarr"
 # Installed before anything that depends on torch, so pip keeps this CPU build.
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
 NGINX_INSTALL = "sudo apt-get update && sudo apt-get install -y nginx"
@@ -61,7 +63,10 @@ def own_python() -> list[str]:
 def ensure_venv() -> None:
     """Create .venv and install torch (CPU) first, then the pinned dev requirements."""
     stamp = VENV / ".tasks-stamp"
-    pins = REQUIREMENTS.read_bytes() + STUDY_LOCK.read_bytes() + NO_DEPS.read_bytes()
+    pins = (
+        REQUIREMENTS.read_bytes() + STUDY_LOCK.read_bytes() + NO_DEPS.read_bytes()
+        + (LIBRARY / "pyproject.toml").read_bytes()
+    )  # fmt: skip
     digest = hashlib.sha256(pins + TORCH_SPEC.encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest and PYTHON.exists():
         return
@@ -73,6 +78,7 @@ def ensure_venv() -> None:
     run(*pip, "--quiet", TORCH_SPEC)
     run(*pip, "--quiet", "-r", REQUIREMENTS)
     run(*pip, "--quiet", "--no-deps", "-r", NO_DEPS)
+    run(*pip, "--quiet", "--no-deps", "-e", LIBRARY)
     stamp.write_text(digest)
 
 
@@ -111,13 +117,14 @@ def task_setup(args: list[str]) -> None:
 
 
 def task_test(args: list[str]) -> None:
-    """run the whole template test suite (extra args go to pytest)"""
+    """run the library's test suite, then the template's (baked studies' suites included; args go to it)"""
     task_setup([])
     # The tests train tiny CPU models in several processes at once (pytest, nginx, study
     # subprocesses, torchrun ranks). With torch's default of one thread per core they fight over
     # the cores: on a busy 2-core machine an LSTM step took 1.4-7 s instead of 0.37 s with one
     # thread (measured with the demo). One thread per process unless the caller chose otherwise.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    run(PYTHON, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", cwd=LIBRARY)
     run(PYTHON, "-m", "pytest", *args, cwd=ROOT)
 
 
@@ -172,6 +179,7 @@ def task_relock(args: list[str]) -> None:
         venv.EnvBuilder(with_pip=True).create(env)  # `lock` runs this venv's own pip freeze
         pip = (PYTHON, "-m", "pip", "--python", env / "bin" / "python", "install", "--quiet", "--no-compile")
         run(*pip, TORCH_SPEC)
+        run(*pip, ROOT / "labzarr")  # the library from this repository (the lock notes it, unpinned)
         run(*pip, "-e", f"{study}[etl,train]", "--group", f"{study / 'pyproject.toml'}:dev")
         run(env / "bin" / "python", "-m", package, "lock", "--out", Path(tmp) / "requirements.lock", cwd=study)
         text = (Path(tmp) / "requirements.lock").read_text()

@@ -21,6 +21,7 @@ ANSWERS = json.loads(
   "author_email": {{ cookiecutter.author_email | tojson }},
   "github_repo": {{ cookiecutter.github_repo | tojson }},
   "data_url": {{ cookiecutter.data_url | tojson }},
+  "labzarr_source": {{ cookiecutter.labzarr_source | tojson }},
   "dataset_name": {{ cookiecutter.dataset_name | tojson }},
   "variables": {{ cookiecutter.variables | tojson }},
   "time_lookback": {{ cookiecutter.time_lookback | tojson }},
@@ -103,6 +104,17 @@ def validate(a: dict) -> list[str]:
         errors.append(f"data_url: {url!r} contains characters not allowed in a URL (quotes, braces, ...).")
     elif parts.query or parts.fragment:
         errors.append(f"data_url: {url!r} has a query or fragment; allowed: a plain base URL.")
+    source = a["labzarr_source"]
+    index_requirement = r"labzarr(\[[a-z0-9,]+\])?\s*([<>=!~]=?\s*[0-9][0-9.]*\s*,?\s*)*"
+    git_requirement = (
+        r"labzarr(\[[a-z0-9,]+\])? @ git\+https://[A-Za-z0-9./_-]+@[A-Za-z0-9._-]+#subdirectory=[A-Za-z0-9_/-]+"
+    )
+    if not (re.fullmatch(index_requirement, source) or re.fullmatch(git_requirement, source)):
+        errors.append(
+            f"labzarr_source: {source!r} is not a requirement of the library; allowed: labzarr>=1.0,<2 (a "
+            "package index) or labzarr @ git+https://github.com/OWNER/REPO@TAG#subdirectory=labzarr "
+            "(no credentials in the URL)."
+        )
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", a["dataset_name"]):
         errors.append(
             f"dataset_name: {a['dataset_name']!r} is not valid; "

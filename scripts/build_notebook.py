@@ -84,6 +84,8 @@ from packaging.version import InvalidVersion, Version
 
 IN_COLAB = "google.colab" in sys.modules
 PIP_SOURCE = os.environ.get("STUDY_PIP_SOURCE") or f"git+https://github.com/{GITHUB_REPO}"
+# The study's pyproject.toml says where its library (labzarr) comes from; a test points elsewhere.
+LIBRARY_SOURCE = os.environ.get("STUDY_LIBRARY_SOURCE")
 WATCHED = ("numpy", "torch", "xarray", "fsspec", "pandas", "aiohttp")  # Colab's, used by the study
 
 
@@ -105,13 +107,15 @@ def pinnable(version: str) -> bool:
     return True
 
 
-def install_keeping_runtime(source: str) -> None:
-    \"\"\"pip install `source` and its dependencies without changing any installed version.\"\"\"
+def install_keeping_runtime(*sources: str) -> None:
+    \"\"\"pip install `sources` and their dependencies without changing any installed version.\"\"\"
     before = installed()
-    with tempfile.NamedTemporaryFile("w", suffix="-runtime-constraints.txt", delete=False) as pins:
-        pins.writelines(f"{name}=={version}\\n" for name, version in before.items() if pinnable(version))
-    cmd = [sys.executable, "-m", "pip", "install", "--constraint", pins.name, source]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as tmp:  # the constraints file goes with it
+        pins = os.path.join(tmp, "runtime-constraints.txt")
+        with open(pins, "w") as f:
+            f.writelines(f"{name}=={version}\\n" for name, version in before.items() if pinnable(version))
+        cmd = [sys.executable, "-m", "pip", "install", "--constraint", pins, *sources]
+        done = subprocess.run(cmd, capture_output=True, text=True)
     if done.stderr.strip():
         print(done.stderr.strip())  # pip's warnings (resolver conflicts included), never swallowed
     if done.returncode:
@@ -140,7 +144,7 @@ def install_keeping_runtime(source: str) -> None:
 try:
     importlib.import_module("{{ cookiecutter.package_name }}")
 except ImportError:
-    install_keeping_runtime(PIP_SOURCE)
+    install_keeping_runtime(*filter(None, (LIBRARY_SOURCE, PIP_SOURCE)))
     importlib.invalidate_caches()
 
 import fsspec
@@ -160,7 +164,7 @@ if int(zarr.__version__.split(".")[0]) < 3:
     ("markdown", "## 2. Configuration: URL and credentials\nSecrets are read, never printed."),
     (
         "code",
-        f"""from {PKG} import remote
+        f"""from labzarr import remote
 from {PKG}.config import load_config
 
 
@@ -179,7 +183,8 @@ def secret(name: str) -> str | None:
 cfg = load_config()
 DATA_URL = (secret("DATA_URL") or DEFAULT_DATA_URL).rstrip("/")
 CREDENTIALS = {{"token": secret("DATA_TOKEN"), "user": secret("DATA_USER"), "password": secret("DATA_PASSWORD")}}
-STORE_URL = f"{{DATA_URL}}/{{cfg.store_name}}"
+SOURCE = cfg.store_source(DATA_URL, **CREDENTIALS)  # the store's URL and credentials, checked once
+STORE_URL = SOURCE.url
 print("data server:", DATA_URL)
 print("store:", STORE_URL)
 if DATA_URL.startswith("s3://"):  # an S3-compatible object store: botocore reads the AWS variables
@@ -209,7 +214,7 @@ from fsspec.implementations.http import HTTPFileSystem
 
 headers = {"Authorization": f"Bearer {CREDENTIALS['token']}"} if CREDENTIALS["token"] else {}
 basic = aiohttp.BasicAuth(CREDENTIALS["user"], CREDENTIALS["password"]) if CREDENTIALS["user"] else None
-remote.check_access(STORE_URL, **CREDENTIALS)  # stops here with a clear message on bad credentials
+remote.check_access(SOURCE)  # stops here with a clear message on bad credentials
 
 fs = HTTPFileSystem(headers=headers, client_kwargs={"auth": basic} if basic else {})
 if STORE_URL.startswith("s3://"):
@@ -240,22 +245,22 @@ window.plot.line(x="time", hue="feature", figsize=(8, 3));""",
     ),
     (
         "markdown",
-        """The same through the package's `remote` helper, which adds what a long training
+        """The same through labzarr's `remote` helper, which adds what a long training
 run needs: read timeouts, retries with backoff for transient errors, a check of the
 store's manifest, and an error (never silent fill values) for a missing chunk.""",
     ),
     (
         "code",
-        """remote_ds = remote.open_remote(DATA_URL, cfg=cfg, **CREDENTIALS)
+        """remote_ds = remote.open_remote(SOURCE)
 remote_ds""",
     ),
     ("markdown", "## 4. Throughput from this runtime to the lab server"),
     (
         "code",
-        f"""from {PKG}.train.throughput import measure_throughput
+        """from labzarr.throughput import measure_throughput
 
-speed = measure_throughput(DATA_URL, cfg=cfg, **CREDENTIALS)
-print(f"{{speed['mb_per_s']:.1f}} MB/s, {{speed['cells_per_s']:,.0f}} cell series/s over {{speed['chunks']}} chunks")
+speed = measure_throughput(SOURCE)
+print(f"{speed['mb_per_s']:.1f} MB/s, {speed['cells_per_s']:,.0f} cell series/s over {speed['chunks']} chunks")
 if speed["mb_per_s"] < 20:
     print(
         "The link is slow. The series are downloaded once per run (keep train.cache = 'disk' to "

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bakery import TEMPLATE, bake, install_study, run
+from bakery import LIBRARY, TEMPLATE, bake, install_study, run
 from colab_env import build_colab_like_python, write_kernelspec
 from servers import study_package, study_server
 
@@ -139,7 +139,12 @@ def main() -> int:
             summary = json.loads((results / "summary.json").read_text())
         if not args.skip_notebook:
             with steps.step("execute the Colab notebook in a Colab-like kernel"):
-                nb_env = {**env, "STUDY_PIP_SOURCE": str(study), "STUDY_EPOCHS": "1"}
+                nb_env = {
+                    **env,
+                    "STUDY_PIP_SOURCE": str(study),
+                    "STUDY_LIBRARY_SOURCE": str(LIBRARY),
+                    "STUDY_EPOCHS": "1",
+                }
                 executed = execute_notebook(study, out / "notebook", nb_env)
                 print(f"      {executed}")
     print("\n      server stopped; no nginx left running")

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from bakery import TEMPLATE, bake, install_study, run
+from bakery import LIBRARY, TEMPLATE, bake, install_study, run
 from servers import study_package
 
-__all__ = ["LOCAL_STATE", "TEMPLATE", "bake", "install_study", "require_tool", "run", "study_package"]
+__all__ = ["LIBRARY", "LOCAL_STATE", "TEMPLATE", "bake", "install_study", "require_tool", "run", "study_package"]
 
 OPTIONS: dict[str, Any] = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 REQUIRE_ALL = os.environ.get("CI", "").lower() == "true" or os.environ.get("STUDY_REQUIRE_ALL") == "1"

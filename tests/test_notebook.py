@@ -21,7 +21,7 @@ from nbclient.exceptions import CellExecutionError
 from colab_env import COLAB_LACKS, COLAB_SHIPS, PINS, build_colab_like_python, read_pins, write_kernelspec
 from servers import study_server
 
-from .conftest import TEMPLATE, require_tool, run
+from .conftest import LIBRARY, TEMPLATE, require_tool, run
 
 NOTEBOOK = Path("notebooks") / "colab_bootstrap.ipynb"
 WIDGET = "application/vnd.jupyter.widget-view+json"
@@ -93,6 +93,7 @@ def test_notebook_trains_end_to_end_and_stops_cleanly_on_a_wrong_token(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("JUPYTER_PATH", str(jupyter_path))
     monkeypatch.setenv("STUDY_PIP_SOURCE", str(study))
+    monkeypatch.setenv("STUDY_LIBRARY_SOURCE", str(LIBRARY))
     monkeypatch.setenv("STUDY_EPOCHS", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     workdir = tmp_path / "content"  # like Colab's /content: no study.toml above it
@@ -162,6 +163,7 @@ def test_notebook_reads_an_s3_bucket_with_the_aws_secrets(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("JUPYTER_PATH", str(jupyter_path))
     monkeypatch.setenv("STUDY_PIP_SOURCE", str(study))
+    monkeypatch.setenv("STUDY_LIBRARY_SOURCE", str(LIBRARY))
     monkeypatch.setenv("STUDY_EPOCHS", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     workdir = tmp_path / "content"
@@ -199,8 +201,13 @@ def test_an_install_that_would_change_colabs_packages_stops_and_changes_nothing(
     kernel = write_kernelspec(tmp_path / "jupyter", python)
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("STUDY_PIP_SOURCE", str(study))
+    monkeypatch.setenv("STUDY_LIBRARY_SOURCE", str(LIBRARY))
     nb = nbformat.read(study / NOTEBOOK, as_version=4)
-    install = next(i for i, c in enumerate(nb.cells) if "install_keeping_runtime(PIP_SOURCE)" in c.source)
+    install = next(
+        i
+        for i, c in enumerate(nb.cells)
+        if "install_keeping_runtime(*filter(None, (LIBRARY_SOURCE, PIP_SOURCE)))" in c.source
+    )
     nb.cells = nb.cells[: install + 1]  # configuration and setup only
     with pytest.raises(CellExecutionError) as info:
         execute(nb, kernel, tmp_path)

@@ -88,6 +88,7 @@ def test_a_malformed_scheduler_is_refused_before_any_work(tiny_inputs: Config, a
     assert leftovers(tiny_inputs) == []
 
 
+@pytest.mark.scaleout
 def test_local_cluster_writes_the_same_chunks_as_in_process(tiny_inputs: Config, caplog) -> None:
     run_etl(tiny_inputs)
     in_process = manifest(tiny_inputs.store_path)["arrays"]
@@ -100,6 +101,7 @@ def test_local_cluster_writes_the_same_chunks_as_in_process(tiny_inputs: Config,
     assert worker_processes() == []  # the cluster was closed
 
 
+@pytest.mark.scaleout
 class TestOnARunningScheduler:
     """Failures on a scheduler the ETL did not start (`tcp://`): it stays up, the store goes."""
 
@@ -128,6 +130,7 @@ class TestOnARunningScheduler:
         assert leftovers(tiny_inputs) == []
 
 
+@pytest.mark.scaleout
 def test_a_worker_killed_mid_run_fails_the_etl_and_leaves_nothing(
     tiny_inputs: Config, on_message: list[OnMessage]
 ) -> None:
