@@ -159,7 +159,7 @@ def worker_new(spec: dict, token: str) -> dict:
     import torch  # noqa: F401  imported before the clock, as a training script has
 
     pkg = spec["pkg"]
-    loader_mod = import_module(f"{pkg}.train.loader")
+    loader_mod = import_module(f"{pkg}.train.data")  # the study's open_series / make_loader
     cfg = import_module(f"{pkg}.config").load_config(spec["config"])
     started = time.perf_counter()
     series = loader_mod.open_series(cfg, url=spec["url"], token=token, progress=False, cache="none")
@@ -253,7 +253,8 @@ def worker_skill(spec: dict, token: str) -> dict:
 
     torch.set_num_threads(1)
     pkg, side = spec["pkg"], spec["side"]
-    loader_mod = import_module(f"{pkg}.train.loader")
+    # the new study's open_series / make_loader are in train/data.py; the old one's in train/loader.py
+    loader_mod = import_module(f"{pkg}.train.data" if side == "new" else f"{pkg}.train.loader")
     cfg = import_module(f"{pkg}.config").load_config(spec["config"]).override({"train.seed": spec["seed"]})
     t = cfg.train
     if side == "new":

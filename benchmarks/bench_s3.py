@@ -43,7 +43,9 @@ def cpu_seconds(pids: list[int]) -> float:
 def cold_read(loader: Any, url: str, name: str, in_flight: int, server: list[int]) -> dict[str, float]:
     """Open `url` and fetch its whole series once, as the loader's cold epoch does."""
     server0, client0, started = cpu_seconds(server), time.process_time(), time.perf_counter()
-    series = loader.Series(loader.StoreSource(url=url, features=name, in_flight=in_flight, cache="none"))
+    from labzarr.remote import StoreSource
+
+    series = loader.Series(StoreSource(url=url, features=name, in_flight=in_flight, cache="none"))
     try:
         series.resident_features()
         stats = series.remote.stats.snapshot()
@@ -79,7 +81,7 @@ def main() -> None:
         config = __import__(f"{package}.config", fromlist=["load_config"])
         serve = __import__(f"{package}.serve", fromlist=["serving"])
         location = __import__(f"{package}.location", fromlist=["s3_filesystem"])
-        loader = __import__(f"{package}.train.loader", fromlist=["Series"])
+        loader = __import__("labzarr.train.loader", fromlist=["Series"])
 
         cfg = config.load_config(study / "study.toml")
         if cfg.server.auth != "none":

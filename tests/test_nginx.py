@@ -308,7 +308,7 @@ def test_rendered_config_passes_nginx_t_and_gixy(auth: str, token_study, basic_s
     # serve's renderer on the same values gives the same file
     script = (
         "import sys; from pathlib import Path\n"
-        f"from {study_package(study)}.serve import render\n"
+        "from labzarr.serve import render\n"
         "print(render(Path(sys.argv[1]).read_text(), dict(a.split('=', 1) for a in sys.argv[2:])), end='')\n"
     )
     by_serve = run([python, "-c", script, template, *(f"{k}={v}" for k, v in variables.items())], cwd=study)
@@ -571,14 +571,15 @@ def test_four_concurrent_full_reads_with_the_original_posts_client(srv_default: 
 THIRTY_TWO_READERS = """
 import concurrent.futures, json, sys
 import xarray as xr
-from {package}.remote import connect
+from labzarr.remote import StoreSource, connect
 
 url, token, local = sys.argv[1:4]
 expected = xr.open_zarr(local, consolidated=True).load()
 
 
 def read(_: int) -> None:
-    with connect(full_url=url, token=token) as remote:  # its own session, retries and checks
+    with connect(StoreSource.resolve(url.rsplit("/", 1)[0], dataset_name=url.rsplit("/", 1)[1].removesuffix(".zarr"),
+                                     token=token)) as remote:  # its own session, retries and checks
         xr.testing.assert_identical(remote.open_dataset().load(), expected)
 
 
