@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 # The template's own Python; the Jinja folder is linted after baking (its pyproject.toml
 # is a Jinja template, so ruff must not walk into it).
-OWN_PYTHON = ["tasks.py", "hooks", "tests", "scripts", "benchmarks"]
+OWN_PYTHON = ["tasks.py", "hooks", "tests", "scripts", "benchmarks", "labzarr"]
 VENV = Path(os.environ.get("TEMPLATE_VENV", ROOT / ".venv"))
 BIN = VENV / "bin"
 PYTHON = BIN / "python"

@@ -37,7 +37,15 @@ EXPECTED = [
     "data/raw/.gitkeep",
     "data/zarr/.gitkeep",
 ]
-PACKAGE_FILES = ["__init__.py", "__main__.py", "cli.py", "config.py", "errors.py", "synthetic.py", "tests/conftest.py"]
+PACKAGE_FILES = [
+    "__init__.py",
+    "__main__.py",
+    "cli.py",
+    "config.py",
+    "synthetic.py",
+    "train/data.py",
+    "tests/conftest.py",
+]
 
 
 def text_files(study: Path) -> list[Path]:

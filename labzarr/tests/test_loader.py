@@ -4,10 +4,11 @@ equal to plain xarray slicing, and failures that stop loudly without fill values
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,48 +16,54 @@ import torch
 import xarray as xr
 import zarr
 
-from ..config import Config
-from ..remote import ChecksumError, MissingChunkError, RemoteReadError
-from ..store_format import SPLIT_GAP, gather_windows, window_ends
-from ..train.cache import make_cache
-from ..train.loader import LoaderError, Series, StoreSource, WindowLoader, make_loader, open_series
-from .faultserver import FaultServer
-from .stores import DAY, indexed_series, write_series_store
+from labzarr.cache import make_cache
+from labzarr.remote import ChecksumError, MissingChunkError, RemoteReadError, StoreSource
+from labzarr.store_format import SPLIT_GAP, gather_windows, store_name, window_ends
+from labzarr.testing.faultserver import FaultServer
+from labzarr.testing.stores import DAY, indexed_series, write_series_store
+from labzarr.train.loader import LoaderError, Series, WindowLoader
 
 N_CELLS, N_TIME, LOOKBACK, CHUNK, BATCH = 10, 200, 8, 4, 64  # 3 chunks of cells, the last one short
+SEED = 42
+# Short enough for failures to show within the test: 1 s per read, retries for 1.5 s, 2 reads in flight.
+SETTINGS = {"timeout_s": 1.0, "retry_budget_s": 1.5, "in_flight": 2, "cache": "none"}
+
+Source = Callable[..., StoreSource]
 
 
 @pytest.fixture
-def cfg(tiny_config: Config) -> Config:
-    return tiny_config.override(
-        {
-            "etl.time_lookback": LOOKBACK,
-            "etl.split_gap": LOOKBACK,
-            "train.batch_size": BATCH,
-            "train.timeout_s": 1.0,
-            "train.retry_budget_s": 1.5,
-            "train.prefetch_chunks": 2,
-            "train.cache": "none",
-        }
-    )
+def source(source_for: Source, server: FaultServer) -> Source:
+    """`source(**overrides)`: the served test store, read with SETTINGS (no chunk cache)."""
+
+    def resolve(**overrides: Any) -> StoreSource:
+        return source_for(server.url, **{**SETTINGS, **overrides})
+
+    return resolve
 
 
 @pytest.fixture
-def server(cfg: Config, tmp_path: Path) -> Iterator[FaultServer]:
+def server(store_dataset: str, tmp_path: Path) -> Iterator[FaultServer]:
     """Serves an indexed series: feature 0 of cell c on day t is c * DAY + t."""
     x, y = indexed_series(N_CELLS, N_TIME)
     write_series_store(
-        tmp_path / "srv", x, y, dataset_name=cfg.study.dataset_name, lookback=LOOKBACK, chunk_cells=CHUNK
+        tmp_path / "srv", x, y, dataset_name=store_dataset, lookback=LOOKBACK, chunk_cells=CHUNK
     )
     with FaultServer(tmp_path / "srv") as srv:
         yield srv
 
 
 @pytest.fixture
-def series(cfg: Config, server: FaultServer) -> Iterator[Series]:
-    opened = open_series(cfg, url=server.url, progress=False)
+def series(source: Source) -> Iterator[Series]:
+    opened = Series(source(), progress=False)
     yield opened
     opened.close()
+
+
+def loader_of(series: Series, split: str, **settings: Any) -> WindowLoader:
+    """The loader of one split as a study's training makes it: batches of BATCH windows of LOOKBACK
+    steps, every window (stride 1), the training split shuffled with SEED, the others in store order."""
+    defaults = {"batch_size": BATCH, "lookback": LOOKBACK, "stride": 1, "shuffle": split == "train"}
+    return WindowLoader(series, split, **{**defaults, "seed": SEED, "desc": split, **settings})
 
 
 def windows_of(batches) -> list[np.ndarray]:
@@ -87,8 +94,8 @@ def as_set(batches: list[np.ndarray]) -> set[tuple[int, int]]:
     return set(pairs)
 
 
-def test_epoch_yields_every_window_once_in_a_seeded_uniform_order(cfg: Config, series: Series) -> None:
-    loader = make_loader(cfg, series, "train", progress=False)
+def test_epoch_yields_every_window_once_in_a_seeded_uniform_order(series: Series) -> None:
+    loader = loader_of(series, "train")
     assert series.resident and loader.n_samples == len(expected(series, "train"))
     epoch0, epoch1 = windows_of(loader), windows_of(loader)
     assert len(epoch0) == len(loader) and all(len(b) == BATCH for b in epoch0[:-1])
@@ -98,18 +105,18 @@ def test_epoch_yields_every_window_once_in_a_seeded_uniform_order(cfg: Config, s
     uniform = N_CELLS * (1 - (1 - 1 / N_CELLS) ** BATCH)
     assert np.median([len(np.unique(b[:, 0])) for b in epoch0[:-1]]) >= 0.9 * uniform
     # the same seed gives the same batches, another seed others; start_epoch resumes the sequence
-    again = windows_of(make_loader(cfg, series, "train", progress=False))
+    again = windows_of(loader_of(series, "train"))
     assert all(np.array_equal(a, b) for a, b in zip(epoch0, again, strict=True))
-    other = windows_of(make_loader(cfg.override({"train.seed": 7}), series, "train", progress=False))
+    other = windows_of(loader_of(series, "train", seed=7))
     assert not np.array_equal(np.concatenate(epoch0), np.concatenate(other))
-    resumed = windows_of(make_loader(cfg, series, "train", progress=False, start_epoch=1))
+    resumed = windows_of(loader_of(series, "train", start_epoch=1))
     assert all(np.array_equal(a, b) for a, b in zip(epoch1, resumed, strict=True))
 
 
-def test_evaluation_splits_are_in_store_order_and_apart_from_training(cfg: Config, series: Series) -> None:
+def test_evaluation_splits_are_in_store_order_and_apart_from_training(series: Series) -> None:
     seen = {}
     for split in ("valid", "test"):
-        got = np.concatenate(windows_of(make_loader(cfg, series, split, progress=False)))
+        got = np.concatenate(windows_of(loader_of(series, split)))
         assert (np.diff(got[:, 0] * N_TIME + got[:, 1]) > 0).all(), "cell-major, then time order"
         seen[split] = as_set([got])
         assert seen[split] == expected(series, split)
@@ -120,66 +127,64 @@ def test_evaluation_splits_are_in_store_order_and_apart_from_training(cfg: Confi
 
 
 def test_one_download_then_every_epoch_and_split_from_the_resident_series(
-    cfg: Config, server: FaultServer
+    source: Source, store_dataset: str, server: FaultServer
 ) -> None:
-    name = cfg.study.dataset_name
-    series = open_series(cfg, url=server.url, progress=False)
+    name = store_dataset
+    series = Series(source(), progress=False)
     assert server.count(f"*/{name}/*") == 0  # opening reads metadata, labels and mask only
-    loader = make_loader(cfg, series, "train", progress=False)
+    loader = loader_of(series, "train")
     windows_of(loader)
     assert server.count(f"*/{name}/*") == 3  # one request per chunk of cells
     assert loader.stats.requests == 3 and loader.stats.network_bytes > 0 and loader.stats.samples > 0
     server.clear()
     windows_of(loader)
-    windows_of(make_loader(cfg, series, "test", progress=False))
+    windows_of(loader_of(series, "test"))
     assert server.count() == 0 and loader.stats.network_bytes == 0
     series.close()
 
 
-def test_disk_cache_serves_a_new_run_without_the_network(cfg: Config, server: FaultServer) -> None:
-    disk = cfg.override({"train.cache": "disk"})
-    first = open_series(disk, url=server.url, progress=False)
-    windows_of(make_loader(disk, first, "train", progress=False))
+def test_disk_cache_serves_a_new_run_without_the_network(
+    source: Source, store_dataset: str, server: FaultServer, tmp_path: Path
+) -> None:
+    disk = source(cache="disk", cache_dir=str(tmp_path / "cache"))
+    first = Series(disk, progress=False)
+    windows_of(loader_of(first, "train"))
     first.close()
     server.clear()
-    second = open_series(disk, url=server.url, progress=False)
-    windows_of(make_loader(disk, second, "train", progress=False))
-    assert server.count(f"*/{cfg.study.dataset_name}/*") == 0
+    second = Series(disk, progress=False)
+    windows_of(loader_of(second, "train"))
+    assert server.count(f"*/{store_dataset}/*") == 0
     assert second.remote.stats.snapshot()["cache_hits"] >= 3
     second.close()
 
 
-def test_ranks_draw_disjoint_shares_covering_the_epoch(cfg: Config, series: Series) -> None:
-    shares = [
-        as_set(windows_of(make_loader(cfg, series, "train", rank=r, world_size=3, progress=False)))
-        for r in range(3)
-    ]
+def test_ranks_draw_disjoint_shares_covering_the_epoch(series: Series) -> None:
+    shares = [as_set(windows_of(loader_of(series, "train", rank=r, world_size=3))) for r in range(3)]
     assert sum(len(s) for s in shares) == len(expected(series, "train"))
     assert set().union(*shares) == expected(series, "train")
 
 
 def test_streamed_rounds_cover_the_epoch_and_mix_the_cells_of_a_round(
-    cfg: Config, server: FaultServer
+    source: Source, store_dataset: str, server: FaultServer
 ) -> None:
-    small = cfg.override({"train.resident_max_mb": 1})
-    series = open_series(small, url=server.url, progress=False)
+    series = Series(source(), resident_max_mb=1, progress=False)
     series.budget_bytes = series.labels.nbytes + 2 * CHUNK * N_TIME * 2 * 4  # room for two one-chunk rounds
     assert not series.resident and series.round_chunks == 1
-    loader = make_loader(small, series, "train", progress=False)
+    loader = loader_of(series, "train")
     server.clear()
     for _ in range(2):
         batches = windows_of(loader)
         assert as_set(batches) == expected(series, "train")
         assert all(len(np.unique(b[:, 0] // CHUNK)) == 1 for b in batches), "a batch mixes one round's cells"
-    assert server.count(f"*/{cfg.study.dataset_name}/*") == 6  # streamed again each epoch (cache off)
+    assert server.count(f"*/{store_dataset}/*") == 6  # streamed again each epoch (cache off)
     series.close()
 
 
 def test_windows_equal_plain_xarray_slicing_of_the_store(
-    cfg: Config, series: Series, server: FaultServer, tmp_path: Path
+    store_dataset: str, series: Series, server: FaultServer, tmp_path: Path
 ) -> None:
-    ds = xr.open_zarr(tmp_path / "srv" / cfg.store_name, consolidated=True)[cfg.study.dataset_name]
-    loader = make_loader(cfg, series, "valid", progress=False)
+    ds = xr.open_zarr(tmp_path / "srv" / store_name(store_dataset), consolidated=True)[store_dataset]
+    loader = loader_of(series, "valid")
     xb, _ = next(iter(loader))
     for i in (0, 5, len(xb) - 1):
         cell, end = int(xb[i, 0, 0]) // DAY, int(xb[i, -1, 0]) % DAY
@@ -189,44 +194,55 @@ def test_windows_equal_plain_xarray_slicing_of_the_store(
     np.testing.assert_array_equal(gather_windows(ds.values, flat, LOOKBACK), xb[:7].numpy())
 
 
-def test_missing_chunk_stops_the_epoch_without_fill_values(cfg: Config, server: FaultServer) -> None:
-    name = cfg.study.dataset_name
+def test_missing_chunk_stops_the_epoch_without_fill_values(
+    source: Source, store_dataset: str, server: FaultServer
+) -> None:
+    name = store_dataset
     server.always(f"*/{name}/1.0.0", 404)
-    series = open_series(cfg, url=server.url, progress=False)
+    series = Series(source(), progress=False)
     with pytest.raises(MissingChunkError, match=f"{name}/1.0.0"):
-        windows_of(make_loader(cfg, series, "train", progress=False))
+        windows_of(loader_of(series, "train"))
     series.close()
 
 
-def test_chunk_of_wrong_content_stops_the_epoch(cfg: Config, server: FaultServer, tmp_path: Path) -> None:
+def test_chunk_of_wrong_content_stops_the_epoch(
+    source: Source, store_dataset: str, server: FaultServer, tmp_path: Path
+) -> None:
     """Valid zarr bytes of another chunk (as after a rewrite of the store) fail the manifest check."""
-    chunks = tmp_path / "srv" / cfg.store_name / cfg.study.dataset_name
+    chunks = tmp_path / "srv" / store_name(store_dataset) / store_dataset
     chunks.joinpath("1.0.0").write_bytes(chunks.joinpath("0.0.0").read_bytes())
-    series = open_series(cfg, url=server.url, progress=False)
-    with pytest.raises(ChecksumError, match=f"{cfg.study.dataset_name}/1.0.0"):
-        windows_of(make_loader(cfg, series, "train", progress=False))
+    series = Series(source(), progress=False)
+    with pytest.raises(ChecksumError, match=f"{store_dataset}/1.0.0"):
+        windows_of(loader_of(series, "train"))
     series.close()
 
 
-def test_stalled_chunk_fails_within_the_timeout(cfg: Config, server: FaultServer) -> None:
-    server.always(f"*/{cfg.study.dataset_name}/2.0.0", "stall")
-    source = dataclasses.replace(StoreSource.from_config(cfg, url=server.url), backoff_s=0.05)
-    series = Series(source, progress=False)
+def test_stalled_chunk_fails_within_the_timeout(
+    source: Source, store_dataset: str, server: FaultServer
+) -> None:
+    server.always(f"*/{store_dataset}/2.0.0", "stall")
+    series = Series(source(backoff_s=0.05), progress=False)
     with pytest.raises(RemoteReadError, match=r"read timeout.*train\.timeout_s = 1 s"):
         windows_of(WindowLoader(series, "train", batch_size=BATCH))
     series.close()
 
 
-def test_a_lookback_longer_than_the_split_gap_is_refused(cfg: Config, series: Series) -> None:
+def test_a_lookback_longer_than_the_split_gap_is_refused(series: Series) -> None:
     with pytest.raises(LoaderError, match="split gap"):
         WindowLoader(series, "train", lookback=LOOKBACK + 1)
+    with pytest.raises(
+        LoaderError, match="unknown split 'validation'"
+    ):  # the study's check, now the library's
+        WindowLoader(series, "validation")
 
 
 @pytest.mark.filterwarnings("ignore:Object at manifest.json is not recognized")  # consolidating by hand
-def test_a_store_of_an_older_etl_is_refused_with_what_to_do(cfg: Config, tmp_path: Path) -> None:
+def test_a_store_of_an_older_etl_is_refused_with_what_to_do(
+    source_for: Source, store_dataset: str, tmp_path: Path
+) -> None:
     x, y = indexed_series(N_CELLS, N_TIME)
     path = write_series_store(
-        tmp_path / "old", x, y, dataset_name=cfg.study.dataset_name, lookback=LOOKBACK, chunk_cells=CHUNK
+        tmp_path / "old", x, y, dataset_name=store_dataset, lookback=LOOKBACK, chunk_cells=CHUNK
     )
     group = zarr.open_group(path, mode="r+")
     attrs = dict(group.attrs)
@@ -234,12 +250,10 @@ def test_a_store_of_an_older_etl_is_refused_with_what_to_do(cfg: Config, tmp_pat
     group.attrs.put(attrs)
     zarr.consolidate_metadata(path)
     with FaultServer(tmp_path / "old") as server, pytest.raises(LoaderError, match=r"older ETL.*--overwrite"):
-        open_series(cfg, url=server.url, progress=False)
+        Series(source_for(server.url, **SETTINGS), progress=False)
 
 
 def test_caches_are_size_capped_and_verified(tmp_path: Path) -> None:
-    import hashlib
-
     blobs = {hashlib.sha256(b).hexdigest(): b for b in (b"a" * 400, b"b" * 400, b"c" * 400)}
     (d1, b1), (d2, b2), (d3, b3) = blobs.items()
     memory = make_cache("memory", max_mb=1000 / 2**20)
@@ -258,7 +272,9 @@ def test_caches_are_size_capped_and_verified(tmp_path: Path) -> None:
     assert make_cache("none", max_mb=1) is None
 
 
-def test_store_source_is_picklable_without_secrets_in_repr(cfg: Config) -> None:
-    source = StoreSource.from_config(cfg, url="http://127.0.0.1:9", token="hush-hush")
+def test_store_source_is_picklable_without_secrets_in_repr(source_for: Source, tmp_path: Path) -> None:
+    source = source_for(
+        "http://127.0.0.1:9", token="hush-hush", **SETTINGS, cache_dir=str(tmp_path / "cache")
+    )
     assert pickle.loads(pickle.dumps(source)) == source
-    assert "hush-hush" not in repr(source)
+    assert "hush-hush" not in repr(source) and "hush-hush" not in str(source)

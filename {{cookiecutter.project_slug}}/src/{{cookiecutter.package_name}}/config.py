@@ -16,13 +16,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from labzarr import settings
 from labzarr.location import LocationError, StoreLocation, check_s3_url
 from labzarr.remote import StoreSource
 from labzarr.serve import ServeSettings
 from labzarr.settings import ConfigError, key
 from labzarr.store_format import store_name
-
-from labzarr import settings
 
 # Keys renamed when time steps other than days arrived; an old study.toml is told the new name.
 RENAMED = {"etl.split_gap_days": "etl.split_gap", "etl.doy_window": "etl.season_window"}

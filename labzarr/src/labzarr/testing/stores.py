@@ -20,7 +20,6 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-
 from ..etl.store import ChunkAppender, finalize
 from ..store_format import (
     CELL,
@@ -38,6 +37,20 @@ from ..store_format import (
 )
 
 DAY = 10_000  # feature 0 = cell * DAY + day in indexed series
+# Percentile bounds of the US Drought Monitor classes, driest to wettest: D4 <= 2 %, D3 <= 5 %, D2 <= 10 %,
+# D1 <= 20 %, D0 <= 30 % (inclusive upper bounds), W0 >= 70 %, ..., W4 >= 98 % (inclusive lower bounds).
+DROUGHT_BOUNDS = np.array([0.02, 0.05, 0.10, 0.20, 0.30, 0.70, 0.80, 0.90, 0.95, 0.98])
+N_CODES = len(DROUGHT_BOUNDS) + 1  # 11 codes: 0 = wettest (W4) ... 5 = neutral ... 10 = driest (D4)
+
+
+def percentile_codes(p: np.ndarray | float) -> np.ndarray:
+    """Category codes (int8) of percentiles in [0, 1]: 0 = W4 (p >= 0.98) ... 10 = D4 (p <= 0.02),
+    NaN -> MISSING; a bound belongs to the class further from neutral, as in a study's ETL."""
+    p = np.asarray(p, dtype=np.float64)
+    dry = np.digitize(p, DROUGHT_BOUNDS, right=True)  # bounds strictly below p: a dry bound is inclusive
+    wet = np.digitize(p, DROUGHT_BOUNDS)  # bounds at or below p: a wet bound is inclusive
+    level = np.where(p < 0.5, dry, wet)  # 0 (driest) .. 10 (wettest)
+    return np.where(np.isnan(p), MISSING, N_CODES - 1 - level).astype(np.int8)
 
 
 def indexed_series(n_cells: int, n_time: int, n_features: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +76,7 @@ def learnable_series(
     cumulative = np.cumsum(x[:, :, 0], axis=1)
     weekly[:, 7:] = (cumulative[:, 7:] - cumulative[:, :-7]) / 7
     z = weekly / np.nanstd(weekly)
-    return x, percentile_to_code(norm.cdf(z))
+    return x, percentile_codes(norm.cdf(z))
 
 
 def write_series_store(
