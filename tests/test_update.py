@@ -6,13 +6,17 @@ re-typed, and then updates the same way."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import sys
+import sysconfig
 import tomllib
+import venv
 from pathlib import Path
 
 import pytest
 
-from .conftest import LOCAL_STATE, TEMPLATE, require_tool, run
+from .conftest import LIBRARY, LOCAL_STATE, TEMPLATE, require_tool, run
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.edu",
@@ -97,3 +101,57 @@ def test_plain_cookiecutter_study_links_with_its_recorded_answers(template_repo:
     config = tomllib.loads((study / "study.toml").read_text())
     assert config["server"]["auth"] == "basic" and config["etl"]["time_lookback"] == 90, "answers kept"
     assert (study / "NOTES.md").read_text() == "my own notes\n"
+
+
+def _wheel(library: Path, out: Path) -> Path:
+    """A wheel of `library` (its own folder), built offline with the dev environment's hatchling."""
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", out, library])
+    return next(out.glob("labzarr-*.whl"))
+
+
+@pytest.mark.slow
+def test_a_library_release_reaches_a_study_by_a_version_bump(fast_study: tuple[Path, Path], tmp_path: Path) -> None:
+    """The update path of the study README: a newer labzarr installed within the study's range,
+    and the study (its ETL through the library, its training package's imports) runs on it; a
+    release outside the range is refused by pip."""
+    study, _ = fast_study
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    # the dev environment's packages (torch, xarray, ...) but not the template's library source:
+    # this venv's own labzarr, installed from wheels, is the one imported
+    (site / "_template_dev_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    pip = [sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps"]
+
+    def release(version: str) -> Path:
+        copy = tmp_path / f"labzarr-{version}"
+        shutil.copytree(LIBRARY, copy, ignore=LOCAL_STATE)
+        pyproject = copy / "pyproject.toml"
+        pyproject.write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject.read_text()))
+        return _wheel(copy, tmp_path / f"wheels-{version}")
+
+    run([*pip, release("1.0.0")])
+    run([*pip, "--no-build-isolation", "-e", study])
+    package = study.name
+    work = tmp_path / "work"
+    work.mkdir()
+    config = work / "study.toml"
+    shutil.copy(study / "study.toml", config)
+    probe = "import labzarr, importlib; importlib.import_module(f'{}.train.loop'); print(labzarr.__version__)"
+    assert run([python, "-c", probe.replace("{}", package)]).stdout.split()[-1] == "1.0.0"
+
+    run([*pip, release("1.1.0")])  # the bump: `pip install -U` within labzarr>=1.0,<2
+    assert run([python, "-c", probe.replace("{}", package)]).stdout.split()[-1] == "1.1.0"
+    run([python, "-m", package, "--config", config, "synth", "--size", "tiny"], cwd=work)
+    run([python, "-m", package, "--config", config, "etl"], cwd=work, timeout=300)
+    stored = json.loads((work / "data" / "zarr" / "columbia_gridcells.zarr" / ".zattrs").read_text())
+    assert stored["provenance"]["labzarr_version"] == "1.1.0", "the store records the library that wrote it"
+
+    refused = run([sys.executable, "-m", "pip", "--python", python, "install", "--dry-run", "--no-index",
+                   "--no-build-isolation",
+                   "--find-links", release("2.0.0").parent, f"{study}", "labzarr==2.0.0"],
+                  check=False)  # fmt: skip
+    assert refused.returncode != 0 and "and labzarr==2.0.0 because these package versions have conflicting" in (
+        refused.stderr
+    ), "2.0 is outside the range"

@@ -345,10 +345,13 @@ def sha256_input(path: Path) -> str:
 def provenance(
     config: Mapping[str, Any], files: Sequence[Path], package: str, version: str
 ) -> dict[str, Any]:
-    """What made this store: config, package version, input names and checksums, UTC time."""
+    """What made this store: config, package and library versions, input names and checksums, UTC time."""
+    from .. import __version__ as library_version
+
     return {
         "package": package,
         "package_version": version,
+        "labzarr_version": library_version,
         "config": json.loads(json.dumps(config, default=str)),
         "inputs": [
             {"name": p.name, "sha256": sha256_input(p)}
