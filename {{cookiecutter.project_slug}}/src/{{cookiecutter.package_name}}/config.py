@@ -23,9 +23,13 @@ from typing import Any
 from .errors import StudyError
 from .location import LocationError, StoreLocation, check_s3_url
 from .store_format import store_name
+from .train import models
+from .train.models import MODELS
 
 # Keys renamed when time steps other than days arrived; an old study.toml is told the new name.
 RENAMED = {"etl.split_gap_days": "etl.split_gap", "etl.doy_window": "etl.season_window"}
+# Keys that became options of the LSTM when the model became a choice (train.model).
+MOVED_TO_MODEL_OPTIONS = ("train.hidden_size", "train.num_layers", "train.dropout")
 
 CONFIG_NAME = "study.toml"
 CONFIG_ENV = "STUDY_CONFIG"
@@ -177,9 +181,15 @@ class TrainSection:
     batch_size: int = key("Samples per minibatch.", low=1)
     epochs: int = key("Maximum number of epochs.", low=1)
     learning_rate: float = key("Adam learning rate.", low=0)
-    hidden_size: int = key("LSTM hidden units.", low=1)
-    num_layers: int = key("Stacked LSTM layers.", low=1, high=16)
-    dropout: float = key("Dropout between LSTM layers and before the head.", low=0, high=1)
+    model: str = key(
+        "The model trained: a name of the registry in train/models/__init__.py (README: Change the model).",
+        choices=tuple(MODELS),
+    )
+    model_options: dict[str, int | float | str | bool] = key(
+        "The model's constructor keyword arguments, a [train.model_options] table (e.g. hidden_size, "
+        "num_layers, dropout of 'lstm'; channels, kernel_size, levels, dropout of 'tcn'); omitted ones "
+        "take the constructor's defaults, unknown names are refused."
+    )
     seed: int = key("Random seed (the order of each epoch's windows, initial weights).")
     class_weights: str = key(
         "Loss weights of the imbalanced categories: inverse frequency, its square root, or none.",
@@ -264,9 +274,14 @@ class Config:
         raw = self.to_dict()
         for dotted, value in changes.items():
             section, _, name = dotted.partition(".")
-            if section not in raw or name not in raw[section]:
+            name, _, item = name.partition(".")  # train.model_options.hidden_size: one entry of a table
+            if (
+                section not in raw
+                or name not in raw[section]
+                or (item and not isinstance(raw[section][name], dict))
+            ):
                 raise ConfigError(f"override {dotted!r}: no such key; {_suggest(dotted, _all_keys())}")
-            raw[section][name] = value
+            raw[section][name] = {**raw[section][name], item: value} if item else value
         return from_dict(raw, root=self.root, source=f"{self.source} (with overrides)")
 
 
@@ -321,6 +336,11 @@ def _build_section(cls: type, table: Any, source: str, section: str) -> Any:
             raise ConfigError(
                 f"{where}.{name}: renamed {RENAMED[f'{section}.{name}']} (it counts time steps, days or "
                 "months: etl.time_step); rename it in study.toml"
+            )
+        if f"{section}.{name}" in MOVED_TO_MODEL_OPTIONS:
+            raise ConfigError(
+                f"{where}.{name}: now an option of the model: move the line into the [train.model_options] "
+                'table (with model = "lstm" in [train])'
             )
         if name not in fields:
             raise ConfigError(f"{where}.{name}: unknown key; {_suggest(name, list(fields))}")
@@ -383,6 +403,25 @@ def _check_consistency(cfg: Config) -> None:
                 )
 
 
+def _check_model(train: TrainSection, source: str) -> TrainSection:
+    """train.model_options against the model's constructor (read from its source, no torch):
+    names, and the types of int, float, str and bool parameters (ints become floats where a
+    float is declared)."""
+    where = f"{source}: train.model_options"
+    try:
+        models.check_options(train.model, train.model_options)
+        hints = models.option_types(train.model)
+    except models.ModelError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    options = {
+        name: _check_type(value, hints[name], f"{where}.{name}")
+        if hints.get(name) in (int, float, str, bool)
+        else value
+        for name, value in train.model_options.items()
+    }
+    return dataclasses.replace(train, model_options=options)
+
+
 def _check_labels(data: DataSection, where: str) -> None:
     """Derived labels need derive_from and no reference files; the other kinds, the reverse."""
     if data.reference_kind == "derived":
@@ -414,6 +453,7 @@ def from_dict(raw: Mapping[str, Any], *, root: Path, source: str = "<dict>") -> 
         if name not in raw:
             raise ConfigError(f"{source}: missing section [{name}]")
         sections[name] = _build_section(cls, raw[name], source, name)
+    sections["train"] = _check_model(sections["train"], source)
     cfg = Config(root=Path(root).resolve(), source=source, **sections)
     _check_consistency(cfg)
     return cfg
