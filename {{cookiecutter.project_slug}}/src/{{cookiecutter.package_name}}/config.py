@@ -33,8 +33,8 @@ MOVED = {
     **{old: f"renamed {new} (it counts time steps, days or months: etl.time_step); rename it in study.toml"
        for old, new in (("etl.split_gap_days", "etl.split_gap"), ("etl.doy_window", "etl.season_window"))},
     # options of the LSTM since the model is a choice (train.model)
-    **{key: "now an option of the model: move the line into the [train.model_options] table (with "
-            'model = "lstm" in [train])' for key in ("train.hidden_size", "train.num_layers", "train.dropout")},
+    **{f"train.{key}": "now an option of the model: move the line into the [train.model_options] table "
+       '(with model = "lstm" in [train])' for key in ("hidden_size", "num_layers", "dropout")},
 }  # fmt: skip
 
 CONFIG_NAME = "study.toml"
