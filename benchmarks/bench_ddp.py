@@ -8,7 +8,7 @@ Prints figures; asserts nothing (speed goals are not tests).
 A learnable series store (`stores.learnable_series`: CELLS x DAYS, 2 features) is written and
 served over HTTP by the study's test server (in this process), and each configuration trains
 EPOCHS epochs in its own launch of the study's `train` command, with the study's model settings
-(hidden size, batch size per rank, lookback):
+(train.model and its options, batch size per rank, lookback):
 
 1. one process, one intra-op thread (`OMP_NUM_THREADS=1`);
 2. one process, N threads;
@@ -95,8 +95,8 @@ def main() -> None:
             work / "srv", x, y, dataset_name=cfg.study.dataset_name, lookback=lookback, chunk_cells=4
         )
         print(
-            f"study: {study}\nstore: {ns.cells} cells x {ns.days} days, lookback {lookback}; LSTM hidden "
-            f"{t.hidden_size} x {t.num_layers}, batch {t.batch_size} per rank; {ns.epochs} epochs; "
+            f"study: {study}\nstore: {ns.cells} cells x {ns.days} days, lookback {lookback}; model {t.model} "
+            f"{t.model_options}, batch {t.batch_size} per rank; {ns.epochs} epochs; "
             f"torch threads default {os.cpu_count()} CPUs; python {sys.version.split()[0]}\n"
         )
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(study / "src"), os.environ.get("PYTHONPATH", "")])}

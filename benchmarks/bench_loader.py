@@ -268,9 +268,14 @@ def worker_skill(spec: dict, token: str) -> dict:
         test = loader_mod.make_loader(cfg, "test", shuffle=False, **kw)
         labels, n_features, closers = train.reader.read_labels(), train.reader.sample_shape[-1], [train, test]
     torch.manual_seed(t.seed)
-    model = import_module(f"{pkg}.train.model").build_model(
-        n_features, N_CLASSES, hidden_size=t.hidden_size, num_layers=t.num_layers, dropout=t.dropout
-    )
+    if side == "new":  # the model of study.toml (train.model, [train.model_options])
+        model = import_module(f"{pkg}.train.models").build_model(
+            t.model, t.model_options, n_features, N_CLASSES, time_lookback=cfg.etl.time_lookback
+        )
+    else:  # the old template's LSTM, with its [train] sizes
+        model = import_module(f"{pkg}.train.model").build_model(
+            n_features, N_CLASSES, hidden_size=t.hidden_size, num_layers=t.num_layers, dropout=t.dropout
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
     loss_fn = nn.CrossEntropyLoss(weight=sqrt_class_weights(labels))
     model.train()

@@ -23,7 +23,8 @@ CELLS: list[tuple[str, str]] = [
         """# {{ cookiecutter.project_name }}: train in Colab on data served by the lab
 
 This notebook reads the study's zarr store from the lab's data server
-(`{{ cookiecutter.data_url }}`) into this runtime and trains the LSTM baseline.
+(`{{ cookiecutter.data_url }}`) into this runtime and trains the model `study.toml` names
+(`train.model`: the LSTM baseline, a TCN, or one you add; README: *Change the model*).
 The store holds each grid cell's transformed series once; the training windows
 are cut from them in this runtime, on the GPU when there is one.
 Run it top to bottom (*Runtime → Run all*). Only the **configuration** cell is
@@ -284,7 +285,7 @@ for plot in sorted(Path(RESULTS_DIR).glob("*.png")):
         "code",
         """import pandas as pd
 
-rows = {"LSTM": summary["test"], **summary["baselines"]}  # the same test windows for all three
+rows = {cfg.train.model: summary["test"], **summary["baselines"]}  # the same test windows for all three
 metrics = pd.DataFrame(
     {"test accuracy": {k: v["accuracy"] for k, v in rows.items()},
      "test macro-F1": {k: v["macro_f1"] for k, v in rows.items()}}

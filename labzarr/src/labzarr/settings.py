@@ -1,6 +1,6 @@
 """Typed TOML settings: sections declared as frozen dataclasses whose fields are `key(...)`s.
 
-Loading checks every key against its declaration (missing, unknown, renamed, mistyped and
+Loading checks every key against its declaration (missing, unknown, moved, mistyped and
 out-of-range keys are errors that name the file, the key and what is allowed), and
 `reference_markdown` documents the same declarations, so docs cannot drift. A study
 declares its sections (its study.toml); the checking is the same for every study.
@@ -84,21 +84,19 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
 
 
 def build_section(
-    cls: type, table: Any, source: str, section: str, renamed: Mapping[str, str] | None = None
+    cls: type, table: Any, source: str, section: str, moved: Mapping[str, str] | None = None
 ) -> Any:
-    """One section's dataclass from its TOML table, every key checked; `renamed` maps old
-    dotted keys to their new names (an old file is told what to rename)."""
-    renamed = renamed or {}
+    """One section's dataclass from its TOML table, every key checked; `moved` maps the dotted
+    keys of older files to what to do with them (an old file is told, not just refused)."""
+    moved = moved or {}
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: [{section}] must be a table of keys")
     where = f"{source}: {section}"
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for name in table:
-        if f"{section}.{name}" in renamed:
-            raise ConfigError(
-                f"{where}.{name}: renamed {renamed[f'{section}.{name}']}; rename it in {source}"
-            )
+        if f"{section}.{name}" in moved:
+            raise ConfigError(f"{where}.{name}: {moved[f'{section}.{name}']}")
         if name not in fields:
             raise ConfigError(f"{where}.{name}: unknown key; {suggest(name, list(fields))}")
     values = {}
@@ -122,7 +120,7 @@ def build_sections(
     raw: Mapping[str, Any],
     sections: Mapping[str, type],
     source: str,
-    renamed: Mapping[str, str] | None = None,
+    moved: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Every declared section built from parsed TOML; unknown and missing sections refused."""
     for name in raw:
@@ -132,7 +130,7 @@ def build_sections(
     for name, cls in sections.items():
         if name not in raw:
             raise ConfigError(f"{source}: missing section [{name}]")
-        built[name] = build_section(cls, raw[name], source, name, renamed)
+        built[name] = build_section(cls, raw[name], source, name, moved)
     return built
 
 

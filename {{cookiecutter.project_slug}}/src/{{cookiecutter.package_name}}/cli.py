@@ -76,7 +76,7 @@ def _train(cfg: Config, args: argparse.Namespace) -> int:
     from .train.loop import train
 
     out = Path(args.out) if args.out else None
-    train(cfg, url=args.url, epochs=args.epochs, out_dir=out)
+    train(cfg, url=args.url, epochs=args.epochs, out_dir=out, resume=not args.fresh)
     return 0
 
 
@@ -107,7 +107,7 @@ COMMANDS = {
     "synth": "write deterministic synthetic inputs (NetCDF) to data/raw",
     "etl": "raw inputs -> quantiles -> categories -> the series store (zarr)",
     "serve": "serve the zarr folder with the study's nginx config (no Docker)",
-    "train": "train the LSTM on the served store over HTTP",
+    "train": "train the model of study.toml (train.model) on the served store over HTTP",
     "lock": "record the exact installed dependency versions (requirements.lock)",
     "config": "show the configuration, or --reference for every key",
 }
@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="base URL of the data server (default: $DATA_URL, then study.toml)")
     p.add_argument("--epochs", type=int, help="number of epochs (default: train.epochs)")
     p.add_argument("--out", help="results folder (default: train.out_dir)")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: do not resume from the checkpoints in the results folder; this run's replace them",
+    )
     p.set_defaults(func=_train)
 
     p = _command(sub, "lock")

@@ -16,15 +16,26 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from labzarr import settings
 from labzarr.location import LocationError, StoreLocation, check_s3_url
 from labzarr.remote import StoreSource
 from labzarr.serve import ServeSettings
 from labzarr.settings import ConfigError, key
 from labzarr.store_format import store_name
 
-# Keys renamed when time steps other than days arrived; an old study.toml is told the new name.
-RENAMED = {"etl.split_gap_days": "etl.split_gap", "etl.doy_window": "etl.season_window"}
+from labzarr import settings
+
+from .train import models
+from .train.models import MODELS
+
+# Keys an older study.toml may still have, and what to do with each.
+MOVED = {
+    # renamed when time steps other than days arrived
+    **{old: f"renamed {new} (it counts time steps, days or months: etl.time_step); rename it in study.toml"
+       for old, new in (("etl.split_gap_days", "etl.split_gap"), ("etl.doy_window", "etl.season_window"))},
+    # options of the LSTM since the model is a choice (train.model)
+    **{f"train.{key}": "now an option of the model: move the line into the [train.model_options] table "
+       '(with model = "lstm" in [train])' for key in ("hidden_size", "num_layers", "dropout")},
+}  # fmt: skip
 
 CONFIG_NAME = "study.toml"
 CONFIG_ENV = "STUDY_CONFIG"
@@ -166,9 +177,15 @@ class TrainSection:
     batch_size: int = key("Samples per minibatch.", low=1)
     epochs: int = key("Maximum number of epochs.", low=1)
     learning_rate: float = key("Adam learning rate.", low=0)
-    hidden_size: int = key("LSTM hidden units.", low=1)
-    num_layers: int = key("Stacked LSTM layers.", low=1, high=16)
-    dropout: float = key("Dropout between LSTM layers and before the head.", low=0, high=1)
+    model: str = key(
+        "The model trained: a name of the registry in train/models/__init__.py (README: Change the model).",
+        choices=tuple(MODELS),
+    )
+    model_options: dict[str, int | float | str | bool] = key(
+        "The model's constructor keyword arguments, a [train.model_options] table (e.g. hidden_size, "
+        "num_layers, dropout of 'lstm'; channels, kernel_size, levels, dropout of 'tcn'); omitted ones "
+        "take the constructor's defaults, unknown names are refused."
+    )
     seed: int = key("Random seed (the order of each epoch's windows, initial weights).")
     class_weights: str = key(
         "Loss weights of the imbalanced categories: inverse frequency, its square root, or none.",
@@ -290,10 +307,15 @@ class Config:
         raw = self.to_dict()
         for dotted, value in changes.items():
             section, _, name = dotted.partition(".")
-            if section not in raw or name not in raw[section]:
+            name, _, item = name.partition(".")  # train.model_options.hidden_size: one entry of a table
+            if (
+                section not in raw
+                or name not in raw[section]
+                or (item and not isinstance(raw[section][name], dict))
+            ):
                 hint = settings.suggest(dotted, settings.all_keys(SECTIONS))
                 raise ConfigError(f"override {dotted!r}: no such key; {hint}")
-            raw[section][name] = value
+            raw[section][name] = {**raw[section][name], item: value} if item else value
         return from_dict(raw, root=self.root, source=f"{self.source} (with overrides)")
 
 
@@ -339,6 +361,25 @@ def _check_consistency(cfg: Config) -> None:
                 )
 
 
+def _check_model(train: TrainSection, source: str) -> TrainSection:
+    """train.model_options against the model's constructor (read from its source, no torch):
+    names, and the types of int, float, str and bool parameters (ints become floats where a
+    float is declared)."""
+    where = f"{source}: train.model_options"
+    try:
+        models.check_options(train.model, train.model_options)
+        hints = models.option_types(train.model)
+    except models.ModelError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    options = {
+        name: settings.check_type(value, hints[name], f"{where}.{name}")
+        if hints.get(name) in (int, float, str, bool)
+        else value
+        for name, value in train.model_options.items()
+    }
+    return dataclasses.replace(train, model_options=options)
+
+
 def _check_labels(data: DataSection, where: str) -> None:
     """Derived labels need derive_from and no reference files; the other kinds, the reverse."""
     if data.reference_kind == "derived":
@@ -362,7 +403,8 @@ def _check_labels(data: DataSection, where: str) -> None:
 
 def from_dict(raw: Mapping[str, Any], *, root: Path, source: str = "<dict>") -> Config:
     """Build and validate a Config from parsed TOML."""
-    sections = settings.build_sections(raw, SECTIONS, source, RENAMED)
+    sections = settings.build_sections(raw, SECTIONS, source, MOVED)
+    sections["train"] = _check_model(sections["train"], source)
     cfg = Config(root=Path(root).resolve(), source=source, **sections)
     _check_consistency(cfg)
     return cfg

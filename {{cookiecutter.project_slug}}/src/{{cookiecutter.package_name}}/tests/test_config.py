@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -47,6 +48,21 @@ def test_every_declared_key_is_in_the_shipped_file_and_the_reference() -> None:
         ("seed = 42\n", "", "train.seed: missing key"),
         ("[server]", "[servr]", "unknown section [servr]"),
         ("split_fractions = [0.7, 0.15, 0.15]", "split_fractions = [0.7, 0.2, 0.2]", "sum to 1"),
+        ('model = "lstm"', 'model = "gru"', "train.model: 'gru' is not allowed; allowed: 'lstm', 'tcn'"),
+        (
+            "hidden_size = 64",
+            "hiden_size = 64",
+            "train.model_options: model 'lstm' (LSTMClassifier in train/models/lstm.py) has no option "
+            "'hiden_size'; did you mean 'hidden_size'? its options: hidden_size (default 64), num_layers "
+            "(default 1), dropout (default 0.0)",
+        ),
+        (
+            'model = "lstm"',
+            'model = "tcn"',
+            "model 'tcn' (TCN in train/models/tcn.py) has no option 'hidden_size'",
+        ),
+        ("hidden_size = 64", "hidden_size = 6.4", "train.model_options.hidden_size: expected int, got 6.4"),
+        ("seed = 42\n", "hidden_size = 64\nseed = 42\n", "train.hidden_size: now an option of the model"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(
@@ -54,9 +70,19 @@ def test_bad_values_name_the_key_and_what_is_allowed(
 ) -> None:
     text = shipped_text()
     assert old in text
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")) as info:
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
         load_config(write(tmp_path, text.replace(old, new, 1)))
     assert str(tmp_path / "study.toml") in str(info.value)
+
+
+def test_model_options_are_overridden_one_by_one_and_take_the_declared_types(study_config: Config) -> None:
+    changed = study_config.override({"train.model_options.dropout": 0, "train.model_options.num_layers": 2})
+    assert changed.train.model_options == {"hidden_size": 64, "num_layers": 2, "dropout": 0.0}
+    assert isinstance(changed.train.model_options["dropout"], float)
+    tcn = study_config.override({"train.model": "tcn", "train.model_options": {"channels": 8}})
+    assert tcn.train.model == "tcn" and tcn.train.model_options == {"channels": 8}
+    with pytest.raises(ConfigError, match="'time_lookback' is set by the study"):
+        study_config.override({"train.model_options.time_lookback": 5})
 
 
 def test_gap_shorter_than_lookback_is_rejected(study_config: Config) -> None:

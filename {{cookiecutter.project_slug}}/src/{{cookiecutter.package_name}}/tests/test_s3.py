@@ -69,7 +69,7 @@ def etl_config(study_config: Config, tmp_path_factory: pytest.TempPathFactory, s
             "train.cache": "none",
             "train.batch_size": 256,
             "train.sample_stride": 7,
-            "train.hidden_size": 8,
+            "train.model_options.hidden_size": 8,
             "train.timeout_s": 5.0,
             "train.retry_budget_s": 2.0,
         }

@@ -17,12 +17,21 @@ from labzarr.store_format import blocks_from_attrs, valid_pairs, window_ends
 from labzarr.testing.faultserver import FaultServer
 from labzarr.testing.stores import learnable_series, write_series_store
 
+from ..cli import main
 from ..config import Config
 from ..etl.categories import MISSING
 from ..etl.pipeline import run_etl
 from ..synthetic import SIZES, SyntheticSize, training_steps
-from ..train.loop import TrainError, class_weights, train
-from ..train.model import build_model
+from ..train.loop import (
+    CHECKPOINT_VERSION,
+    CheckpointMismatch,
+    _load_checkpoint,
+    _restore,
+    class_weights,
+    train,
+)
+from ..train.models import build_model
+from .conftest import study_toml
 from .etl_support import open_store, tiny_datasets, write_inputs
 
 LOOKBACK = 20
@@ -39,7 +48,12 @@ RESULT_FILES = (
 @pytest.fixture
 def cfg(tiny_config: Config) -> Config:
     return tiny_config.override(
-        {"train.batch_size": 64, "train.hidden_size": 16, "train.learning_rate": 0.01, "train.patience": 2}
+        {
+            "train.batch_size": 64,
+            "train.model_options.hidden_size": 16,
+            "train.learning_rate": 0.01,
+            "train.patience": 2,
+        }
     )
 
 
@@ -93,14 +107,17 @@ def test_early_stopping_and_incompatible_checkpoint(cfg: Config, url: str, tmp_p
     frozen = cfg.override({"train.learning_rate": 0.0, "train.patience": 1})
     summary = train(frozen, url=url, epochs=5, out_dir=tmp_path / "out", progress=False)
     assert summary["stopped_early"] and summary["epochs_run"] == 2 and summary["best_epoch"] == 1
-    with pytest.raises(TrainError, match="hidden_size"):
+    with pytest.raises(
+        CheckpointMismatch, match=r"hidden_size = 8 \(checkpoint: 16\).*train --fresh"
+    ) as info:
         train(
-            frozen.override({"train.hidden_size": 8}),
+            frozen.override({"train.model_options.hidden_size": 8}),
             url=url,
             epochs=5,
             out_dir=tmp_path / "out",
             progress=False,
         )
+    assert "\n" not in str(info.value)
 
 
 def test_a_fresh_run_never_evaluates_the_best_model_of_an_earlier_one(
@@ -110,7 +127,68 @@ def test_a_fresh_run_never_evaluates_the_best_model_of_an_earlier_one(
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"a best model of another run")
     train(cfg, url=url, epochs=1, out_dir=tmp_path / "out", progress=False)
-    assert torch.load(stale, weights_only=True)["settings"]["hidden_size"] == cfg.train.hidden_size
+    assert torch.load(stale, weights_only=True)["settings"]["model_options"] == cfg.train.model_options
+
+
+def test_another_model_is_refused_in_one_line_then_trained_with_fresh_and_recorded(
+    cfg: Config, url: str, tmp_path: Path, capsys
+) -> None:
+    """An LSTM run's checkpoint, then study.toml switched to the TCN: `train` refuses to resume in one
+    line naming --fresh; `train --fresh` trains the TCN, whose checkpoint records model, options
+    (defaults filled in) and features; the same command without --fresh then resumes it."""
+    out = tmp_path / "out"
+    train(cfg, url=url, epochs=1, out_dir=out, progress=False)
+    config = study_toml(
+        tmp_path / "study.toml", time_lookback=LOOKBACK, split_gap=LOOKBACK, batch_size=64,
+        learning_rate=0.01, model="tcn", cache="none",
+    )  # fmt: skip
+    config.write_text(
+        config.read_text().split("[train.model_options]")[0] + "[train.model_options]\nchannels = 8\n"
+    )
+    command = ["--config", str(config), "train", "--url", url, "--out", str(out), "--epochs", "1"]
+    capsys.readouterr()
+
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot resume from") and "\n" not in err, err
+    assert "train.model is 'tcn' in study.toml but 'lstm' in the checkpoint" in err
+    assert "`train --fresh`" in err and "new --out folder" in err
+
+    assert main([*command, "--fresh"]) == 0
+    saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["settings"]["model"] == "tcn" and saved["progress"]["epoch"] == 1
+    assert saved["settings"]["model_options"] == {
+        "channels": 8,
+        "kernel_size": 3,
+        "levels": 0,
+        "dropout": 0.0,
+    }
+    assert saved["settings"]["features"] == ["f0", "f1"] and saved["settings"]["n_classes"] == 11
+    assert json.loads((out / "summary.json").read_text())["settings"] == saved["settings"]
+    assert main([*command[:-1], "2"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["progress"]["epoch"] == 2
+
+
+def test_other_features_are_refused_and_weights_that_do_not_fit_too(tmp_path: Path) -> None:
+    """Checkpoints made by hand: features of another store, and weights of other code."""
+    settings = {
+        "model": "lstm", "model_options": {"hidden_size": 8, "num_layers": 1, "dropout": 0.0},
+        "features": ["pr", "tas"], "n_features": 2, "n_classes": 11, "seed": 1,
+    }  # fmt: skip
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.parent.mkdir()
+    (tmp_path / "checkpoints" / "best.pt").write_bytes(b"")
+    torch.save({"version": CHECKPOINT_VERSION, "settings": settings, "world_size": 1}, last)
+    now = {**settings, "features": ["pr", "mrsos"]}
+    with pytest.raises(
+        CheckpointMismatch, match=r"features are \['pr', 'mrsos'\] but the checkpoint's \['pr', 'tas'\]"
+    ):
+        _load_checkpoint(last, now, 1)
+    saved = _load_checkpoint(last, settings, 1)
+    saved["model"] = build_model("lstm", {"hidden_size": 4}, 2, 11).state_dict()
+    with pytest.raises(CheckpointMismatch, match=r"do not fit model 'lstm'.*train --fresh"):
+        _restore(build_model("lstm", {"hidden_size": 8}, 2, 11), saved, last)
 
 
 def test_labels_shifted_by_a_month_leave_no_skill(tiny_config: Config, tmp_path: Path) -> None:
@@ -118,7 +196,12 @@ def test_labels_shifted_by_a_month_leave_no_skill(tiny_config: Config, tmp_path:
     with the category of 30 days later: the aligned model beats both baselines, the misaligned one
     falls to them. An alignment bug cannot pass silently."""
     cfg = tiny_config.override(
-        {"train.batch_size": 128, "train.hidden_size": 32, "train.learning_rate": 0.01, "train.patience": 5}
+        {
+            "train.batch_size": 128,
+            "train.model_options.hidden_size": 32,
+            "train.learning_rate": 0.01,
+            "train.patience": 5,
+        }
     )
     size = SyntheticSize(ny=3, nx=4, years=6)
     etl = cfg.etl
@@ -167,7 +250,7 @@ def test_a_monthly_study_runs_from_the_etl_through_the_loader_to_training(
             "etl.split_gap": lookback,
             "etl.season_window": 1,
             "train.batch_size": 64,
-            "train.hidden_size": 16,
+            "train.model_options.hidden_size": 16,
             "train.learning_rate": 0.01,
         }
     )
@@ -202,8 +285,3 @@ def test_class_weights_favour_rare_classes() -> None:
     assert balanced[0] == balanced[10] > balanced[5] and balanced[3] == 1.0
     assert torch.allclose(class_weights(labels, "sqrt") ** 2, balanced)
     assert (class_weights(labels, "none") == 1).all()
-
-
-def test_model_maps_windows_to_class_logits() -> None:
-    model = build_model(3, hidden_size=8, num_layers=2, dropout=0.1)
-    assert model(torch.zeros(5, LOOKBACK, 3)).shape == (5, 11)

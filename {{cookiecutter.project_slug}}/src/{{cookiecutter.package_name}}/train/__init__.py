@@ -1,1 +1,1 @@
-"""Compute side: stream chunks over HTTP, train an LSTM, report metrics."""
+"""Compute side: stream chunks over HTTP, train the model of study.toml (train/models/), report metrics."""

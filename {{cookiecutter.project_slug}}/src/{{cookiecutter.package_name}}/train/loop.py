@@ -55,16 +55,20 @@ from tqdm.auto import tqdm
 from ..etl.categories import CATEGORIES, N_CLASSES
 from .baselines import FIT_SAMPLES, baselines, scores, window_means
 from .data import make_loader, open_series
-from .model import build_model
+from .models import build_model, resolved_options
 
 if TYPE_CHECKING:
     from ..config import Config
 
-CHECKPOINT_VERSION = 2  # 2: windows cut on read from the series store
+CHECKPOINT_VERSION = 3  # 2: windows cut on read from the series store; 3: the model chosen in study.toml
 
 
 class TrainError(StudyError):
     """Training cannot start or continue (e.g. an incompatible checkpoint)."""
+
+
+class CheckpointMismatch(TrainError):
+    """The checkpoint to resume from was made with another model, options, features or settings."""
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
@@ -231,14 +235,16 @@ def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def _model_settings(cfg: Config, n_features: int) -> dict[str, Any]:
+def _model_settings(cfg: Config, series: Series) -> dict[str, Any]:
+    """What a checkpoint must share with the configuration to be resumed (the model first)."""
     t = cfg.train
     return {
-        "n_features": n_features,
+        "model": t.model,
+        "model_options": resolved_options(t.model, t.model_options),
+        "features": series.features,
+        "n_features": series.n_features,
+        "n_classes": N_CLASSES,
         "time_lookback": cfg.etl.time_lookback,
-        "hidden_size": t.hidden_size,
-        "num_layers": t.num_layers,
-        "dropout": t.dropout,
         "learning_rate": t.learning_rate,
         "batch_size": t.batch_size,
         "sample_stride": t.sample_stride,
@@ -252,26 +258,57 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def _start_over(path: Path) -> str:
+    """How to start fresh, the end of every message refusing to resume from `path`."""
+    return (
+        f"start over with `train --fresh` (replaces the checkpoints in {path.parent.parent}) "
+        "or use a new --out folder"
+    )
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """What differs between a checkpoint's settings and the configuration's, in words."""
+    parts = []
+    if saved.get("model") != now["model"]:
+        parts.append(
+            f"train.model is {now['model']!r} in study.toml but {saved.get('model')!r} in the checkpoint"
+        )
+    elif saved.get("model_options") != now["model_options"]:
+        old, new = saved.get("model_options") or {}, now["model_options"]
+        changed = ", ".join(
+            f"{k} = {new.get(k, '(none)')!r} (checkpoint: {old.get(k, '(none)')!r})"
+            for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)
+        )
+        parts.append(f"train.model_options of {now['model']!r} differ: {changed}")
+    if saved.get("features") != now["features"]:
+        parts.append(
+            f"the store's features are {now['features']} but the checkpoint's {saved.get('features')}"
+        )
+    skip = {"model", "model_options", "features", "n_features"}
+    parts += [
+        f"{k} = {v!r} (checkpoint: {saved.get(k)!r})"
+        for k, v in now.items()
+        if k not in skip and saved.get(k) != v
+    ]
+    return "; ".join(parts)
+
+
 def _load_checkpoint(path: Path, settings: dict[str, Any], world_size: int) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise TrainError(f"cannot read checkpoint {path} ({exc}); delete it to start over") from None
+        raise TrainError(f"cannot read checkpoint {path} ({exc}); {_start_over(path)}") from None
     if state.get("version") != CHECKPOINT_VERSION:
-        raise TrainError(
+        raise CheckpointMismatch(
             f"checkpoint {path} was written by another version of this study's training code "
             f"(checkpoint format {state.get('version')!r}, this code writes {CHECKPOINT_VERSION}); "
-            "use another --out folder, or delete the checkpoints to start over"
+            f"{_start_over(path)}"
         )
     if state.get("settings") != settings:
-        differ = {
-            k: (state.get("settings", {}).get(k), v)
-            for k, v in settings.items()
-            if state.get("settings", {}).get(k) != v
-        }
-        raise TrainError(
-            f"checkpoint {path} was made with other settings {differ} (checkpoint, now); "
-            "use another --out folder, or delete the checkpoints to start over"
+        raise CheckpointMismatch(
+            f"cannot resume from {path}: {_differences(state.get('settings') or {}, settings)}; "
+            + _start_over(path)
         )
     written_by = state.get("world_size", 1)
     if written_by != world_size:
@@ -280,7 +317,26 @@ def _load_checkpoint(path: Path, settings: dict[str, Any], world_size: int) -> d
             f"{world_size}: resume with the same number (torchrun --nproc_per_node={written_by}, or plain "
             "`train` for 1; each rank's share of the windows depends on it), or use another --out folder"
         )
+    if not (path.parent / "best.pt").is_file():
+        raise CheckpointMismatch(
+            f"checkpoint {path} has no best.pt beside it (a run with --fresh stopped before its first "
+            f"epoch ended?); {_start_over(path)}"
+        )
     return state
+
+
+def _restore(net: nn.Module, saved: dict[str, Any], path: Path) -> None:
+    """The checkpoint's weights into `net`; one line when they do not fit (the model's code changed)."""
+    try:
+        net.load_state_dict(saved["model"])
+    except RuntimeError as exc:
+        lines = str(exc).splitlines()  # "Error(s) in loading state_dict for X:", then what misfits
+        first = (lines[1] if len(lines) > 1 else lines[0]).strip()
+        first = first if len(first) <= 200 else first[:200] + "..."
+        raise CheckpointMismatch(
+            f"the weights in {path} do not fit model {saved['settings']['model']!r} as its code is now "
+            f"({first}); {_start_over(path)}"
+        ) from None
 
 
 def _evaluate(
@@ -324,7 +380,9 @@ def train(
     `url` is the data server's base URL (default $DATA_URL, then study.toml);
     credentials come from the arguments or $DATA_TOKEN / $DATA_USER+$DATA_PASSWORD.
     `epochs` is the total number of epochs (default `train.epochs`); with
-    `resume`, an existing `checkpoints/last.pt` in `out_dir` is continued.
+    `resume`, an existing `checkpoints/last.pt` in `out_dir` is continued (and refused
+    with a `CheckpointMismatch` when its model, options, features or settings differ);
+    without it (`train --fresh`) the run starts over and its checkpoints replace the old ones.
     `device` ('cuda' or 'cpu') defaults to CUDA when available.
     Returns the summary also written to `out_dir/summary.json`; under torchrun
     rank 0 returns it and the other ranks return None.
@@ -383,17 +441,13 @@ def _train(
         share = {"rank": ranks.rank, "world_size": ranks.world_size}
         train_loader = make_loader(cfg, series, "train", progress=progress, **share)
         valid_loader = make_loader(cfg, series, "valid", shuffle=False, progress=progress, **share)
-        settings = _model_settings(cfg, series.n_features)
+        settings = _model_settings(cfg, series)
         train_labels = train_loader.labels()
         weights = class_weights(train_labels, t.class_weights)
         majority = int(np.bincount(train_labels, minlength=N_CLASSES).argmax())
 
         net = build_model(
-            series.n_features,
-            N_CLASSES,
-            hidden_size=t.hidden_size,
-            num_layers=t.num_layers,
-            dropout=t.dropout,
+            t.model, t.model_options, series.n_features, N_CLASSES, time_lookback=cfg.etl.time_lookback
         ).to(dev)
         if ranks.distributed:  # the same initial weights everywhere, then each rank its own dropout masks
             torch.manual_seed(ranks.rank_seed(t.seed))
@@ -408,7 +462,7 @@ def _train(
         last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
         if ranks.broadcast(resume and last.exists()):  # rank 0 decides; every rank loads
             saved = _load_checkpoint(last, settings, ranks.world_size)
-            net.load_state_dict(saved["model"])
+            _restore(net, saved, last)
             optimizer.load_state_dict(saved["optimizer"])
             scaler.load_state_dict(saved["scaler"])
             torch.set_rng_state(
