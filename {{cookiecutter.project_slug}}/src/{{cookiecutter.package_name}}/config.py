@@ -16,13 +16,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from labzarr import settings
 from labzarr.location import LocationError, StoreLocation, check_s3_url
+from labzarr.registry import RegistryError
 from labzarr.remote import StoreSource
 from labzarr.serve import ServeSettings
 from labzarr.settings import ConfigError, key
 from labzarr.store_format import store_name
-
-from labzarr import settings
 
 from .train import models
 from .train.models import MODELS
@@ -367,9 +367,9 @@ def _check_model(train: TrainSection, source: str) -> TrainSection:
     float is declared)."""
     where = f"{source}: train.model_options"
     try:
-        models.check_options(train.model, train.model_options)
-        hints = models.option_types(train.model)
-    except models.ModelError as exc:
+        models.REGISTRY.check_options(train.model, train.model_options)
+        hints = models.REGISTRY.option_types(train.model)
+    except RegistryError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     options = {
         name: settings.check_type(value, hints[name], f"{where}.{name}")

@@ -25,10 +25,11 @@ import pytest
 import torch
 from labzarr.testing.faultserver import FaultServer
 from labzarr.testing.stores import learnable_series, write_series_store
+from labzarr.train.checkpoints import CheckpointError
 from labzarr.train.distributed import state_digest
 
 from ..config import load_config
-from ..train.loop import TrainError, train
+from ..train.loop import train
 from .conftest import study_toml
 
 pytestmark = pytest.mark.scaleout
@@ -124,5 +125,5 @@ def test_torchrun_trains_in_step_reproducibly_and_resumes(
     assert "resuming from" in printed and len(resumed["loader"]) == 1
     assert {k: resumed[k] for k in REPRODUCIBLE} == {k: first[k] for k in REPRODUCIBLE}
 
-    with pytest.raises(TrainError, match=r"written by a run of 2 process\(es\) and this run has 1"):
+    with pytest.raises(CheckpointError, match=r"written by a run of 2 process\(es\) and this run has 1"):
         train(load_config(config), url=learnable_url, epochs=3, out_dir=tmp_path / "resumed", progress=False)

@@ -9,17 +9,10 @@ import sys
 
 import pytest
 import torch
+from labzarr.registry import RegistryError as ModelError
 
 from ..etl.categories import N_CLASSES
-from ..train.models import (
-    CONTEXT,
-    MODELS,
-    ModelError,
-    _source_parameters,
-    build_model,
-    model_class,
-    resolved_options,
-)
+from ..train.models import CONTEXT, MODELS, REGISTRY, build_model
 from ..train.models.tcn import TCN, receptive_field
 from .conftest import STUDY_ROOT
 
@@ -36,7 +29,7 @@ def test_every_registered_model_maps_windows_to_class_logits(name: str) -> None:
 def test_options_reach_the_constructor_and_defaults_fill_the_rest() -> None:
     lstm = build_model("lstm", {"hidden_size": 8, "num_layers": 2, "dropout": 0.1}, 3, N_CLASSES)
     assert lstm.lstm.hidden_size == 8 and lstm.lstm.num_layers == 2
-    assert resolved_options("tcn", {"channels": 8}) == {
+    assert REGISTRY.resolved_options("tcn", {"channels": 8}) == {
         "channels": 8,
         "kernel_size": 3,
         "levels": 0,
@@ -68,8 +61,8 @@ def test_the_tcn_is_causal_and_its_last_step_sees_the_whole_lookback() -> None:
 def test_options_read_from_the_source_are_those_of_the_signature(name: str) -> None:
     """Config loading reads the constructor from the module's source (no torch import): the same
     parameters, defaults and annotations as inspect.signature of the imported class."""
-    described = [(p.name, p.kind, p.default, p.annotation) for p in _source_parameters(name)]
-    signature = inspect.signature(model_class(name)).parameters.values()
+    described = [(p.name, p.kind, p.default, p.annotation) for p in REGISTRY._source_parameters(name)]
+    signature = inspect.signature(REGISTRY.cls(name)).parameters.values()
     assert described == [
         (p.name, p.kind, p.default if p.name not in CONTEXT else described[i][2], p.annotation)
         for i, p in enumerate(signature)

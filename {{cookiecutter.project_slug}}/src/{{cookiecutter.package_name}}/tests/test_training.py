@@ -16,20 +16,15 @@ import torch
 from labzarr.store_format import blocks_from_attrs, valid_pairs, window_ends
 from labzarr.testing.faultserver import FaultServer
 from labzarr.testing.stores import learnable_series, write_series_store
+from labzarr.train import checkpoints
+from labzarr.train.checkpoints import CheckpointMismatch
 
 from ..cli import main
 from ..config import Config
 from ..etl.categories import MISSING
 from ..etl.pipeline import run_etl
 from ..synthetic import SIZES, SyntheticSize, training_steps
-from ..train.loop import (
-    CHECKPOINT_VERSION,
-    CheckpointMismatch,
-    _load_checkpoint,
-    _restore,
-    class_weights,
-    train,
-)
+from ..train.loop import CHECKPOINT_VERSION, _differences, class_weights, train
 from ..train.models import build_model
 from .conftest import study_toml
 from .etl_support import open_store, tiny_datasets, write_inputs
@@ -181,14 +176,15 @@ def test_other_features_are_refused_and_weights_that_do_not_fit_too(tmp_path: Pa
     (tmp_path / "checkpoints" / "best.pt").write_bytes(b"")
     torch.save({"version": CHECKPOINT_VERSION, "settings": settings, "world_size": 1}, last)
     now = {**settings, "features": ["pr", "mrsos"]}
+    same = {"version": CHECKPOINT_VERSION, "world_size": 1, "differences": _differences}
     with pytest.raises(
         CheckpointMismatch, match=r"features are \['pr', 'mrsos'\] but the checkpoint's \['pr', 'tas'\]"
     ):
-        _load_checkpoint(last, now, 1)
-    saved = _load_checkpoint(last, settings, 1)
+        checkpoints.load(last, settings=now, **same)
+    saved = checkpoints.load(last, settings=settings, **same)
     saved["model"] = build_model("lstm", {"hidden_size": 4}, 2, 11).state_dict()
     with pytest.raises(CheckpointMismatch, match=r"do not fit model 'lstm'.*train --fresh"):
-        _restore(build_model("lstm", {"hidden_size": 8}, 2, 11), saved, last)
+        checkpoints.restore(build_model("lstm", {"hidden_size": 8}, 2, 11), saved, last, "model 'lstm'")
 
 
 def test_labels_shifted_by_a_month_leave_no_skill(tiny_config: Config, tmp_path: Path) -> None:

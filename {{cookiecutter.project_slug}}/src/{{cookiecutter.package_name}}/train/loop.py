@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from labzarr.atomic import atomic_write, write_text
 from labzarr.errors import StudyError
+from labzarr.train import checkpoints
 from labzarr.train.distributed import Ranks, start, state_digest, uneven_inputs
 from labzarr.train.loader import LoaderStats, Series
 from torch import nn
@@ -55,7 +56,7 @@ from tqdm.auto import tqdm
 from ..etl.categories import CATEGORIES, N_CLASSES
 from .baselines import FIT_SAMPLES, baselines, scores, window_means
 from .data import make_loader, open_series
-from .models import build_model, resolved_options
+from .models import REGISTRY, build_model
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -64,11 +65,7 @@ CHECKPOINT_VERSION = 3  # 2: windows cut on read from the series store; 3: the m
 
 
 class TrainError(StudyError):
-    """Training cannot start or continue (e.g. an incompatible checkpoint)."""
-
-
-class CheckpointMismatch(TrainError):
-    """The checkpoint to resume from was made with another model, options, features or settings."""
+    """Training cannot start or continue."""
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
@@ -240,7 +237,7 @@ def _model_settings(cfg: Config, series: Series) -> dict[str, Any]:
     t = cfg.train
     return {
         "model": t.model,
-        "model_options": resolved_options(t.model, t.model_options),
+        "model_options": REGISTRY.resolved_options(t.model, t.model_options),
         "features": series.features,
         "n_features": series.n_features,
         "n_classes": N_CLASSES,
@@ -252,18 +249,6 @@ def _model_settings(cfg: Config, series: Series) -> dict[str, Any]:
         "class_weights": t.class_weights,
         "store": cfg.store_name,
     }
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def _start_over(path: Path) -> str:
-    """How to start fresh, the end of every message refusing to resume from `path`."""
-    return (
-        f"start over with `train --fresh` (replaces the checkpoints in {path.parent.parent}) "
-        "or use a new --out folder"
-    )
 
 
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> str:
@@ -292,51 +277,6 @@ def _differences(saved: dict[str, Any], now: dict[str, Any]) -> str:
         if k not in skip and saved.get(k) != v
     ]
     return "; ".join(parts)
-
-
-def _load_checkpoint(path: Path, settings: dict[str, Any], world_size: int) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainError(f"cannot read checkpoint {path} ({exc}); {_start_over(path)}") from None
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointMismatch(
-            f"checkpoint {path} was written by another version of this study's training code "
-            f"(checkpoint format {state.get('version')!r}, this code writes {CHECKPOINT_VERSION}); "
-            f"{_start_over(path)}"
-        )
-    if state.get("settings") != settings:
-        raise CheckpointMismatch(
-            f"cannot resume from {path}: {_differences(state.get('settings') or {}, settings)}; "
-            + _start_over(path)
-        )
-    written_by = state.get("world_size", 1)
-    if written_by != world_size:
-        raise TrainError(
-            f"checkpoint {path} was written by a run of {written_by} process(es) and this run has "
-            f"{world_size}: resume with the same number (torchrun --nproc_per_node={written_by}, or plain "
-            "`train` for 1; each rank's share of the windows depends on it), or use another --out folder"
-        )
-    if not (path.parent / "best.pt").is_file():
-        raise CheckpointMismatch(
-            f"checkpoint {path} has no best.pt beside it (a run with --fresh stopped before its first "
-            f"epoch ended?); {_start_over(path)}"
-        )
-    return state
-
-
-def _restore(net: nn.Module, saved: dict[str, Any], path: Path) -> None:
-    """The checkpoint's weights into `net`; one line when they do not fit (the model's code changed)."""
-    try:
-        net.load_state_dict(saved["model"])
-    except RuntimeError as exc:
-        lines = str(exc).splitlines()  # "Error(s) in loading state_dict for X:", then what misfits
-        first = (lines[1] if len(lines) > 1 else lines[0]).strip()
-        first = first if len(first) <= 200 else first[:200] + "..."
-        raise CheckpointMismatch(
-            f"the weights in {path} do not fit model {saved['settings']['model']!r} as its code is now "
-            f"({first}); {_start_over(path)}"
-        ) from None
 
 
 def _evaluate(
@@ -461,8 +401,11 @@ def _train(
         }  # fmt: skip
         last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
         if ranks.broadcast(resume and last.exists()):  # rank 0 decides; every rank loads
-            saved = _load_checkpoint(last, settings, ranks.world_size)
-            _restore(net, saved, last)
+            saved = checkpoints.load(
+                last, version=CHECKPOINT_VERSION, settings=settings, world_size=ranks.world_size,
+                differences=_differences,
+            )  # fmt: skip
+            checkpoints.restore(net, saved, last, f"model {t.model!r}")
             optimizer.load_state_dict(saved["optimizer"])
             scaler.load_state_dict(saved["scaler"])
             torch.set_rng_state(
@@ -513,7 +456,7 @@ def _train(
                 improved = val_loss < state["best_val_loss"] - 1e-6
                 if improved:
                     state.update(best_val_loss=val_loss, best_epoch=epoch + 1, bad_epochs=0)
-                    _save_checkpoint(best, {"model": net.state_dict(), "settings": settings})
+                    checkpoints.save(best, {"model": net.state_dict(), "settings": settings})
                 else:
                     state["bad_epochs"] += 1
                 state["epoch"] = epoch + 1
@@ -530,7 +473,7 @@ def _train(
                 }
                 if peers is not None:
                     checkpoint["rank_torch_rng"] = [p["rng"] for p in peers]
-                _save_checkpoint(last, checkpoint)
+                checkpoints.save(last, checkpoint)
                 say(
                     f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
                     f"val accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
