@@ -291,3 +291,45 @@ def test_an_unresolvable_host_fails_at_once(source: Source) -> None:
     """Raised by the branch that does not retry (a host name that does not resolve cannot start to)."""
     with pytest.raises(RemoteReadError, match=r"'no-such-host\.invalid' does not resolve"):
         open_remote(source("http://no-such-host.invalid:8080", retry_budget_s=60.0))
+
+
+QUIET_READER = """
+import sys
+from labzarr.errors import StudyError
+from labzarr.remote import StoreSource
+from labzarr.train.loader import Series
+
+source = StoreSource(url=sys.argv[1], features=sys.argv[2], timeout_s=1.0, retry_budget_s=2.0, backoff_s=0.05)
+try:
+    Series(source).resident_features()
+except StudyError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
+"""
+# What a process must not print after the error line (asyncio and aiohttp leftovers included).
+NOISE = (
+    "Traceback", "Task was destroyed", "Event loop is closed", "Session is closed", "Unclosed", "Warning",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"), [(404, "is missing on the server"), ("drop", "attempt(s) over")]
+)
+def test_a_process_whose_read_failed_ends_with_the_error_alone(
+    store_dataset: str, data_root: Path, fault: int | str, message: str
+) -> None:
+    """The loader in a process of its own: its last words are the error, with no noise from
+    requests still in flight or sessions closed at exit (the study's CLI adds only its prefix)."""
+    import subprocess
+    import sys
+
+    name = store_dataset
+    with FaultServer(data_root) as server:
+        server.always(f"*/{name}/1.0.0", fault)
+        url = f"{server.url}/{store_name(name)}"
+        done = subprocess.run(
+            [sys.executable, "-c", QUIET_READER, url, name], capture_output=True, text=True, timeout=120
+        )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and lines[-1].startswith("error: ") and message in lines[-1], done.stderr
+    assert not [line for line in lines if any(word in line for word in NOISE)], done.stderr
