@@ -67,7 +67,7 @@ def child_etl(ns: argparse.Namespace) -> None:
     package = package_of(ns.study)
     config = importlib.import_module(f"{package}.config")
     pipeline = importlib.import_module(f"{package}.etl.pipeline")
-    fmt = importlib.import_module(f"{package}.store_format")
+    fmt = importlib.import_module("labzarr.store_format")
     importlib.import_module("sklearn.preprocessing")  # imported lazily by some transforms
     cfg = config.load_config(ns.study / "study.toml").override(
         {"data.raw_dir": str(ns.raw), "data.zarr_dir": str(ns.out), "etl.block_mb": ns.block_mb}
