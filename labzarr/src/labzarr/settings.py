@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,21 @@ def reference_markdown(sections: Mapping[str, type]) -> str:
                 allowed = " and ".join(x for x in (low, high) if x)
             lines.append(f"| `{section}.{spec.name}` | {kind} | {meta['help']} | {allowed} |")
     return "\n".join(lines) + "\n"
+
+
+def find_file(name: str, *, env: str, start: Path | None = None, fallbacks: Sequence[Any] = ()) -> Path:
+    """The settings file: $`env`, then `name` upward from `start` (default: cwd), then the first
+    existing `fallbacks` (paths or importlib.resources traversables, e.g. a copy in a wheel)."""
+    if value := os.environ.get(env):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{env}={value!r} does not point to a file")
+        return path
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / name).is_file():
+            return folder / name
+    for candidate in fallbacks:
+        if candidate.is_file():
+            return Path(str(candidate))
+    raise ConfigError(f"no {name} found from {here} upward; run inside the study folder or set {env}")

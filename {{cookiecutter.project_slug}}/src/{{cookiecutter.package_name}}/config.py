@@ -413,24 +413,11 @@ def from_dict(raw: Mapping[str, Any], *, root: Path, source: str = "<dict>") -> 
 def find_config(start: Path | None = None) -> Path:
     """Locate study.toml: $STUDY_CONFIG, then upward from `start` (default: cwd), then the
     copy next to the source tree (editable install), then the copy inside the wheel."""
-    if env := os.environ.get(CONFIG_ENV):
-        path = Path(env).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{CONFIG_ENV}={env!r} does not point to a file")
-        return path
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / CONFIG_NAME).is_file():
-            return folder / CONFIG_NAME
-    source_tree = Path(__file__).resolve().parents[2] / CONFIG_NAME
-    if source_tree.is_file():
-        return source_tree
-    packaged = resources.files(__package__).joinpath(CONFIG_NAME)
-    if packaged.is_file():
-        return Path(str(packaged))
-    raise ConfigError(
-        f"no {CONFIG_NAME} found from {here} upward; run inside the study folder or set {CONFIG_ENV}"
-    )
+    return settings.find_file(
+        CONFIG_NAME, env=CONFIG_ENV, start=start,
+        fallbacks=(Path(__file__).resolve().parents[2] / CONFIG_NAME,
+                   resources.files(__package__).joinpath(CONFIG_NAME)),
+    )  # fmt: skip
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

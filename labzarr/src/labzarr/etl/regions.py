@@ -21,6 +21,39 @@ import zarr
 from ..location import StoreLocation
 from .store import compressor, zarr_encoding
 
+TASKS_PER_WORKER = 4  # blocks per worker thread at least (when the grid allows): even load, small tail
+
+
+def block_cells(block_mb: float, n_time: int, n_features: int) -> int:
+    """Cells per block so that one block's working arrays stay near `block_mb`."""
+    bytes_per_cell = n_time * (40 * n_features + 40)  # values, features, float64 temporaries, indices
+    return max(1, int(block_mb * 2**20 // bytes_per_cell))
+
+
+def chunk_spans(cells: np.ndarray, *, block: int, chunk: int, workers: int) -> list[tuple[int, np.ndarray]]:
+    """The store's rows cut into spans of whole chunks, `(first row, the cells' grid positions)`:
+    at most `block` cells each, and enough spans to keep every worker busy."""
+    span = max(1, min(block, -(-len(cells) // (TASKS_PER_WORKER * workers))) // chunk) * chunk
+    return [(start, cells[start : start + span]) for start in range(0, len(cells), span)]
+
+
+def rows_of(block: tuple[slice, slice]) -> str:
+    """A grid block in words, for errors of the task that read it."""
+    rows, cols = block
+    return f"the grid's rows {rows.start}..{rows.stop - 1}, columns {cols.start}..{cols.stop - 1}"
+
+
+def cells_of(span: tuple[int, np.ndarray]) -> str:
+    """A span of the store in words, for errors of the task that wrote it."""
+    start, cells = span
+    return f"the store's cells {start}..{start + len(cells) - 1}"
+
+
+def time_units(first: Any) -> str:
+    """CF units of a time axis counted in days from its first stamp (a datetime64 or cftime date)."""
+    stamp = first.isoformat() if hasattr(first, "isoformat") else np.datetime_as_string(first, unit="s")
+    return f"days since {str(stamp).replace('T', ' ')}"
+
 
 @dataclass(frozen=True)
 class ArrayGroup:

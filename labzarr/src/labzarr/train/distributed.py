@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -261,3 +262,13 @@ def start(preferred: str | None = None) -> Ranks:
     else:  # the caller's own group (e.g. a notebook that set one up): used as it is, left running
         backend = str(dist.get_backend())
     return Ranks(device=device, rank=rank, world_size=world_size, backend=backend, owns_group=owns)
+
+
+def seed_everything(seed: int, *, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; on request, ask torch for deterministic kernels
+    (warn-only: used on CPU, where it costs nothing; CUDA kernels are left fast)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)

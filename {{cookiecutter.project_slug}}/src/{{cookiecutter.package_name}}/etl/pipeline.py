@@ -56,7 +56,16 @@ from labzarr.etl import timeaxis
 from labzarr.etl.cluster import Runner, runner
 from labzarr.etl.errors import EtlInputError, StoreExistsError
 from labzarr.etl.inputs import cell_blocks, grid_positions
-from labzarr.etl.regions import ArrayGroup, write_rows
+from labzarr.etl.regions import (
+    TASKS_PER_WORKER,
+    ArrayGroup,
+    block_cells,
+    cells_of,
+    chunk_spans,
+    rows_of,
+    time_units,
+    write_rows,
+)
 from labzarr.etl.store import finalize, leftovers, provenance, staging, store_exists, stored_bytes
 from labzarr.location import StoreLocation
 from labzarr.store_format import (
@@ -87,19 +96,6 @@ from .extract import Inputs, cell_status, open_inputs
 log = logging.getLogger(__name__)
 PACKAGE = __package__.rsplit(".", 1)[0]
 CELL_ORDER = "cells with data, in row-major (lat, lon) order of the input grid"
-TASKS_PER_WORKER = 4  # blocks per worker thread at least (when the grid allows): even load, small tail
-
-
-def block_cells(block_mb: float, n_time: int, n_features: int) -> int:
-    """Cells per block so that one block's working arrays stay near `block_mb`."""
-    bytes_per_cell = n_time * (40 * n_features + 40)  # values, features, float64 temporaries, indices
-    return max(1, int(block_mb * 2**20 // bytes_per_cell))
-
-
-def _time_units(inputs: Inputs) -> str:
-    first = inputs.time.values[0]
-    stamp = first.isoformat() if hasattr(first, "isoformat") else np.datetime_as_string(first, unit="s")
-    return f"days since {str(stamp).replace('T', ' ')}"
 
 
 def run_etl(cfg: Config, *, overwrite: bool = False) -> Path | str:
@@ -216,7 +212,7 @@ def _groups(cfg: Config, inputs: Inputs, plan: _Plan) -> dict[str, ArrayGroup]:
     common: dict[str, Any] = {
         "zarr_format": etl.zarr_format,
         "compression_level": etl.compression_level,
-        "time_units": _time_units(inputs),
+        "time_units": time_units(inputs.time.values[0]),
         "calendar": inputs.calendar,
         "dim": CELL,
         "coords": (LAT, LON),
@@ -333,7 +329,7 @@ def _write_store(cfg: Config, inputs: Inputs, location: StoreLocation, run: Runn
     usable: dict[tuple[int, int], np.ndarray] = {}  # by the block's first row and column
     grid = list(cell_blocks(ny, nx, block))
     with tqdm(total=ny * nx, unit="cell", desc="etl: cells with data", disable=None) as progress:
-        for (rows, cols), (mask, found) in run.map(_survey, grid, job, _rows_of):
+        for (rows, cols), (mask, found) in run.map(_survey, grid, job, rows_of):
             usable[rows.start, cols.start] = mask
             counts.update(found)
             progress.update(mask.size)
@@ -349,27 +345,16 @@ def _write_store(cfg: Config, inputs: Inputs, location: StoreLocation, run: Runn
     for group, like in zip(groups.values(), _like(job), strict=True):
         group.create(location, len(cells), like)
     chunk = cfg.etl.chunk_cells
-    span = max(1, min(block, -(-len(cells) // (TASKS_PER_WORKER * run.workers))) // chunk) * chunk
-    spans = [(start, cells[start : start + span]) for start in range(0, len(cells), span)]
+    spans = chunk_spans(cells, block=block, chunk=chunk, workers=run.workers)
     with tqdm(total=len(cells), unit="cell", desc="etl", disable=None) as progress:
-        for span_done, found in run.map(_span, spans, job, _cells_of):
-            log.debug("wrote %s", _cells_of(span_done))
+        for span_done, found in run.map(_span, spans, job, cells_of):
+            log.debug("wrote %s", cells_of(span_done))
             counts.update(found)
             progress.update(len(span_done[1]))
     _check_windows(inputs, counts)
     _finalize(cfg, inputs, plan, location)
     counts["bytes"] = stored_bytes(location)
     return counts
-
-
-def _rows_of(block: tuple[slice, slice]) -> str:
-    rows, cols = block
-    return f"the grid's rows {rows.start}..{rows.stop - 1}, columns {cols.start}..{cols.stop - 1}"
-
-
-def _cells_of(span: tuple[int, np.ndarray]) -> str:
-    start, cells = span
-    return f"the store's cells {start}..{start + len(cells) - 1}"
 
 
 def _check_variables(inputs: Inputs, counts: Counter[str]) -> None:

@@ -98,8 +98,12 @@ UNWANTED = (
 
 @pytest.mark.parametrize(
     ("fault", "message"),
-    # a refusal and a stall here; every other fault is the library's (labzarr's test_remote.py)
-    [(403, "refused access (HTTP 403)"), ("stall", "no data within the read timeout")],
+    # a missing chunk, a refusal and a stall; dropped reads are the library's (its test_remote.py)
+    [
+        (404, "is missing on the server"),
+        (403, "refused access (HTTP 403)"),
+        ("stall", "no data within the read timeout"),
+    ],
 )
 def test_a_failed_read_ends_train_with_one_clear_line(tmp_path: Path, fault: int | str, message: str) -> None:
     """A user sees the error line last: no traceback, no asyncio or aiohttp noise after it."""

@@ -31,15 +31,11 @@ windows. A resumed run must have the world size of the run that wrote the checkp
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
 import os
-import random
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +44,8 @@ import torch
 from labzarr.atomic import atomic_write, write_text
 from labzarr.errors import StudyError
 from labzarr.train import checkpoints
-from labzarr.train.distributed import Ranks, start, state_digest, uneven_inputs
+from labzarr.train.distributed import Ranks, seed_everything, start
+from labzarr.train.epochs import check_in_step, gather_codes, mean_loss, rank_report, run_epoch
 from labzarr.train.loader import LoaderStats, Series
 from torch import nn
 from tqdm.auto import tqdm
@@ -68,16 +65,6 @@ class TrainError(StudyError):
     """Training cannot start or continue."""
 
 
-def seed_everything(seed: int, *, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch; on request, ask torch for deterministic kernels
-    (warn-only: used on CPU, where it costs nothing; CUDA kernels are left fast)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
 def class_weights(labels: np.ndarray, mode: str, n_classes: int = N_CLASSES) -> torch.Tensor:
     """Loss weights for imbalanced categories: 'balanced' (n / (k * count)), its square root
     'sqrt' (gentler, keeps accuracy), or 'none'. Absent classes get weight 1."""
@@ -89,82 +76,6 @@ def class_weights(labels: np.ndarray, mode: str, n_classes: int = N_CLASSES) -> 
         balanced = counts[present].sum() / (present.sum() * counts[present])
         weights[present] = balanced if mode == "balanced" else np.sqrt(balanced)
     return torch.tensor(weights, dtype=torch.float32)
-
-
-@dataclass
-class Pass:
-    """One rank's tallies of one pass over its share of a split: what is combined across ranks."""
-
-    loss_sum: torch.Tensor  # float64, on the device: summed over windows
-    count: int  # windows
-    batches: int  # optimizer steps when training
-    y_true: np.ndarray  # int8 codes (evaluation only; empty when training)
-    y_pred: np.ndarray
-
-
-def run_epoch(
-    model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    loss_fn: nn.Module,
-    device: torch.device,
-    optimizer: torch.optim.Optimizer | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-) -> Pass:
-    """One pass: trains when an optimizer is given, else evaluates.
-
-    Returns the summed loss and (when evaluating) the true and predicted codes of
-    every window. Nothing is read back from the device until the pass is over. A
-    DDP model trains under Join: ranks may run different numbers of batches.
-    """
-    training = optimizer is not None
-    model.train(training)
-    amp = device.type == "cuda"
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = steps = 0
-    y_true: list[torch.Tensor] = []
-    y_pred: list[torch.Tensor] = []
-    joined = uneven_inputs(model) if training else contextlib.nullcontext()
-    with torch.set_grad_enabled(training), joined:
-        for xb, yb in batches:
-            xb = xb.to(device, non_blocking=True)
-            yb = yb.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                logits = model(xb)
-                loss = loss_fn(logits.float(), yb)
-            if training:
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None and scaler.is_enabled():
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-            else:
-                y_true.append(yb.to(torch.int8))
-                y_pred.append(logits.argmax(dim=1).to(torch.int8))
-            total += loss.detach() * len(yb)
-            count += len(yb)
-            steps += 1
-    if y_true:
-        return Pass(total, count, steps, torch.cat(y_true).cpu().numpy(), torch.cat(y_pred).cpu().numpy())
-    return Pass(total, count, steps, np.empty(0, np.int8), np.empty(0, np.int8))
-
-
-def mean_loss(ranks: Ranks, done: Pass) -> float:
-    """The mean loss of a pass over every rank's share (the pass's one read from the device)."""
-    total, count = ranks.sum([done.loss_sum, done.count])
-    if count == 0:
-        raise TrainError("no windows in this split; check the ETL output")
-    return total / count
-
-
-def gather_codes(ranks: Ranks, done: Pass) -> tuple[np.ndarray, np.ndarray] | None:
-    """The true and predicted codes of every rank's share, on rank 0 (None on the other ranks)."""
-    shares = ranks.gather((done.y_true, done.y_pred))
-    if shares is None:
-        return None
-    return np.concatenate([t for t, _ in shares]), np.concatenate([p for _, p in shares])
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
@@ -436,7 +347,7 @@ def _train(
                     f"{val_loss}): training diverged; lower train.learning_rate and start over"
                 )
             codes = gather_codes(ranks, validated)
-            peers = ranks.gather(_rank_report(net, optimizer, stats)) if ranks.distributed else None
+            peers = ranks.gather(rank_report(net, optimizer, stats.samples)) if ranks.distributed else None
             if codes is not None:  # rank 0: metrics, decisions, files
                 metrics = scores(*codes)
                 state["history"].append(
@@ -450,7 +361,7 @@ def _train(
                 )
                 epoch_stats: dict[str, Any] = {"epoch": epoch + 1, **stats.as_dict()}
                 if peers is not None:
-                    digests = _in_step(peers, epoch + 1)
+                    digests = check_in_step(peers, epoch + 1)
                     epoch_stats.update(rank_samples=[p["samples"] for p in peers], realigned=realigned)
                 loader_stats.append({**epoch_stats, "epoch_s": time.perf_counter() - started})
                 improved = val_loss < state["best_val_loss"] - 1e-6
@@ -514,28 +425,6 @@ def _train(
         + " | ".join(f"{name} {b['accuracy']:.3f}, {b['macro_f1']:.3f}" for name, b in reference.items())
     )
     return summary
-
-
-def _rank_report(net: nn.Module, optimizer: torch.optim.Optimizer, stats: LoaderStats) -> dict[str, Any]:
-    """What rank 0 gathers from each rank after an epoch: its RNG state (for the checkpoint),
-    the windows it trained on, and a digest of its weights and optimizer state."""
-    return {
-        "rng": torch.get_rng_state(),
-        "samples": stats.samples,
-        "state": state_digest(net.state_dict(), optimizer.state_dict()),
-    }
-
-
-def _in_step(peers: list[dict[str, Any]], epoch: int) -> list[str]:
-    """The ranks' state digests; a TrainError if they differ (the ranks drifted apart: a bug)."""
-    digests = [p["state"] for p in peers]
-    if len(set(digests)) > 1:
-        raise TrainError(
-            f"after epoch {epoch} the ranks hold different weights or optimizer states (sha256 "
-            f"{', '.join(d[:12] for d in digests)}): the data-parallel steps went out of step; "
-            "please report this with the command that ran"
-        )
-    return digests
 
 
 def _public(metrics: dict[str, Any]) -> dict[str, Any]:
