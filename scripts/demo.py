@@ -33,8 +33,9 @@ store_url, name = sys.argv[1:3]
 fs = HTTPFileSystem(headers={"Authorization": "Bearer " + os.environ["DATA_TOKEN"]})
 ds = xr.open_zarr(fs.get_mapper(store_url), consolidated=True)
 print(ds[name])
-from {package}.train.throughput import measure_throughput
-print(json.dumps(measure_throughput(max_chunks=16)))
+from labzarr.throughput import measure_throughput
+from {package}.config import load_config
+print(json.dumps(measure_throughput(load_config().store_source(), max_chunks=16)))  # $DATA_URL, $DATA_TOKEN
 """
 
 
