@@ -60,7 +60,9 @@ import os
 DEFAULT_DATA_URL = "{{ cookiecutter.data_url.rstrip('/') }}"
 DATASET_NAME = "{{ cookiecutter.dataset_name }}"
 GITHUB_REPO = "{{ cookiecutter.github_repo }}"
-EPOCHS = int(os.environ.get("STUDY_EPOCHS", "5"))  # training epochs
+EPOCHS = None  # training epochs; None: train.epochs of study.toml (a test or the demo sets STUDY_EPOCHS)
+if os.environ.get("STUDY_EPOCHS"):
+    EPOCHS = int(os.environ["STUDY_EPOCHS"])
 SAVE_TO_DRIVE = False  # copy checkpoint and metrics to Google Drive at the end
 RESULTS_DIR = "results\"""",
     ),
@@ -188,6 +190,11 @@ SOURCE = cfg.store_source(DATA_URL, **CREDENTIALS)  # the store's URL and creden
 STORE_URL = SOURCE.url
 print("data server:", DATA_URL)
 print("store:", STORE_URL)
+if EPOCHS is None:
+    EPOCHS = cfg.train.epochs
+    print("epochs:", EPOCHS, "(train.epochs of study.toml)")
+else:
+    print("epochs:", EPOCHS, f"(set in this notebook; train.epochs of study.toml: {{cfg.train.epochs}})")
 if DATA_URL.startswith("s3://"):  # an S3-compatible object store: botocore reads the AWS variables
     AWS = {{name: secret(name) for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}
     os.environ.update({{name: value for name, value in AWS.items() if value}})

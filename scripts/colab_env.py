@@ -151,7 +151,10 @@ def write_kernelspec(jupyter_path: Path, python: Path, name: str = "colab-like")
     spec_dir = jupyter_path / "kernels" / name
     spec_dir.mkdir(parents=True)
     spec = {
-        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        # -Xfrozen_modules=off and PYDEVD_DISABLE_FILE_VALIDATION: the kernel's debugger (debugpy)
+        # otherwise warns at every start that frozen modules may make it miss breakpoints.
+        "argv": [str(python), "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "env": {"PYDEVD_DISABLE_FILE_VALIDATION": "1"},
         "display_name": "Python 3 (Colab-like)",
         "language": "python",
     }

@@ -33,25 +33,64 @@ store_url, name = sys.argv[1:3]
 fs = HTTPFileSystem(headers={"Authorization": "Bearer " + os.environ["DATA_TOKEN"]})
 ds = xr.open_zarr(fs.get_mapper(store_url), consolidated=True)
 print(ds[name])
-from {package}.train.throughput import measure_throughput
-print(json.dumps(measure_throughput(max_chunks=16)))
+from labzarr.throughput import measure_throughput
+from {package}.config import load_config
+print(json.dumps(measure_throughput(load_config().store_source(), max_chunks=16)))  # $DATA_URL, $DATA_TOKEN
 """
 
 
 class Steps:
-    """Numbered, timed steps with one line each."""
+    """Numbered, timed steps with one line each, numbered from the list of their titles (so the
+    count printed is the count run)."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.times = total, 0, {}
+    def __init__(self, titles: list[str]) -> None:
+        self.titles, self.done, self.times = titles, 0, {}
 
     @contextmanager
-    def step(self, name: str) -> Iterator[None]:
+    def step(self) -> Iterator[None]:
+        """The next step of the list."""
+        if self.done == len(self.titles):
+            raise RuntimeError(f"a step beyond the {len(self.titles)} planned: {self.titles}")
+        name = self.titles[self.done]
         self.done += 1
-        print(f"\n[{self.done}/{self.total}] {name}", flush=True)
+        print(f"\n[{self.done}/{len(self.titles)}] {name}", flush=True)
         start = time.perf_counter()
         yield
         self.times[name] = time.perf_counter() - start
         print(f"      done in {self.times[name]:.1f} s", flush=True)
+
+    def finish(self) -> None:
+        """Every planned step ran (a step left over is a bug of the demo, not of the study)."""
+        if self.done != len(self.titles):
+            raise RuntimeError(f"{self.done} of {len(self.titles)} planned steps ran: {self.titles}")
+
+
+def count(n: int, noun: str) -> str:
+    """'1 epoch', '5 epochs'."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def epochs_note(used: int, configured: int, how: str) -> str:
+    """'5 epochs (demo --epochs; study.toml: 10)': what ran, and the study's own default beside it."""
+    if used == configured:
+        return f"{count(used, 'epoch')} (train.epochs of study.toml)"
+    return f"{count(used, 'epoch')} ({how}; study.toml: train.epochs = {configured})"
+
+
+def step_titles(size: str, epochs: int, notebook_epochs: int | None) -> list[str]:
+    """The demo's steps, in order (no notebook step when `notebook_epochs` is None): the one list
+    their numbers come from."""
+    titles = [
+        "bake a study with the default answers",
+        "install it (editable, into its own venv)",
+        f"synthetic inputs ({size})",
+        "ETL: validate, quantiles, categories, the series store (zarr)",
+        "read over HTTP as Colab does (fsspec mapper, xr.open_zarr)",
+        f"train {count(epochs, 'epoch')} over HTTP",
+    ]
+    if notebook_epochs is not None:
+        titles.append(f"execute the Colab notebook in a Colab-like kernel ({count(notebook_epochs, 'epoch')})")
+    return titles
 
 
 def folder_size(path: Path) -> int:
@@ -83,22 +122,32 @@ def execute_notebook(study: Path, workdir: Path, env: dict[str, str]) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=TEMPLATE / "demo-output", help="output folder (replaced)")
-    parser.add_argument("--epochs", type=int, default=5, help="training epochs (CLI run)")
+    # Fewer epochs than the study's own default (train.epochs of its study.toml) to stay fast; the demo
+    # passes them as overrides (--epochs, STUDY_EPOCHS) and its output says so beside study.toml's value.
+    parser.add_argument("--epochs", type=int, default=5, help="training epochs of the CLI run (default: 5)")
+    parser.add_argument(
+        "--notebook-epochs", type=int, default=1, help="training epochs of the notebook run (default: 1)"
+    )
     parser.add_argument("--size", default="small", choices=("tiny", "small", "large"), help="synthetic size")
     parser.add_argument("--skip-notebook", action="store_true", help="do not execute the notebook")
     args = parser.parse_args()
 
     started = time.perf_counter()
+    # matplotlib's font cache (of the study's venv and of the kernel) kept between runs: built once,
+    # not at every run ("generated new fontManager") when its default folder is not writable.
+    matplotlib_cache = TEMPLATE / ".cache" / "matplotlib"
+    matplotlib_cache.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MPLCONFIGDIR", str(matplotlib_cache))
     out: Path = args.out.resolve()
     if out.exists():
         shutil.rmtree(out)
-    steps = Steps(total=7 if args.skip_notebook else 8)
+    steps = Steps(step_titles(args.size, args.epochs, None if args.skip_notebook else args.notebook_epochs))
 
-    with steps.step("bake a study with the default answers"):
+    with steps.step():
         study = bake(out)
         package = study_package(study)
         print(f"      {study}")
-    with steps.step("install it (editable, into its own venv)"):
+    with steps.step():
         python = install_study(study, out)
 
     def cli(*argv: str, timeout: float = 1800, env: dict[str, str] | None = None) -> str:
@@ -111,9 +160,9 @@ def main() -> int:
         if done.returncode:
             raise SystemExit(f"{package} {argv[0]} failed with exit status {done.returncode} (see above)")
 
-    with steps.step(f"synthetic inputs ({args.size})"):
+    with steps.step():
         print("      " + cli("synth", "--size", args.size).strip().replace("\n", "\n      "))
-    with steps.step("ETL: validate, quantiles, categories, the series store (zarr)"):
+    with steps.step():
         cli("etl")
         config = json.loads(run([python, "-c", CONFIG_JSON.replace("{package}", package)], cwd=study).stdout)
         store = Path(config["store_path"])
@@ -124,7 +173,7 @@ def main() -> int:
     with study_server(python, study, study / "data" / "zarr", auth_env=auth) as url:
         print(f"\n      nginx serves {study / 'data' / 'zarr'} at {url} (token auth)")
         env = {"DATA_URL": url, **auth}
-        with steps.step("read over HTTP as Colab does (fsspec mapper, xr.open_zarr)"):
+        with steps.step():
             snippet = READ_AS_COLAB.replace("{package}", package)
             lines = run(
                 [python, "-c", snippet, f"{url}/{store.name}", config["dataset_name"]], cwd=study, env=env
@@ -133,21 +182,25 @@ def main() -> int:
             print("      " + "\n      ".join(repr_lines[:8]))
             speed = json.loads(speed_line)
             print(f"      {speed['mb_per_s']:.1f} MB/s, {speed['cells_per_s']:,.0f} cell series/s")
-        with steps.step(f"train {args.epochs} epochs over HTTP"):
+        with steps.step():
+            configured = config["epochs"]  # train.epochs of the study's study.toml
+            print(f"      {epochs_note(args.epochs, configured, 'the demo passes --epochs')}")
             results = out / "results"
             cli_live("train", "--url", url, "--epochs", str(args.epochs), "--out", str(results), env=env)
             summary = json.loads((results / "summary.json").read_text())
         if not args.skip_notebook:
-            with steps.step("execute the Colab notebook in a Colab-like kernel"):
+            with steps.step():
+                print(f"      {epochs_note(args.notebook_epochs, configured, 'the demo sets STUDY_EPOCHS')}")
                 nb_env = {
                     **env,
                     "STUDY_PIP_SOURCE": str(study),
                     "STUDY_LIBRARY_SOURCE": str(LIBRARY),
-                    "STUDY_EPOCHS": "1",
+                    "STUDY_EPOCHS": str(args.notebook_epochs),
                 }
                 executed = execute_notebook(study, out / "notebook", nb_env)
                 print(f"      {executed}")
     print("\n      server stopped; no nginx left running")
+    steps.finish()
 
     test, baselines = summary["test"], summary["baselines"]
     print("\n" + "=" * 72)
@@ -157,7 +210,8 @@ def main() -> int:
     print(f"store            {store} ({folder_size(store) / 1e6:.1f} MB)")
     print(f"throughput       {speed['mb_per_s']:.1f} MB/s, {speed['cells_per_s']:,.0f} cell series/s (loopback)")
     print(
-        f"training         {summary['epochs_run']} epochs on {summary['device']}, "
+        f"training         {summary['epochs_run']} of {epochs_note(args.epochs, configured, 'demo --epochs')} "
+        f"on {summary['device']}, "
         f"{summary['train_samples']:,} windows per epoch"
     )
     print(f"test ({test['samples']:,} windows)  accuracy  macro-F1")
@@ -180,7 +234,8 @@ CONFIG_JSON = """
 import json
 from {package}.config import load_config
 cfg = load_config()
-print(json.dumps({"store_path": str(cfg.store_path), "dataset_name": cfg.study.dataset_name}))
+print(json.dumps({"store_path": str(cfg.store_path), "dataset_name": cfg.study.dataset_name,
+                  "epochs": cfg.train.epochs}))
 """
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ NEWEST_PYTHON = "3.14"  # the study's CI tests its lowest supported Python and t
 UNRENDERED = re.compile(r"(?<!\$)\{\{|\{%|(?<![.\w])cookiecutter\.")  # not .cookiecutter.json
 EXPECTED = [
     "README.md",
+    "CITATION.cff",
     "pyproject.toml",
     "study.toml",
     ".gitignore",
@@ -85,7 +86,7 @@ def test_every_file_rendered_and_parses(matrix_bake: tuple[dict, Path]) -> None:
         text = path.read_text()
         assert not UNRENDERED.search(text), f"unrendered Jinja in {path.relative_to(study)}"
         assert str(TEMPLATE) not in text and str(study.parent) not in text, f"absolute path in {path}"
-        if path.suffix in {".yaml", ".yml"}:
+        if path.suffix in {".yaml", ".yml", ".cff"}:
             yaml.safe_load(text)
         elif path.suffix == ".toml":
             tomllib.loads(text)
@@ -103,6 +104,47 @@ def test_every_file_rendered_and_parses(matrix_bake: tuple[dict, Path]) -> None:
     assert (study / "LICENSE").exists() == (answers["license"] != "none")
     pyproject = tomllib.loads((study / "pyproject.toml").read_text())
     assert pyproject["project"]["requires-python"] == f">={answers['python_min']}"
+
+
+CFF_REQUIRED = {"cff-version", "message", "title", "authors"}
+
+
+def check_cff(citation: dict) -> None:
+    """The keys and types Citation File Format 1.2.0 requires."""
+    assert set(citation) >= CFF_REQUIRED, CFF_REQUIRED - set(citation)
+    assert citation["cff-version"] == "1.2.0"
+    assert isinstance(citation["message"], str) and isinstance(citation["title"], str)
+    assert citation["authors"] and all(isinstance(a, dict) for a in citation["authors"])
+    for author in citation["authors"]:
+        assert author.get("name") or author.get("family-names"), author
+    if "version" in citation:
+        assert isinstance(citation["version"], str), "a string: YAML would read 1.10 as 1.1"
+
+
+def test_citation_is_filled_from_the_answers(matrix_bake: tuple[dict, Path]) -> None:
+    answers, study = matrix_bake
+    citation = yaml.safe_load((study / "CITATION.cff").read_text())
+    check_cff(citation)
+    pyproject = tomllib.loads((study / "pyproject.toml").read_text())["project"]
+    assert citation["title"] == OPTIONS["project_name"] and citation["abstract"] == OPTIONS["description"]
+    assert citation["version"] == pyproject["version"], "the study's one version"
+    assert citation["authors"] == [{"given-names": "A.", "family-names": "Student", "email": OPTIONS["author_email"]}]
+    assert citation.get("license", "none") == answers["license"]
+    assert citation["repository-code"] == "https://github.com/my-lab/columbia-drought-study"
+
+
+def test_citation_of_a_one_word_author_is_an_entity(tmp_path: Path) -> None:
+    study = bake(tmp_path, author_name="Hydrolab", description='Snow "drought" {x}: a test', license="none")
+    citation = yaml.safe_load((study / "CITATION.cff").read_text())
+    check_cff(citation)
+    assert citation["authors"] == [{"name": "Hydrolab", "email": OPTIONS["author_email"]}]
+    assert citation["abstract"] == 'Snow "drought" {x}: a test' and "license" not in citation
+
+
+def test_the_template_has_a_citation_file() -> None:
+    citation = yaml.safe_load((TEMPLATE / "CITATION.cff").read_text())
+    check_cff(citation)
+    assert "template" in citation["title"]
 
 
 def test_package_python_has_no_jinja() -> None:

@@ -6,9 +6,13 @@ clear message and change nothing."""
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import re
 import secrets
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,6 +63,30 @@ def test_colab_pins_record_their_source_and_what_colab_lacks() -> None:
     assert not lacks & set(pins) and not lacks & {n.lower() for n in COLAB_SHIPS}, "Colab does not ship these"
 
 
+def test_the_epochs_come_from_study_toml_unless_overridden(baked_default: Path) -> None:
+    """No epoch count of the notebook's own: None in the configuration cell means train.epochs of
+    study.toml (read once the config is loaded); STUDY_EPOCHS (tests, the demo) overrides it."""
+    nb = nbformat.read(baked_default / NOTEBOOK, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    configuration = next(source for source in code if "the only cell meant to be edited" in source)
+    assert not re.search(r"STUDY_EPOCHS\", *\"\d", configuration), "no literal default beside the variable"
+    for env, expected in (({}, None), ({"STUDY_EPOCHS": "3"}, 3)):
+        names: dict = {}
+        saved = os.environ.pop("STUDY_EPOCHS", None)
+        os.environ.update(env)
+        try:
+            exec(configuration, names)
+        finally:
+            os.environ.pop("STUDY_EPOCHS", None)
+            if saved is not None:
+                os.environ["STUDY_EPOCHS"] = saved
+        assert names["EPOCHS"] == expected, env
+    resolve = next(source for source in code if "cfg = load_config()" in source)
+    assert "EPOCHS = cfg.train.epochs" in resolve
+    training = next(source for source in code if "train.loop import train" in source)
+    assert "epochs=EPOCHS" in training
+
+
 @pytest.fixture(scope="module")
 def colab_kernel(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """A registered kernel with Colab's packages: (kernel name, JUPYTER_PATH folder)."""
@@ -75,6 +103,31 @@ def outputs_text(nb: nbformat.NotebookNode) -> str:
     return json.dumps([c.get("outputs", []) for c in nb.cells])
 
 
+def test_the_kernel_starts_without_the_debuggers_frozen_modules_warning(
+    colab_kernel: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ipykernel's debugger (debugpy) warns on stderr at every start under Python 3.11+ unless
+    frozen modules are off: noise in the demo's output."""
+    from jupyter_client.manager import KernelManager
+
+    kernel, jupyter_path = colab_kernel
+    monkeypatch.setenv("JUPYTER_PATH", str(jupyter_path))
+    monkeypatch.delenv("PYDEVD_DISABLE_FILE_VALIDATION", raising=False)
+    manager = KernelManager(kernel_name=kernel)
+    log = tmp_path / "kernel.log"
+    with log.open("w") as stream:
+        manager.start_kernel(stdout=stream, stderr=subprocess.STDOUT)
+        client = manager.client()
+        client.start_channels()
+        try:
+            client.wait_for_ready(timeout=120)
+        finally:
+            client.stop_channels()
+            manager.shutdown_kernel(now=False)
+    text = log.read_text()
+    assert "frozen modules" not in text and "Debugger warning" not in text, text
+
+
 @pytest.mark.slow
 def test_notebook_trains_end_to_end_and_stops_cleanly_on_a_wrong_token(
     fast_study: tuple[Path, Path],
@@ -84,22 +137,34 @@ def test_notebook_trains_end_to_end_and_stops_cleanly_on_a_wrong_token(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     require_tool("nginx")
-    study, python = fast_study
+    baked, python = fast_study
     _, data = fast_store
     kernel, jupyter_path = colab_kernel
     token = secrets.token_urlsafe(24)
-    for name in ("DATA_USER", "DATA_PASSWORD", "STUDY_CONFIG"):
+    # The notebook trains for train.epochs of the study's study.toml (here 2) when nothing overrides it.
+    study = tmp_path / "study"
+    shutil.copytree(baked, study)
+    config = (study / "study.toml").read_text()
+    assert config.count("\nepochs = 10\n") == 1
+    (study / "study.toml").write_text(config.replace("\nepochs = 10\n", "\nepochs = 2\n"))
+    for name in ("DATA_USER", "DATA_PASSWORD", "STUDY_CONFIG", "STUDY_EPOCHS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("JUPYTER_PATH", str(jupyter_path))
     monkeypatch.setenv("STUDY_PIP_SOURCE", str(study))
     monkeypatch.setenv("STUDY_LIBRARY_SOURCE", str(LIBRARY))
-    monkeypatch.setenv("STUDY_EPOCHS", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     workdir = tmp_path / "content"  # like Colab's /content: no study.toml above it
     workdir.mkdir()
     with study_server(python, study, data, auth_env={"DATA_TOKEN": token}) as url:
         monkeypatch.setenv("DATA_URL", url)
         monkeypatch.setenv("DATA_TOKEN", token)
+        # The kernel's temporary folder (the server, started above, keeps its own): everything the
+        # run writes there (pip's build folders, the install cell's constraints file) is gone when it
+        # ends. Only torch's compile cache folder stays, as torch means it to (made at the first
+        # optimizer step, empty here).
+        tmp = tmp_path / "tmp"
+        tmp.mkdir()
+        monkeypatch.setenv("TMPDIR", str(tmp))
         nb = nbformat.read(study / NOTEBOOK, as_version=4)
         execute(nb, kernel, workdir)
         outputs = outputs_text(nb)
@@ -113,16 +178,21 @@ def test_notebook_trains_end_to_end_and_stops_cleanly_on_a_wrong_token(
         for name in WATCHED:
             assert f"{name} {pins[name]}" in unchanged[1], f"Colab's {name} {pins[name]} kept"
         assert re.search(r"added: [^\"]*\bzarr 3\.", outputs), "the install added zarr 3"
+        assert "epochs: 2 (train.epochs of study.toml)" in outputs
         summary = json.loads((workdir / "results" / "summary.json").read_text())
-        assert summary["epochs_run"] == 1
+        assert summary["epochs_run"] == 2
         assert (workdir / "results" / "checkpoints" / "last.pt").is_file()
+        left = {p.name for p in tmp.iterdir()} - {f"torchinductor_{getpass.getuser()}"}
+        assert not left, f"left in the temporary folder: {sorted(left)}"
 
         monkeypatch.setenv("DATA_TOKEN", "wrong-" + token)
+        monkeypatch.setenv("STUDY_EPOCHS", "1")
         nb = nbformat.read(study / NOTEBOOK, as_version=4)
         with pytest.raises(CellExecutionError) as info:
             execute(nb, kernel, workdir)
         assert "credentials" in str(info.value).lower()
         assert "wrong-" not in str(info.value), "the token is not echoed in the error"
+        assert "epochs: 1 (set in this notebook; train.epochs of study.toml: 2)" in outputs_text(nb)
         failed = [
             i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))
         ]

@@ -76,7 +76,10 @@ def _train(cfg: Config, args: argparse.Namespace) -> int:
     from .train.loop import train
 
     out = Path(args.out) if args.out else None
-    train(cfg, url=args.url, epochs=args.epochs, out_dir=out, resume=not args.fresh)
+    # Progress bars only on a terminal: in a log file every redraw would be a line of its own.
+    # The one line per epoch is printed either way.
+    progress = sys.stderr.isatty()
+    train(cfg, url=args.url, epochs=args.epochs, out_dir=out, resume=not args.fresh, progress=progress)
     return 0
 
 

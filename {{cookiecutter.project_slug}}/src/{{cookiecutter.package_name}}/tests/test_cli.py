@@ -135,6 +135,38 @@ def test_a_failed_read_ends_train_with_one_clear_line(tmp_path: Path, fault: int
     assert not [line for line in lines if any(word in line for word in UNWANTED)], done.stderr
 
 
+def test_train_into_a_log_prints_one_line_per_epoch_and_no_progress_bars(tmp_path: Path) -> None:
+    """Output to a pipe or file (a log, CI): no progress bars, whose every redraw would be a line
+    there, but the line of each epoch."""
+    config = study_toml(
+        tmp_path / "study.toml", time_lookback=20, split_gap=20, cache="none", batch_size=64, hidden_size=8,
+        out_dir=str(tmp_path / "results"),
+    )  # fmt: skip
+    name = load_config(config).study.dataset_name
+    x, y = learnable_series(8, 400)
+    write_series_store(tmp_path / "srv", x, y, dataset_name=name, lookback=20, chunk_cells=4)
+    with FaultServer(tmp_path / "srv") as server:
+        command = [
+            sys.executable,
+            "-m",
+            PACKAGE,
+            "--config",
+            config,
+            "train",
+            "--url",
+            server.url,
+            "--epochs",
+            "2",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    log = done.stdout + done.stderr
+    assert "\r" not in log and "it/s" not in log and "batch/s" not in log and "chunk/s" not in log, log
+    assert not re.search(r"\d+%\|", log), log
+    epochs = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"], done.stdout
+
+
 def test_serve_refuses_a_store_on_an_object_store(tmp_path: Path, capsys) -> None:
     config = study_toml(tmp_path / "study.toml", zarr_dir="s3://lab-bucket/drought")
     assert main(["--config", str(config), "serve"]) == 2

@@ -3,7 +3,7 @@
 `train(cfg, url=..., epochs=..., out_dir=...)` is what the CLI (`<package> train`)
 and the notebook call. The store's series are fetched once (`train.loader.Series`)
 and every split's windows are cut from them on the training device. It writes to
-the results folder:
+the results folder (and, when the folder is new, a `.gitignore` that keeps it out of git):
 
 * `checkpoints/last.pt` (every epoch; a new call resumes from it) and `checkpoints/best.pt`;
 * `summary.json`: settings, per-epoch history, loader throughput, for the
@@ -261,6 +261,22 @@ def train(
         ranks.stop()
 
 
+GITIGNORE = """\
+# Written by the study's training: a results folder (checkpoints, metrics, plots) stays out of git,
+# whatever its name. Delete this file to commit the folder.
+*
+"""
+
+
+def ignore_in_git(out: Path) -> None:
+    """Write `out/.gitignore` (ignore everything) when `out` is a new or empty folder: the results
+    folder of this run. A folder that holds other files (`--out .`) is left as it is."""
+    if out.is_dir() and any(out.iterdir()):
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / ".gitignore", GITIGNORE)
+
+
 def _quiet(message: str) -> None:
     """What ranks other than 0 print: nothing (rank 0 speaks for the group)."""
 
@@ -283,6 +299,8 @@ def _train(
     dev = ranks.device
     say = tqdm.write if ranks.is_main else _quiet
     ckpt_dir = out / "checkpoints"
+    if ranks.is_main:
+        ignore_in_git(out)
     seed_everything(t.seed, deterministic=dev.type == "cpu")
 
     series = open_series(
