@@ -12,6 +12,11 @@ import xarray as xr
 from ..config import Config
 from ..synthetic import MODEL_FILE, REFERENCE_FILE, SIZES, SyntheticSize, generate
 
+# Tests of how inputs are read (several files, units, data.select, derived labels, a missing
+# variable) need two variables of known names and units, whatever the study's data.variables
+# (its answers may name one variable, or others): they set these.
+NAMED_VARIABLES = ["soil_moisture", "snow_water_equivalent"]
+
 
 def tiny_datasets(
     cfg: Config, size: SyntheticSize = SIZES["tiny"], **kwargs: Any

@@ -14,7 +14,7 @@ from ..etl.categories import CATEGORIES, MISSING
 from ..etl.derive import trailing_mean
 from ..etl.pipeline import run_etl
 from ..synthetic import LABEL_WINDOW, REFERENCE_FILE, SIZES, training_steps, write_synthetic
-from .etl_support import open_store, tiny_datasets, write_inputs
+from .etl_support import NAMED_VARIABLES, open_store, tiny_datasets, write_inputs
 
 DERIVED = {
     "data.reference_kind": "derived",
@@ -42,7 +42,8 @@ def test_trailing_mean_is_the_mean_of_whole_windows_and_a_nan_blanks_only_its_wi
 @pytest.fixture
 def derived(tiny_config: Config) -> Config:
     """Tiny synthetic inputs whose labels were ranked on this config's training block, and the
-    config that derives the labels itself from soil moisture."""
+    config that derives the labels itself from soil moisture (the study's variables or not)."""
+    tiny_config = tiny_config.override({"data.variables": NAMED_VARIABLES})
     etl = tiny_config.etl
     steps = training_steps(
         SIZES["tiny"],

@@ -20,7 +20,7 @@ from ..config import Config
 from ..etl import pipeline
 from ..etl.pipeline import run_etl
 from .conftest import STUDY_ROOT
-from .etl_support import checksums, leftovers, tiny_datasets, write_inputs
+from .etl_support import NAMED_VARIABLES, checksums, leftovers, tiny_datasets, write_inputs
 
 PACKAGE = __package__.rsplit(".", 1)[0]
 Mutation = Callable[[xr.Dataset, xr.Dataset], tuple[xr.Dataset | None, xr.Dataset | None]]
@@ -75,6 +75,7 @@ BAD_INPUTS: dict[str, tuple[Mutation, str]] = {
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_gives_a_clear_error_and_leaves_no_store(tiny_config: Config, case: str) -> None:
+    tiny_config = tiny_config.override({"data.variables": NAMED_VARIABLES})  # the cases name them
     mutate, message = BAD_INPUTS[case]
     model, reference = mutate(*tiny_datasets(tiny_config))
     write_inputs(tiny_config, model, reference)

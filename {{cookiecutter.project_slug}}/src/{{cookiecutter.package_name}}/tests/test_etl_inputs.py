@@ -17,9 +17,15 @@ from labzarr.etl.errors import EtlInputError
 
 from ..config import Config
 from ..etl.pipeline import run_etl
-from .etl_support import leftovers, open_store, tiny_datasets, write_inputs, write_netcdf
+from .etl_support import NAMED_VARIABLES, leftovers, open_store, tiny_datasets, write_inputs, write_netcdf
 
 NAME_FIELDS = ("category", "complete")
+
+
+@pytest.fixture
+def tiny_config(tiny_config: Config) -> Config:
+    """The cases name variables and their units: the two named variables, whatever the study's."""
+    return tiny_config.override({"data.variables": NAMED_VARIABLES})
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +34,7 @@ def baseline(study_config: Config, tmp_path_factory: pytest.TempPathFactory) -> 
     where = tmp_path_factory.mktemp("baseline")
     cfg = study_config.override(
         {
+            "data.variables": NAMED_VARIABLES,
             "data.raw_dir": str(where / "raw"),
             "data.zarr_dir": str(where / "zarr"),
             "etl.time_lookback": 20,

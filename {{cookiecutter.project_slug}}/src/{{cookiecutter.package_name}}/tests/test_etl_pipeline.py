@@ -49,7 +49,8 @@ def test_store_layout_dtypes_chunks_and_attributes(built: Config) -> None:
     assert set(ds.data_vars) == {name, "category", "complete"}
     assert ds[name].dims == ("cell", "time", "feature") and ds[name].dtype == np.float32
     n_cells, n_time = ds.sizes["cell"], ds.sizes["time"]
-    assert ds[name].encoding["chunks"] == (4, n_time, 2)  # whole series of chunk_cells cells
+    n_features = len(cfg.data.variables)
+    assert ds[name].encoding["chunks"] == (4, n_time, n_features)  # whole series of chunk_cells cells
     assert ds["category"].dtype == np.int8 and ds["category"].encoding["chunks"] == (4, n_time)
     assert ds["complete"].dtype == bool and ds["complete"].encoding["chunks"] == (4, n_time)
     assert ds["lat"].dims == ds["lon"].dims == ("cell",) and ds["time"].dims == ("time",)
@@ -277,7 +278,7 @@ def test_cli_runs_the_etl_and_refuses_to_overwrite(tmp_path: Path, capsys) -> No
 def test_missing_labels_and_inputs_inside_the_period_drop_only_their_windows(tiny_config: Config) -> None:
     model, reference = tiny_datasets(tiny_config)
     reference["drought_category"][400, :, :] = MISSING  # one day without labels anywhere
-    model["soil_moisture"][500, 1, 1] = np.nan  # one missing input value in one cell
+    model[tiny_config.data.variables[0]][500, 1, 1] = np.nan  # one missing input value in one cell
     write_inputs(tiny_config, model, reference)
     run_etl(tiny_config)
     ds = open_store(tiny_config)

@@ -99,7 +99,8 @@ def test_the_etl_writes_the_same_chunks_to_the_bucket_as_to_a_folder(
 ) -> None:
     name = etl_config.store_name
     keys = objects("study")
-    assert f"study/{name}/{MANIFEST}" in keys and f"study/{name}/.zmetadata" in keys
+    consolidated = ".zmetadata" if etl_config.etl.zarr_format == 2 else "zarr.json"  # v3: in the root's
+    assert f"study/{name}/{MANIFEST}" in keys and f"study/{name}/{consolidated}" in keys
     assert not [k for k in keys if ".tmp-" in k], "the staging prefix was left behind"
     local = run_etl(etl_config.override({"data.zarr_dir": str(tmp_path / "zarr")}))
     on_s3 = manifest_of(store_url)

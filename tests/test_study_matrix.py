@@ -1,0 +1,47 @@
+"""Slow tier: studies baked with other answers pass their own suites, the scale-out tests included.
+
+The default answers' study runs its suite in test_study_suite.py. Two more bakes cover the
+answers that change code paths: Zarr v3 (the store's keys and consolidated metadata, on S3
+and dask too), one and three variables (the features axis), each auth mode (the serving
+config and the loader's credentials). The time step is no answer (etl.time_step in
+study.toml): every study's suite runs a monthly study through ETL, loader and training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import FAST_CONTEXT, REQUIRE_ALL, bake, install_study, run
+
+MATRIX: dict[str, dict[str, Any]] = {
+    "zarr3-three-variables-basic-auth": {
+        "zarr_format": 3,
+        "variables": "soil_moisture,snow_water_equivalent,precipitation",
+        "auth": "basic",
+        "license": "BSD-3-Clause",
+    },
+    "zarr2-one-variable-no-auth": {"zarr_format": 2, "variables": "soil_moisture", "auth": "none", "license": "none"},
+}
+
+
+def passed(result: Any, *, skips_allowed: bool) -> None:
+    """The run's summary line (e.g. `175 passed, 8 deselected in 98.21s`) has passes only."""
+    summary = result.stdout.strip().splitlines()[-1]
+    counts = {word.rstrip(",") for word in summary.split()}
+    assert "passed" in counts and not counts & {"failed", "error", "errors"}, result.stdout[-3000:]
+    if not skips_allowed:
+        assert "skipped" not in counts, result.stdout[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("answers", MATRIX.values(), ids=MATRIX.keys())
+def test_a_study_of_other_answers_passes_its_own_tests(answers: dict[str, Any], tmp_path: Path) -> None:
+    study = bake(tmp_path / "bake", **FAST_CONTEXT, **answers)
+    python = install_study(study, tmp_path)
+    pytest_cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    passed(run(pytest_cmd, cwd=study, timeout=900), skips_allowed=not REQUIRE_ALL)
+    # The scale-out tests (the ETL on dask, S3 via SeaweedFS, torchrun), as the study's CI runs them.
+    passed(run([*pytest_cmd, "-m", "scaleout"], cwd=study, timeout=900), skips_allowed=False)
