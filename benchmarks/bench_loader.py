@@ -159,10 +159,13 @@ def worker_new(spec: dict, token: str) -> dict:
     import torch  # noqa: F401  imported before the clock, as a training script has
 
     pkg = spec["pkg"]
-    loader_mod = import_module(f"{pkg}.train.data")  # the study's open_series / make_loader
+    loader_mod = import_module(f"{pkg}.train.data")  # the study's make_loader
     cfg = import_module(f"{pkg}.config").load_config(spec["config"])
     started = time.perf_counter()
-    series = loader_mod.open_series(cfg, url=spec["url"], token=token, progress=False, cache="none")
+    from labzarr.train.loader import Series
+
+    source = cfg.store_source(spec["url"], token=token, cache="none")
+    series = Series(source, resident_max_mb=cfg.train.resident_max_mb)
     loader = loader_mod.make_loader(cfg, series, "train", progress=False)
     samples = sum(len(yb) for _, yb in loader)
     cold_s = time.perf_counter() - started
@@ -253,12 +256,15 @@ def worker_skill(spec: dict, token: str) -> dict:
 
     torch.set_num_threads(1)
     pkg, side = spec["pkg"], spec["side"]
-    # the new study's open_series / make_loader are in train/data.py; the old one's in train/loader.py
+    # the new study's make_loader is in train/data.py (its series is labzarr's); the old one's in train/loader.py
     loader_mod = import_module(f"{pkg}.train.data" if side == "new" else f"{pkg}.train.loader")
     cfg = import_module(f"{pkg}.config").load_config(spec["config"]).override({"train.seed": spec["seed"]})
     t = cfg.train
     if side == "new":
-        series = loader_mod.open_series(cfg, url=spec["url"], token=token, progress=False, cache="none")
+        from labzarr.train.loader import Series
+
+        source = cfg.store_source(spec["url"], token=token, cache="none")
+        series = Series(source, resident_max_mb=cfg.train.resident_max_mb)
         train = loader_mod.make_loader(cfg, series, "train", progress=False)
         test = loader_mod.make_loader(cfg, series, "test", shuffle=False, progress=False)
         labels, n_features, closers = train.labels(), series.n_features, [series]

@@ -284,7 +284,7 @@ from IPython.display import Image, display
 
 from {{ cookiecutter.package_name }}.train.loop import train
 
-summary = train(cfg, url=DATA_URL, epochs=EPOCHS, out_dir=Path(RESULTS_DIR), **CREDENTIALS)
+summary = train(cfg, source=SOURCE, epochs=EPOCHS, out_dir=Path(RESULTS_DIR))
 for plot in sorted(Path(RESULTS_DIR).glob("*.png")):
     display(Image(filename=str(plot)))""",
     ),

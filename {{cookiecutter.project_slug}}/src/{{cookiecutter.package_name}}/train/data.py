@@ -1,33 +1,15 @@
-"""How this study's training reads its data: the served series and one loader per split,
-with the settings of study.toml's [train] and [etl] (the machinery is labzarr's)."""
+"""How this study's training draws its batches: one loader per split of the served series, with
+the settings of study.toml's [train] and [etl] (the machinery is labzarr's)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
 from labzarr.store_format import SPLITS
 from labzarr.train.loader import LoaderError, Series, WindowLoader
 
 if TYPE_CHECKING:
     from ..config import Config
-
-
-def open_series(
-    cfg: Config,
-    *,
-    url: str | None = None,
-    token: str | None = None,
-    user: str | None = None,
-    password: str | None = None,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-    cache: str | None = None,
-) -> Series:
-    """The study's served series (URL from `url`, $DATA_URL or server.url), resident on `device`
-    when it fits in train.resident_max_mb."""
-    source = cfg.store_source(url, token=token, user=user, password=password, cache=cache)
-    return Series(source, device=device, resident_max_mb=cfg.train.resident_max_mb, progress=progress)
 
 
 def make_loader(

@@ -1,6 +1,6 @@
 """The training loop: epochs over the streamed store, validation, early stopping, results.
 
-`train(cfg, url=..., epochs=..., out_dir=...)` is what the CLI (`<package> train`)
+`train(cfg, source=..., epochs=..., out_dir=...)` is what the CLI (`<package> train`)
 and the notebook call. The store's series are fetched once (`train.loader.Series`)
 and every split's windows are cut from them on the training device. It writes to
 the results folder (and, when the folder is new, a `.gitignore` that keeps it out of git):
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from labzarr.atomic import atomic_write, write_text
 from labzarr.errors import StudyError
+from labzarr.remote import StoreSource
 from labzarr.train import checkpoints
 from labzarr.train.distributed import Ranks, seed_everything, start
 from labzarr.train.epochs import check_in_step, gather_codes, mean_loss, rank_report, run_epoch
@@ -52,7 +53,7 @@ from tqdm.auto import tqdm
 
 from ..etl.categories import CATEGORIES, N_CLASSES
 from .baselines import FIT_SAMPLES, baselines, scores, window_means
-from .data import make_loader, open_series
+from .data import make_loader
 from .models import REGISTRY, build_model
 
 if TYPE_CHECKING:
@@ -216,20 +217,19 @@ def _baselines(cfg: Config, series: Series, majority: int) -> dict[str, dict[str
 def train(
     cfg: Config,
     *,
+    source: StoreSource | None = None,
     url: str | None = None,
     epochs: int | None = None,
     out_dir: str | os.PathLike[str] | None = None,
-    token: str | None = None,
-    user: str | None = None,
-    password: str | None = None,
     resume: bool = True,
     device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any] | None:
     """Train the model on the served `train` split, validate on `valid`, report on `test`.
 
-    `url` is the data server's base URL (default $DATA_URL, then study.toml);
-    credentials come from the arguments or $DATA_TOKEN / $DATA_USER+$DATA_PASSWORD.
+    `source` is the served store with its credentials, resolved once (`cfg.store_source(...)`);
+    without it, `cfg.store_source(url)`: the base URL `url`, else $DATA_URL, else server.url,
+    and the credentials of $DATA_TOKEN or $DATA_USER/$DATA_PASSWORD.
     `epochs` is the total number of epochs (default `train.epochs`); with
     `resume`, an existing `checkpoints/last.pt` in `out_dir` is continued (and refused
     with a `CheckpointMismatch` when its model, options, features or settings differ);
@@ -243,17 +243,15 @@ def train(
     if epochs < 1:
         raise TrainError(f"epochs must be at least 1, got {epochs}")
     out = Path(out_dir) if out_dir is not None else cfg.path(t.out_dir)
+    source = source if source is not None else cfg.store_source(url)
     ranks = start(device)
     try:
         return _train(
             cfg,
             ranks,
-            url=url,
+            source=source,
             epochs=epochs,
             out=out,
-            token=token,
-            user=user,
-            password=password,
             resume=resume,
             progress=progress and ranks.is_main,
         )
@@ -285,12 +283,9 @@ def _train(
     cfg: Config,
     ranks: Ranks,
     *,
-    url: str | None,
+    source: StoreSource,
     epochs: int,
     out: Path,
-    token: str | None,
-    user: str | None,
-    password: str | None,
     resume: bool,
     progress: bool,
 ) -> dict[str, Any] | None:
@@ -303,9 +298,7 @@ def _train(
         ignore_in_git(out)
     seed_everything(t.seed, deterministic=dev.type == "cpu")
 
-    series = open_series(
-        cfg, url=url, token=token, user=user, password=password, device=dev, progress=progress
-    )
+    series = Series(source, device=dev, resident_max_mb=t.resident_max_mb, progress=progress)
     try:
         share = {"rank": ranks.rank, "world_size": ranks.world_size}
         train_loader = make_loader(cfg, series, "train", progress=progress, **share)
