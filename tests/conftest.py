@@ -79,7 +79,7 @@ FIRST = ("test_study_suite.py", "test_study_matrix.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest files first: the baked study's own suite (about 5 minutes) and the answer
+    """The longest files first: the baked study's own suite (about 4 minutes here) and the answer
     matrix's two studies then run on the two `-n 2 --dist loadfile` workers beside each other,
     and the other files fill in after them, instead of one starting after most of the others.
     (`--no-loadscope-reorder` in pyproject.toml keeps this order: by default xdist sends the
