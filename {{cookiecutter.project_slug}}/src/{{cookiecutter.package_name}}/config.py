@@ -16,14 +16,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from labzarr import settings
 from labzarr.location import LocationError, StoreLocation, check_s3_url
 from labzarr.registry import RegistryError
 from labzarr.remote import StoreSource
 from labzarr.serve import ServeSettings
 from labzarr.settings import ConfigError, key
 from labzarr.store_format import store_name
-
-from labzarr import settings
 
 from .train import models
 from .train.models import MODELS
