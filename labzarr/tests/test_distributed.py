@@ -13,9 +13,6 @@ Cost: one launch of torchrun with 2 ranks, about 15 s on 2 idle cores.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +22,7 @@ import torch
 from labzarr.remote import StoreSource
 from labzarr.store_format import window_ends
 from labzarr.testing.faultserver import FaultServer
+from labzarr.testing.fixtures import torchrun
 from labzarr.testing.stores import indexed_series, write_series_store
 from labzarr.train.distributed import DistributedError, rank_device, start
 from labzarr.train.loader import Series
@@ -37,23 +35,6 @@ LOOKBACK = 20
 # batches of 53 rank 0 runs a 14th batch (its last window) alone: Join and the realignment act.
 N_CELLS, N_TIME, BATCH = 7, 400, 53
 SHARES = [690, 689]
-LAUNCH_TIMEOUT_S = 600  # a hung rendezvous fails the test instead of blocking the suite
-
-
-def torchrun(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`torchrun --standalone --nproc_per_node=2 ARGS`, one intra-op thread per rank; fails with
-    both output streams when the launch fails."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}"]
-    result = subprocess.run(
-        [*command, *map(str, args)],
-        cwd=cwd,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=LAUNCH_TIMEOUT_S,
-    )
-    assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
 
 
 def test_ranks_draw_disjoint_shares_and_train_in_step(tmp_path: Path) -> None:

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from labzarr.testing.faultserver import FaultServer
+from labzarr.testing.fixtures import torchrun
 from labzarr.testing.stores import learnable_series, write_series_store
 from labzarr.train.checkpoints import CheckpointError
 from labzarr.train.distributed import state_digest
@@ -41,7 +39,6 @@ LOOKBACK = 20
 # batches of 53 rank 0 runs a 14th batch (its last window) alone: Join and the realignment act.
 N_CELLS, N_TIME, BATCH = 7, 400, 53
 SHARES = [690, 689]
-LAUNCH_TIMEOUT_S = 600  # a hung rendezvous fails the test instead of blocking the suite
 REPRODUCIBLE = ("history", "valid", "test", "best_epoch", "epochs_run", "class_weights", "ranks")
 
 
@@ -61,22 +58,6 @@ def config(tmp_path: Path) -> Path:
         cache_dir=str(tmp_path / "chunk-cache"),
         out_dir=str(tmp_path / "results"),
     )
-
-
-def torchrun(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`torchrun --standalone --nproc_per_node=2 ARGS`, one intra-op thread per rank; fails with
-    both output streams when the launch fails."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}"]
-    result = subprocess.run(
-        [*command, *map(str, args)],
-        cwd=cwd,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=LAUNCH_TIMEOUT_S,
-    )
-    assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
 
 
 @pytest.fixture

