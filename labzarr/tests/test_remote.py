@@ -315,7 +315,9 @@ NOISE = (
 # Not yet for a chunk that is missing (404): zarr's own event loop still holds the sibling reads
 # then, and asyncio logs them as "Task was destroyed" at exit (the study's CLI silences that
 # logger after its error line; the library's own fix is open work).
-@pytest.mark.parametrize(("fault", "message"), [("drop", "attempt(s) over")])
+@pytest.mark.parametrize(
+    ("fault", "message"), [("drop", "attempt(s) over"), ("stall", "no data within the read timeout")]
+)
 def test_a_process_whose_read_failed_ends_with_the_error_alone(
     store_dataset: str, data_root: Path, fault: int | str, message: str
 ) -> None:

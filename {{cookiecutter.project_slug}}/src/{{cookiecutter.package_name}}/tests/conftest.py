@@ -38,20 +38,25 @@ def study_config() -> Config:
     return load_config(STUDY_ROOT / "study.toml")
 
 
-@pytest.fixture
-def tiny_config(study_config: Config, tmp_path: Path) -> Config:
-    """The study config pointed at a temporary folder, with a short lookback and small chunks."""
-    return study_config.override(
+def tiny(cfg: Config, folder: Path) -> Config:
+    """`cfg` pointed at `folder`, with a short lookback and small chunks."""
+    return cfg.override(
         {
-            "data.raw_dir": str(tmp_path / "raw"),
-            "data.zarr_dir": str(tmp_path / "zarr"),
+            "data.raw_dir": str(folder / "raw"),
+            "data.zarr_dir": str(folder / "zarr"),
             "etl.time_lookback": 20,
             "etl.split_gap": 20,
             "etl.chunk_cells": 4,
-            "train.out_dir": str(tmp_path / "results"),
-            "train.cache_dir": str(tmp_path / "cache"),
+            "train.out_dir": str(folder / "results"),
+            "train.cache_dir": str(folder / "cache"),
         }
     )
+
+
+@pytest.fixture
+def tiny_config(study_config: Config, tmp_path: Path) -> Config:
+    """The study config pointed at a temporary folder, with a short lookback and small chunks."""
+    return tiny(study_config, tmp_path)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from ..etl import quantiles
 from ..etl.categories import CATEGORIES, MISSING, encoding_attrs, one_hot
 from ..etl.pipeline import run_etl
 from ..synthetic import SIZES, write_synthetic
-from .conftest import study_toml
+from .conftest import study_toml, tiny
 from .etl_support import (
     checksums,
     codes_to_percentile,
@@ -37,13 +37,22 @@ LOOKBACK = 20  # tiny_config's
 
 @pytest.fixture
 def built(tiny_inputs: Config) -> Config:
-    """tiny_inputs after one ETL run."""
+    """tiny_inputs after one ETL run (a test may change it)."""
     run_etl(tiny_inputs)
     return tiny_inputs
 
 
-def test_store_layout_dtypes_chunks_and_attributes(built: Config) -> None:
-    cfg, name = built, built.study.dataset_name
+@pytest.fixture(scope="module")
+def built_once(study_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """One ETL run of the tiny inputs that the tests which only read its store share."""
+    cfg = tiny(study_config, tmp_path_factory.mktemp("built"))
+    write_synthetic(cfg.path(cfg.data.raw_dir), cfg.data.variables, SIZES["tiny"])
+    run_etl(cfg)
+    return cfg
+
+
+def test_store_layout_dtypes_chunks_and_attributes(built_once: Config) -> None:
+    cfg, name = built_once, built_once.study.dataset_name
     assert [p.name for p in cfg.store_path.parent.iterdir()] == [f"{name}.zarr"]
     ds = xr.open_zarr(cfg.store_path, consolidated=True, mask_and_scale=False)
     assert set(ds.data_vars) == {name, "category", "complete"}
@@ -78,8 +87,8 @@ def test_store_layout_dtypes_chunks_and_attributes(built: Config) -> None:
     assert climatology.sizes["cell"] == n_cells and climatology.attrs["transform"] == cfg.etl.transform
 
 
-def test_manifest_lists_every_chunk_with_its_checksum(built: Config) -> None:
-    path = built.store_path
+def test_manifest_lists_every_chunk_with_its_checksum(built_once: Config) -> None:
+    path = built_once.store_path
     group = zarr.open_group(path, mode="r")
     arrays = {name: a for name, a in group.members(max_depth=None) if isinstance(a, zarr.Array)}
     entries = manifest(path)["arrays"]
@@ -95,10 +104,10 @@ def test_manifest_lists_every_chunk_with_its_checksum(built: Config) -> None:
     assert google_crc32c.value(b"123456789") == 0xE3069283  # the CRC-32C check value (Castagnoli)
 
 
-def test_series_round_trip_exactly_and_trace_back_to_the_inputs(built: Config) -> None:
+def test_series_round_trip_exactly_and_trace_back_to_the_inputs(built_once: Config) -> None:
     """The stored series equal the climatology re-applied to the raw inputs; the labels are the
     reference's on each cell and day; `complete` marks the days with every feature finite."""
-    cfg, name = built, built.study.dataset_name
+    cfg, name = built_once, built_once.study.dataset_name
     raw = cfg.path(cfg.data.raw_dir)
     model = xr.open_dataset(raw / "model_output.nc").load()
     reference = xr.open_dataset(raw / "reference.nc", mask_and_scale=False).load()
@@ -125,23 +134,20 @@ def test_masked_cells_are_left_out_and_logged(tiny_inputs: Config, caplog) -> No
     assert not np.any((lat == lat.max()) & (lon == lon.min()))  # the NaN corner (north-west)
 
 
-def test_two_runs_write_byte_identical_chunks_and_overwrite_is_explicit(built: Config) -> None:
+def test_runs_write_byte_identical_chunks_in_any_blocks_and_overwrite_is_explicit(
+    built: Config, monkeypatch
+) -> None:
+    """A second run writes the same bytes, also block by block (bounded memory), and replacing a
+    store takes --overwrite."""
+    from ..etl import pipeline
+
     first = checksums(built.store_path)
     with pytest.raises(StoreExistsError, match="--overwrite"):
         run_etl(built)
+    monkeypatch.setattr(pipeline, "block_cells", lambda *args: 3)  # partial rows of the 3x4 grid
     run_etl(built, overwrite=True)
     assert checksums(built.store_path) == first
     assert not [p for p in built.store_path.parent.iterdir() if p.name.startswith(".")]
-
-
-def test_small_blocks_give_the_same_bytes_as_one_block(built: Config, monkeypatch) -> None:
-    """Block-by-block processing (bounded memory) changes nothing in the output."""
-    from ..etl import pipeline
-
-    one_block = checksums(built.store_path)
-    monkeypatch.setattr(pipeline, "block_cells", lambda *args: 3)  # partial rows of the 3x4 grid
-    run_etl(built, overwrite=True)
-    assert checksums(built.store_path) == one_block
 
 
 def test_no_leakage_from_validation_and_test_into_training(built: Config) -> None:

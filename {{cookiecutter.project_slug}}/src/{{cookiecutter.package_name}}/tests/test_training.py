@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from ..etl.pipeline import run_etl
 from ..synthetic import SIZES, SyntheticSize, training_steps
 from ..train.loop import CHECKPOINT_VERSION, _differences, class_weights, ignore_in_git, train
 from ..train.models import build_model
-from .conftest import STUDY_ROOT, study_toml
+from .conftest import study_toml
 from .etl_support import open_store, tiny_datasets, write_inputs
 
 LOOKBACK = 20
@@ -100,32 +98,15 @@ def test_train_writes_results_and_is_reproducible_and_resumable(
     assert metrics(resumed) == metrics(first)
 
 
-def test_training_outputs_stay_out_of_git_whatever_the_folders_name(
-    cfg: Config, url: str, tmp_path: Path
-) -> None:
-    """`train --out results-gru` (any name) writes nothing `git add -A` would take; a folder that
-    holds other files (`--out .`) is not ignored wholesale."""
-    git = shutil.which("git") or pytest.skip("git is not installed")
-    repo = tmp_path / "study"
-    repo.mkdir()
-    shutil.copy(STUDY_ROOT / ".gitignore", repo / ".gitignore")
-    subprocess.run([git, "init", "-q", repo], check=True)
-    train(cfg, url=url, epochs=1, out_dir=repo / "results-gru", progress=False)
-    (repo / "notes").mkdir()
-    (repo / "notes" / "plan.md").write_text("next: a GRU\n")
-    ignore_in_git(repo / "notes")  # what train(out_dir=repo / "notes") does first
-    written = [p.relative_to(repo) for p in (repo / "results-gru").rglob("*") if p.is_file()]
-    assert Path("results-gru/checkpoints/last.pt") in written and Path("results-gru/summary.json") in written
-    ignored = subprocess.run(
-        [git, "check-ignore", "--no-index", *map(str, written)], cwd=repo, capture_output=True, text=True
-    )
-    assert sorted(ignored.stdout.split()) == sorted(map(str, written)), ignored
-    added = subprocess.run(
-        [git, "add", "-A", "--dry-run"], cwd=repo, capture_output=True, text=True, check=True
-    )
-    taken = sorted(line.split("'")[1] for line in added.stdout.splitlines())
-    assert "notes/plan.md" in taken and not [name for name in taken if name.startswith("results-gru")], taken
-    assert not (repo / "notes" / ".gitignore").exists(), "a folder of other files is never ignored wholesale"
+def test_a_folder_of_other_files_is_never_ignored_wholesale(tmp_path: Path) -> None:
+    """`train --out .` (or any folder that holds other files) writes no `.gitignore` there; a new
+    or empty folder gets one (the CLI test checks `train --out results-gru` with real git)."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "plan.md").write_text("next: a GRU\n")
+    ignore_in_git(tmp_path / "notes")  # what train(out_dir=tmp_path / "notes") does first
+    assert not (tmp_path / "notes" / ".gitignore").exists()
+    ignore_in_git(tmp_path / "results-gru")
+    assert (tmp_path / "results-gru" / ".gitignore").read_text().splitlines()[-1] == "*"
 
 
 def test_early_stopping_and_incompatible_checkpoint(cfg: Config, url: str, tmp_path: Path) -> None:
