@@ -336,3 +336,14 @@ def test_a_process_whose_read_failed_ends_with_the_error_alone(
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and lines[-1].startswith("error: ") and message in lines[-1], done.stderr
     assert not [line for line in lines if any(word in line for word in NOISE)], done.stderr
+
+
+def test_the_default_url_is_named_as_the_caller_says() -> None:
+    """A study names where its default URL comes from (e.g. its settings file) in messages."""
+    placeholder = "https://data.example.edu/zarr"
+    with pytest.raises(RemoteError, match=r"^server\.url in study\.toml = '.*' is a placeholder"):
+        StoreSource.resolve(
+            dataset_name="x", default_url=placeholder, default_origin="server.url in study.toml"
+        )
+    with pytest.raises(RemoteError, match=r"or set server\.url in study\.toml$"):
+        StoreSource.resolve(dataset_name="x", default_origin="server.url in study.toml")

