@@ -14,12 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labzarr import settings
 from labzarr.location import LocationError, StoreLocation, check_s3_url
 from labzarr.registry import RegistryError
-from labzarr.remote import StoreSource
 from labzarr.serve import ServeSettings
 from labzarr.settings import ConfigError, key
 from labzarr.store_format import store_name
@@ -27,14 +26,17 @@ from labzarr.store_format import store_name
 from .train import models
 from .train.models import MODELS
 
+if TYPE_CHECKING:
+    from labzarr.remote import StoreSource  # imported when used: xarray and zarr take a second
+
 # Keys an older study.toml may still have, and what to do with each.
 MOVED = {
     # renamed when time steps other than days arrived
     **{old: f"renamed {new} (it counts time steps, days or months: etl.time_step); rename it in study.toml"
        for old, new in (("etl.split_gap_days", "etl.split_gap"), ("etl.doy_window", "etl.season_window"))},
     # options of the LSTM since the model is a choice (train.model)
-    **{f"train.{key}": "now an option of the model: move the line into the [train.model_options] table "
-       '(with model = "lstm" in [train])' for key in ("hidden_size", "num_layers", "dropout")},
+    **{f"train.{name}": "now an option of the model: move the line into the [train.model_options] table "
+       '(with model = "lstm" in [train])' for name in ("hidden_size", "num_layers", "dropout")},
 }  # fmt: skip
 
 CONFIG_NAME = "study.toml"
@@ -273,6 +275,8 @@ class Config:
         """The served store as [train] reads it, resolved once: base URL from `url`, then
         $DATA_URL, then server.url; credentials from the arguments, then DATA_TOKEN or
         DATA_USER/DATA_PASSWORD (server.auth decides which wins when both are set)."""
+        from labzarr.remote import StoreSource
+
         t = self.train
         return StoreSource.resolve(
             url,

@@ -7,11 +7,11 @@ with data: fit the transform on the training block, transform every time step, w
 series and the fitted state (`climatology` group) into their own chunks -> attributes (split,
 encoding, transform, provenance), consolidated metadata, manifest -> rename the finished store
 into place (on S3, `data.zarr_dir = "s3://..."`: copy it into place, the manifest last;
-etl/store.py). The layout is `store_format.py`'s; windows are cut when read, never stored.
+labzarr.etl.store). The layout is `labzarr.store_format`'s; windows are cut when read, never stored.
 
-Where the blocks run is `etl.dask_scheduler` (etl/cluster.py): in this process, one after
+Where the blocks run is `etl.dask_scheduler` (labzarr.etl.cluster): in this process, one after
 another, or as dask tasks on dask.distributed workers ("local:N" or "tcp://host:port"), each
-task reading its inputs and writing its own chunks (etl/regions.py). The same functions run
+task reading its inputs and writing its own chunks (labzarr.etl.regions). The same functions run
 either way, so the store's bytes do not depend on it; the driver holds the positions of the
 cells with data (8 bytes a cell) and small counts, never the series.
 
