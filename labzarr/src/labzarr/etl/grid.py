@@ -9,13 +9,26 @@ to `data.grid_tolerance`, and that tolerance must stay below half the model's gr
 spacing, because a larger one lets a reference value pair with the neighbouring
 cell's and every label would land one cell off, silently.
 
-Curvilinear grids (2-D lat and lon, e.g. rotated-pole regional models) are
-refused: cells there have no (lat, lon) row and column, so the user regrids first.
+What is refused, each with a pointer to regridding or to the fix: curvilinear grids
+(2-D latitude/longitude variables whatever their names: `lat`, `nav_lat` of NEMO/ORCA,
+`latitude`), where cells have no (lat, lon) row and column; rotated-pole and projected
+grids (a `grid_mapping` other than latitude_longitude, or coordinates whose standard_name
+says rotated or projected), whose 1-D coordinates are not latitudes and longitudes even
+when `data.dim_aliases` names them so; latitudes outside [-90, 90] and longitudes outside
+[-180, 360]; and duplicate or unsorted coordinates, which would pair a reference row with
+the wrong model row.
+
+Why the pairing allows representation error by default: a grid written once in float64
+and once in float32 differs by a few 1e-5 degrees, which is no difference of place. On
+top of `data.grid_tolerance`, coordinates may differ by REPRESENTATION_FRACTION of the
+grid spacing or a few float32 units in the last place, whichever is larger (a quarter of
+the spacing at most); a shift of a sizeable part of a cell is still refused.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
@@ -30,13 +43,110 @@ REGRID_HINT = (
 )
 
 
-def refuse_curvilinear(ds: xr.Dataset, where: str) -> None:
-    """A clear refusal when lat or lon is 2-D (a curvilinear grid), before any dims check."""
-    for name in ("lat", "lon"):
-        if name in ds.variables and ds[name].ndim > 1:
+LAT_LON_NAMES = {"lat", "lon", "latitude", "longitude", "nav_lat", "nav_lon"}
+LAT_LON_STANDARD_NAMES = {"latitude", "longitude"}
+LAT_LON_UNITS = {"degrees_north", "degree_north", "degrees_n", "degree_n", "degrees_east", "degree_east",
+                 "degrees_e", "degree_e"}  # fmt: skip
+# CF standard names of coordinates that are not latitude and longitude (rotated pole, projections)
+PROJECTED_STANDARD_NAMES = {
+    "grid_latitude", "grid_longitude", "projection_x_coordinate", "projection_y_coordinate",
+    "projection_x_angular_coordinate", "projection_y_angular_coordinate",
+}  # fmt: skip
+LATITUDE_LONGITUDE = "latitude_longitude"  # the CF grid_mapping_name of a plain lat/lon grid
+RANGES = {"lat": (-90.0, 90.0), "lon": (-180.0, FULL_CIRCLE)}
+REPRESENTATION_FRACTION = 1e-3  # of the grid spacing: coordinates rounded or written in float32
+FLOAT32_ULPS = 4  # float32 units in the last place, for grids finer than that fraction shows
+
+
+def _lat_lon_like(var: xr.DataArray, name: str) -> bool:
+    attrs = var.attrs
+    return (
+        name.lower() in LAT_LON_NAMES
+        or str(attrs.get("standard_name", "")).lower() in LAT_LON_STANDARD_NAMES
+        or str(attrs.get("units", "")).lower() in LAT_LON_UNITS
+    )
+
+
+def refuse_curvilinear(ds: xr.Dataset, variables: Sequence[str], where: str) -> None:
+    """A clear refusal when a latitude or longitude is 2-D (a curvilinear grid), whatever its name
+    (lat, nav_lat, latitude ...), before dims are renamed or checked. `variables`: the data
+    variables wanted; a 2-D latitude/longitude on their horizontal dims (not bounds) counts."""
+    data_dims = {d for v in variables if v in ds.data_vars for d in ds[v].dims}
+    for name, var in ds.variables.items():
+        if var.ndim < 2 or name in variables:
+            continue
+        on_grid = str(name) in ("lat", "lon") or set(var.dims) <= data_dims
+        if on_grid and _lat_lon_like(ds[name], str(name)):
             raise EtlInputError(
-                f"{where}: {name} is 2-D {ds[name].dims}: a curvilinear grid, which the ETL does not "
+                f"{where}: {name} is 2-D {var.dims}: a curvilinear grid, which the ETL does not "
                 f"support (it needs 1-D lat and lon coordinates); {REGRID_HINT}"
+            )
+
+
+def _mapping_names(attribute: str) -> list[str]:
+    """Grid-mapping variable names of a CF grid_mapping attribute ("crs" or "crs: lat lon ...")."""
+    words = attribute.split()
+    named = [w[:-1] for w in words if w.endswith(":")]
+    return named or words
+
+
+def refuse_projected(ds: xr.Dataset, variables: Sequence[str], where: str) -> None:
+    """Refuse rotated-pole and projected grids: a grid_mapping other than latitude_longitude, or
+    lat/lon coordinates whose standard_name says they are rotated or projected."""
+    for v in variables:
+        attribute = ds[v].attrs.get("grid_mapping") or ds[v].encoding.get("grid_mapping")
+        for name in _mapping_names(str(attribute)) if attribute else []:
+            mapping = ds[name].attrs.get("grid_mapping_name") if name in ds.variables else None
+            if mapping and mapping != LATITUDE_LONGITUDE:
+                raise EtlInputError(
+                    f"{where}: variable {v!r} is on a {mapping} grid (grid_mapping = {name!r}): its "
+                    "coordinates are not latitudes and longitudes, even where data.dim_aliases names "
+                    f"them lat and lon; the ETL needs a regular lat/lon grid: {REGRID_HINT}"
+                )
+    for dim in ("lat", "lon"):
+        standard_name = str(ds[dim].attrs.get("standard_name", "")) if dim in ds.variables else ""
+        if standard_name.lower() in PROJECTED_STANDARD_NAMES:
+            raise EtlInputError(
+                f"{where}: the {dim} coordinate has standard_name {standard_name!r}: rotated or projected "
+                f"coordinates, not {'latitudes' if dim == 'lat' else 'longitudes'}; the ETL needs a "
+                f"regular lat/lon grid: {REGRID_HINT}"
+            )
+
+
+def _shown(values: np.ndarray) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def check_axes(ds: xr.Dataset, where: str) -> None:
+    """lat and lon are degrees in range, without duplicates (longitudes compared on the circle),
+    and increasing or decreasing (longitudes may wrap once across the antimeridian)."""
+    for dim in ("lat", "lon"):
+        values = np.asarray(ds[dim].values, dtype=np.float64)
+        low, high = RANGES[dim]
+        outside = values[~((values >= low) & (values <= high))]
+        if outside.size:
+            raise EtlInputError(
+                f"{where}: {dim} has values outside [{low:g}, {high:g}] (e.g. {outside[0]:g}), so they "
+                f"are not {'latitudes' if dim == 'lat' else 'longitudes'} in degrees; if they are "
+                f"rotated-pole or projected coordinates (renamed by data.dim_aliases?), {REGRID_HINT}"
+            )
+        circular = dim == "lon"
+        keys = values % FULL_CIRCLE if circular else values
+        unique, counts = np.unique(keys, return_counts=True)
+        if (counts > 1).any():
+            positions = np.flatnonzero(keys == unique[np.argmax(counts > 1)])
+            shown = _shown(np.unique(values[positions]))  # 0 and 360: one place on the circle
+            at = ", ".join(map(str, positions))
+            raise EtlInputError(
+                f"{where}: {dim} has duplicate values ({shown} at positions {at}); "
+                f"every grid row and column needs its own {dim}: fix the file's coordinates"
+            )
+        steps = np.diff(np.unwrap(values, period=FULL_CIRCLE) if circular else values)
+        if steps.size and not ((steps > 0).all() or (steps < 0).all()):
+            turn = int(np.argmax(np.sign(steps) != np.sign(steps[0])))  # >= 1: no step is 0 here
+            raise EtlInputError(
+                f"{where}: {dim} is neither increasing nor decreasing ({_shown(values[turn - 1 : turn + 2])} "
+                f"at positions {turn - 1}..{turn + 1}); sort the file by {dim}, e.g. ds.sortby({dim!r})"
             )
 
 
@@ -86,11 +196,21 @@ def nearest(targets: np.ndarray, values: np.ndarray, circular: bool) -> tuple[np
     return order[candidates[best, columns]], distances[best, columns]
 
 
+def representation(values: np.ndarray, step: float) -> float:
+    """Differences of coordinates that are rounding, not place: REPRESENTATION_FRACTION of the
+    spacing `step` or FLOAT32_ULPS float32 units at the largest |value|, at most a quarter step."""
+    values = np.abs(np.asarray(values, dtype=np.float64))
+    largest = float(values.max()) if values.size else 0.0
+    ulps = FLOAT32_ULPS * float(np.spacing(np.float32(largest)))
+    allowance = max(REPRESENTATION_FRACTION * step, ulps)
+    return min(allowance, step / 4) if np.isfinite(step) else allowance
+
+
 def check_tolerance(model: xr.Dataset, tolerance: float, where: str) -> None:
     """Refuse a grid_tolerance that could pair a reference value with a neighbouring model cell."""
     for dim in ("lat", "lon"):
         step = spacing(model[dim].values, circular=dim == "lon")
-        if tolerance >= step / 2:
+        if tolerance + representation(model[dim].values, step) >= step / 2:
             raise EtlInputError(
                 f"{where}: data.grid_tolerance = {tolerance:g} is not below half the model's {dim} "
                 f"spacing ({step:g} / 2 = {step / 2:g}): with it, a reference value could pair with the "
@@ -117,11 +237,12 @@ def match_grid(model: xr.Dataset, reference: xr.DataArray, tolerance: float, whe
             )
         index, distance = nearest(m, r, circular=dim == "lon")
         worst = float(distance.max()) if distance.size else 0.0
-        if not worst <= tolerance:
+        rounding = representation(m, spacing(m, circular=dim == "lon"))
+        if not worst <= tolerance + rounding:
             raise EtlInputError(
                 f"{where}: the {dim} coordinates of model output and reference differ by up to {worst:g} "
-                f"(data.grid_tolerance = {tolerance:g}); put both on the same grid ({REGRID_HINT}), or "
-                "raise the tolerance if this is rounding noise"
+                f"(data.grid_tolerance = {tolerance:g}, plus {rounding:.3g} for rounding); put both on the "
+                f"same grid ({REGRID_HINT}), or raise the tolerance if this is rounding noise"
             )
         reference = reference.isel({dim: index})
     return reference.assign_coords(lat=model["lat"], lon=model["lon"])

@@ -43,6 +43,17 @@ def calendar_of(index: TimeIndex) -> str:
     return index.calendar if isinstance(index, xr.CFTimeIndex) else "proleptic_gregorian"
 
 
+def declared_calendar(time: xr.DataArray) -> str:
+    """The calendar a decoded time variable's file names ("standard", "gregorian", "noleap" ...),
+    kept as written; CF's default "standard" when the file names none (numpy dates), else the
+    decoded index's. `calendar_of` says which calendar the dates are in; this what to call it."""
+    named = time.encoding.get("calendar") or time.attrs.get("calendar")
+    if named:
+        return str(named)
+    index = time.to_index()
+    return index.calendar if isinstance(index, xr.CFTimeIndex) else "standard"
+
+
 def season_period(calendar: str, time_step: str) -> int:
     """Length of the circular season axis: days in the calendar's longest year, or 12 months."""
     if time_step == "monthly":

@@ -11,23 +11,27 @@ are derived from the model-output variable `data.derive_from` (etl/derive.py).
 What each file goes through, in order (each refusal is an `EtlInputError` that
 names the file(s), the variable, the problem and what to do):
 
-1. the required variables exist; dims are renamed by `data.dim_aliases`
-   (latitude -> lat ...); a curvilinear grid (2-D lat/lon) is refused (grid.py);
+1. the required variables exist; a curvilinear grid (2-D latitude/longitude,
+   whatever its name) is refused; dims are renamed by `data.dim_aliases`
+   (latitude -> lat ...); rotated-pole and projected grids are refused (grid.py);
 2. extra dimensions (plev, depth, member ...) are reduced to one value by
    `data.select` (select.py); what is left must be (time, lat, lon) (a one-hot
    reference also has one dimension of length 11);
-3. time is decoded (standard or cftime calendars), its stamps are normalised to
-   their day or month (`etl.time_step`, timeaxis.py; 12:00 stamps become dates,
-   logged), and it must be increasing, unique and one step apart;
+3. lat and lon must be degrees in range, unique and sorted; time is decoded
+   (standard or cftime calendars, named as the file names them), its stamps are
+   normalised to their day or month (`etl.time_step`, timeaxis.py; 12:00 stamps
+   become dates, logged), and it must be increasing, unique and one step apart;
 4. the files of a variable must not overlap in time and must carry the same
    units, the configured ones where `data.units` names them (units.py).
 
 Then the inputs are combined; missing steps are filled with NaN if
 `data.fill_gaps`; the calendars of model and reference must agree; the reference
-is matched onto the model grid within `data.grid_tolerance`, across longitude
-conventions (grid.py); and the common period must be long enough for the
-lookback, the gaps and the three splits (and, for the seasonal transforms, a
-training block of at least a year).
+is matched onto the model grid within `data.grid_tolerance` (plus rounding, such
+as float32 coordinates), across longitude conventions (grid.py); and the common
+period must be long enough for the lookback, the gaps and the three splits (and,
+for the seasonal transforms, a training block with at least a year of steps
+present in the files; a split with data on fewer than half its steps is warned about).
+Values are read per block: a damaged file or an infinite value is refused then.
 
 Masking happens per block (`cell_status`): a cell without any reference label
 in the overlap, or whose inputs are all NaN for some variable, is left out of
@@ -41,12 +45,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dask
 import numpy as np
 import xarray as xr
-from labzarr.etl import grid, select, timeaxis, units
+from labzarr.etl import grid, inputs, select, timeaxis, units
 from labzarr.etl.errors import EtlInputError
-from labzarr.etl.inputs import DIMS, Reading, find_inputs, flat_blocks, names, open_inputs_of
+from labzarr.etl.inputs import DIMS, Part, Reading, find_inputs, flat_blocks, names, open_inputs_of
 from labzarr.store_format import SplitBlock, split_blocks
 
 from ..config import Config
@@ -69,7 +72,7 @@ class Inputs:
     reference_kind: str
     model_files: list[Path]
     reference_files: list[Path]
-    calendar: str
+    calendar: str  # as the model output's files name it
     time_step: str = "daily"
     blocks: dict[str, SplitBlock] = field(default_factory=dict)
 
@@ -99,7 +102,10 @@ class Inputs:
         n_time = self.model.sizes["time"]
         model = self.model.isel(lat=rows, lon=cols)
         reference = self.reference.isel(lat=rows, lon=cols)
-        *arrays, labels = dask.compute(*[model[v].data for v in self.features], reference.data)
+        parts = [Part(v, model[v].data, self.model_files) for v in self.features]
+        parts.append(Part(str(self.reference.name), reference.data, self.reference_files or self.model_files))
+        time, lat, lon = self.model.indexes["time"], model["lat"].values, model["lon"].values
+        *arrays, labels = inputs.read_parts(parts, time, lat, lon)
         n_cells = model.sizes["lat"] * model.sizes["lon"]
         values = np.stack([np.asarray(a, dtype=np.float32).reshape(n_time, n_cells) for a in arrays], -1)
         if self.derived:
@@ -148,7 +154,7 @@ def open_inputs(cfg: Config) -> Inputs:
         wanted.append(data.derive_from)
     opened = open_inputs_of(model_files, wanted, reading)
     units.check(opened.units, data.units, names(model_files))
-    model, selected = opened.ds, set(opened.selected)
+    model, selected, present = opened.ds, set(opened.selected), opened.present
     if derived:
         where = names(model_files)
         reference = model[data.derive_from]
@@ -162,7 +168,7 @@ def open_inputs(cfg: Config) -> Inputs:
         standard = {"standard", "gregorian", "proleptic_gregorian"}
         if calendars[0] != calendars[1] and not set(calendars) <= standard:
             raise EtlInputError(
-                f"{where}: calendars differ ({calendars[0]} in the model output, {calendars[1]} in the "
+                f"{where}: calendars differ ({opened.calendar} in the model output, {ref.calendar} in the "
                 "reference); convert one with Dataset.convert_calendar"
             )
         reference = grid.match_grid(model, ref.ds[data.reference_variable], data.grid_tolerance, where)
@@ -175,6 +181,7 @@ def open_inputs(cfg: Config) -> Inputs:
         model = model.isel(time=model.indexes["time"].get_indexer(common))
         reference = reference.isel(time=reference.indexes["time"].get_indexer(common))
         timeaxis.check_steps(common, etl.time_step, f"{where} (common period)", fill_gaps=False)
+        present = present.sel(time=common) & ref.present.sel(time=common)
     unused = [d for d in select.global_dims(data.select) if d not in selected]
     if unused:
         raise EtlInputError(
@@ -185,7 +192,7 @@ def open_inputs(cfg: Config) -> Inputs:
         extra = next(d for d in reference.dims if d not in DIMS)
         reference = reference.transpose(*DIMS, extra)
 
-    blocks = _split(cfg, common, where)
+    blocks = _split(cfg, common, present.values, where)
     return Inputs(
         model=model,
         reference=reference,
@@ -193,7 +200,7 @@ def open_inputs(cfg: Config) -> Inputs:
         reference_kind=data.reference_kind,
         model_files=model_files,
         reference_files=reference_files,
-        calendar=timeaxis.calendar_of(model.indexes["time"]),
+        calendar=opened.calendar,
         time_step=etl.time_step,
         blocks=blocks,
     )
@@ -203,8 +210,9 @@ def _span(index: timeaxis.TimeIndex) -> str:
     return f"{timeaxis.stamp(index[0])} to {timeaxis.stamp(index[-1])}" if len(index) else "empty"
 
 
-def _split(cfg: Config, common: timeaxis.TimeIndex, where: str) -> dict[str, SplitBlock]:
-    """The split blocks of the common period; refused when too short for them or for a seasonal fit."""
+def _split(cfg: Config, common: timeaxis.TimeIndex, present: np.ndarray, where: str) -> dict[str, SplitBlock]:
+    """The split blocks of the common period; refused when too short for them or for a seasonal fit
+    (counting the steps `present` in the files, not gaps filled with NaN)."""
     etl = cfg.etl
     period = f"{timeaxis.steps(len(common), etl.time_step)} ({_span(common)})"
     try:
@@ -219,10 +227,11 @@ def _split(cfg: Config, common: timeaxis.TimeIndex, where: str) -> dict[str, Spl
         ) from None
     year = timeaxis.season_period(timeaxis.calendar_of(common), etl.time_step)
     seasonal = etl.transform in PERCENTILE_TRANSFORMS or cfg.data.reference_kind == DERIVED
-    if seasonal and blocks["train"].steps < year:
+    real = inputs.warn_sparse_blocks(blocks, present, etl.time_step, where)["train"]
+    if seasonal and real < year:
         raise EtlInputError(
-            f"{where}: the common period is {period}, so the training block covers "
-            f"{timeaxis.steps(blocks['train'].steps, etl.time_step)}, less than the "
+            f"{where}: the common period is {period}, so the training block has data on "
+            f"{timeaxis.steps(real, etl.time_step)}, less than the "
             f"{timeaxis.steps(year, etl.time_step)} year the seasonal climatology needs; use a longer "
             "period or a larger first etl.split_fractions"
         )
