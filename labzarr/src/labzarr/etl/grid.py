@@ -113,13 +113,18 @@ def refuse_projected(ds: xr.Dataset, variables: Sequence[str], where: str) -> No
             )
 
 
+def _monotonic(steps: np.ndarray) -> bool:
+    return bool((steps > 0).all() or (steps < 0).all())
+
+
 def _shown(values: np.ndarray) -> str:
     return ", ".join(f"{v:g}" for v in values)
 
 
 def check_axes(ds: xr.Dataset, where: str) -> None:
     """lat and lon are degrees in range, without duplicates (longitudes compared on the circle),
-    and increasing or decreasing (longitudes may wrap once across the antimeridian)."""
+    and increasing or decreasing (longitudes also when they wrap once across the antimeridian,
+    170 .. 180, -175, or numerically sorted across it, -178 .. 179)."""
     for dim in ("lat", "lon"):
         values = np.asarray(ds[dim].values, dtype=np.float64)
         low, high = RANGES[dim]
@@ -141,8 +146,10 @@ def check_axes(ds: xr.Dataset, where: str) -> None:
                 f"{where}: {dim} has duplicate values ({shown} at positions {at}); "
                 f"every grid row and column needs its own {dim}: fix the file's coordinates"
             )
-        steps = np.diff(np.unwrap(values, period=FULL_CIRCLE) if circular else values)
-        if steps.size and not ((steps > 0).all() or (steps < 0).all()):
+        steps = np.diff(values)
+        if circular and not _monotonic(steps):  # sorted on the circle (one wrap) is sorted too
+            steps = np.diff(np.unwrap(values, period=FULL_CIRCLE))
+        if not _monotonic(steps):
             turn = int(np.argmax(np.sign(steps) != np.sign(steps[0])))  # >= 1: no step is 0 here
             raise EtlInputError(
                 f"{where}: {dim} is neither increasing nor decreasing ({_shown(values[turn - 1 : turn + 2])} "

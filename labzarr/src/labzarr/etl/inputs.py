@@ -265,7 +265,9 @@ def warn_sparse_blocks(blocks: Mapping[str, SplitBlock], present: np.ndarray, ti
     warning for a block with data on fewer than MIN_DATA_FRACTION of its steps."""
     present = np.asarray(present, dtype=bool)
     real = {name: int(present[b.start : b.stop].sum()) for name, b in blocks.items()}
-    for name, block in blocks.items() if not present.all() else ():
+    for name, block in blocks.items():
+        if real[name] == block.steps:
+            continue
         sparse = real[name] < MIN_DATA_FRACTION * block.steps
         log.log(
             logging.WARNING if sparse else logging.INFO,

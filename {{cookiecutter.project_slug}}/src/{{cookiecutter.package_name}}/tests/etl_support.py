@@ -25,20 +25,27 @@ def tiny_datasets(
     return generate(cfg.data.variables, size, **kwargs)
 
 
-def write_inputs(cfg: Config, model: xr.Dataset | None, reference: xr.Dataset | None) -> Path:
+def write_inputs(
+    cfg: Config, model: xr.Dataset | None, reference: xr.Dataset | None, *, calendar: str | None = None
+) -> Path:
     """Write model output and reference NetCDF files into the config's raw folder."""
     raw = cfg.path(cfg.data.raw_dir)
     raw.mkdir(parents=True, exist_ok=True)
     for ds, name in ((model, MODEL_FILE), (reference, REFERENCE_FILE)):
         if ds is not None:
-            write_netcdf(ds, raw / name)
+            write_netcdf(ds, raw / name, calendar=calendar)
     return raw
 
 
-def write_netcdf(ds: xr.Dataset, path: Path) -> None:
-    """A NetCDF file as products write them: time in integer hours (so 12:00 stamps survive)."""
-    encoding = {"time": {"units": "hours since 2000-01-01", "dtype": "int32"}} if "time" in ds.coords else {}
-    ds.to_netcdf(path, engine="netcdf4", encoding=encoding)
+def write_netcdf(ds: xr.Dataset, path: Path, *, calendar: str | None = None) -> None:
+    """A NetCDF file as products write them: time in integer hours (so 12:00 stamps survive), its
+    calendar named `calendar` (CMIP6 files often say "gregorian" or "standard") or as xarray names it."""
+    time = {
+        "units": "hours since 2000-01-01",
+        "dtype": "int32",
+        **({"calendar": calendar} if calendar else {}),
+    }
+    ds.to_netcdf(path, engine="netcdf4", encoding={"time": time} if "time" in ds.coords else {})
 
 
 def leftovers(cfg: Config) -> list[str]:

@@ -40,6 +40,20 @@ def shift_lat(ds: xr.Dataset, by: float) -> xr.Dataset:
     return ds.assign_coords(lat=ds.lat + by)
 
 
+def infinite(ds: xr.Dataset) -> xr.Dataset:
+    """soil_moisture[100:110, 2, 3] = inf, as the review did."""
+    ds = ds.copy(deep=True)
+    ds["soil_moisture"][100:110, 2, 3] = np.inf
+    return ds
+
+
+def fractional_code(ds: xr.Dataset) -> xr.Dataset:
+    """Float codes with one 2.5 (written as floats: an int8 encoding would round it to 2 on writing)."""
+    codes = ds["drought_category"].astype(np.float32)
+    codes[400, 1, 1] = 2.5
+    return ds.assign(drought_category=codes)
+
+
 BAD_INPUTS: dict[str, tuple[Mutation, str]] = {
     "no model file": (lambda m, r: (None, r), r"no file matches data\.model_files"),
     "variable missing": (
@@ -66,6 +80,20 @@ BAD_INPUTS: dict[str, tuple[Mutation, str]] = {
         lambda m, r: (m, r.assign(drought_category=r.drought_category.where(r.time.dt.year < 2002, 12))),
         r"reference\.nc: variable 'drought_category': \d+ values are not category codes",
     ),
+    "infinite values": (
+        lambda m, r: (infinite(m), r),
+        r"^model_output\.nc: variable 'soil_moisture' is infinite at lat [-\d.]+, lon [-\d.]+ on 10 time "
+        r"step\(s\) \(2000-04-10 to 2000-04-19\); only NaN means missing",
+    ),
+    "duplicate lat": (
+        lambda m, r: (m.assign_coords(lat=np.r_[m.lat[:1], m.lat[:1], m.lat[2:]]), r),
+        r"model_output\.nc: lat has duplicate values \([-\d.]+ at positions 0, 1\)",
+    ),
+    "fractional label code": (
+        lambda m, r: (m, fractional_code(r)),
+        r"reference\.nc: variable 'drought_category': 1 values are not category codes 0\.\.10 "
+        r"\(e\.g\. 2\.5\)",
+    ),
     "a variable all NaN": (
         lambda m, r: (m.assign(snow_water_equivalent=m.snow_water_equivalent * np.nan), r),
         r"model_output\.nc: variable 'snow_water_equivalent' is NaN on every cell and day",
@@ -84,11 +112,24 @@ def test_bad_input_gives_a_clear_error_and_leaves_no_store(tiny_config: Config, 
     assert leftovers(tiny_config) == []
 
 
-def test_unreadable_file_is_named(tiny_inputs: Config) -> None:
-    (tiny_inputs.path(tiny_inputs.data.raw_dir) / "model_output.nc").write_bytes(b"not a netcdf file")
+def test_unreadable_or_damaged_file_is_named(tiny_inputs: Config) -> None:
+    path = tiny_inputs.path(tiny_inputs.data.raw_dir) / "model_output.nc"
+    data = bytearray(path.read_bytes())  # compressed chunks: damaged bytes fail to decompress
+    data[len(data) // 2 : len(data) // 2 + 200] = bytes(200)
+    path.write_bytes(bytes(data))
+    with pytest.raises(EtlInputError, match=r"model_output\.nc: cannot read variable '\w+' \(RuntimeError"):
+        run_etl(tiny_inputs)
+    assert leftovers(tiny_inputs) == []
+    path.write_bytes(b"not a netcdf file")
     with pytest.raises(EtlInputError, match=r"model_output\.nc: cannot open as NetCDF or zarr"):
         run_etl(tiny_inputs)
     assert leftovers(tiny_inputs) == []
+
+
+def test_absolute_input_patterns_are_read(tiny_inputs: Config) -> None:
+    raw = tiny_inputs.path(tiny_inputs.data.raw_dir)
+    run_etl(tiny_inputs.override({"data.model_files": [str(raw / "model_output*.nc")]}))
+    assert (tiny_inputs.store_path / "manifest.json").is_file()
 
 
 def test_calendars_must_match(tiny_config: Config) -> None:
@@ -108,13 +149,19 @@ def test_files_overlapping_in_time_are_refused(tiny_config: Config) -> None:
         run_etl(tiny_config)
 
 
-def test_grid_tolerance_accepts_small_differences(tiny_config: Config) -> None:
+def test_grid_tolerance_accepts_rounding_by_default_and_small_differences_when_set(
+    tiny_config: Config,
+) -> None:
     model, reference = tiny_datasets(tiny_config)
-    write_inputs(tiny_config, model, shift_lat(reference, 1e-5))
-    with pytest.raises(EtlInputError, match="differ by up to 1e-05"):
+    write_inputs(tiny_config, model, shift_lat(reference, 0.02))  # 1 % of the 2-degree cells
+    with pytest.raises(EtlInputError, match=r"differ by up to 0\.02 \(data\.grid_tolerance = 0, plus"):
         run_etl(tiny_config)
-    run_etl(tiny_config.override({"data.grid_tolerance": 1e-4}))
+    run_etl(tiny_config.override({"data.grid_tolerance": 0.03}))
     assert (tiny_config.store_path / "manifest.json").is_file()
+    rounded = reference.assign_coords(lat=reference.lat.astype(np.float32) + np.float32(1e-5))
+    rounded = rounded.assign_coords(lon=rounded.lon.astype(np.float32))
+    write_inputs(tiny_config, model, rounded)  # the reference on the model's grid in float32: the same grid
+    run_etl(tiny_config, overwrite=True)
 
 
 def test_an_interrupted_write_leaves_nothing_and_keeps_the_old_store(

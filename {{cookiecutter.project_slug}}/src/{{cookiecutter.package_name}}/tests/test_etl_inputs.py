@@ -73,18 +73,20 @@ def at_noon(ds: xr.Dataset) -> xr.Dataset:
     return ds.assign_coords(time=ds.indexes["time"] + pd.Timedelta(hours=12))
 
 
-@pytest.mark.parametrize("calendar", ["standard", "noleap"])
+@pytest.mark.parametrize(("calendar", "named"), [("standard", "gregorian"), ("noleap", "noleap")])
 def test_daily_stamps_at_noon_are_normalised_to_dates_and_logged(
-    tiny_config: Config, calendar: str, caplog
+    tiny_config: Config, calendar: str, named: str, caplog
 ) -> None:
     model, reference = tiny_datasets(tiny_config, calendar=calendar)
-    write_inputs(tiny_config, at_noon(model), reference)
+    write_inputs(tiny_config, at_noon(model), reference, calendar=named)  # as CMIP6 files name it
     with caplog.at_level(logging.INFO):
         run_etl(tiny_config)
     assert "model_output.nc: daily time stamps at 12:00 normalised to dates" in caplog.text
-    stored = open_store(tiny_config).time.values
-    assert list(stored) == list(model.time.values)  # 00:00, the reference's days
-    assert (open_store(tiny_config)["category"].values >= 0).any()
+    assert f"({named} calendar)" in caplog.text
+    store = open_store(tiny_config)
+    assert list(store.time.values) == list(model.time.values)  # 00:00, the reference's days
+    assert store.attrs["calendar"] == named and store.time.encoding["calendar"] == named  # as the file says
+    assert (store["category"].values >= 0).any()
 
 
 @pytest.mark.parametrize(
@@ -147,6 +149,23 @@ def test_missing_days_are_refused_or_filled_with_nan(tiny_config: Config, caplog
     ds = open_store(cfg)
     assert list(ds.time.values) == list(model.time.values)
     assert not ds["complete"].values[:, 100:103].any() and ds["complete"].values[:, 99].any()
+
+
+def test_filled_gaps_do_not_count_as_data(tiny_config: Config, caplog) -> None:
+    """A training block that is mostly filled gaps is refused for a seasonal fit (fewer than a year
+    of steps in the files); a split with data on fewer than half its steps is warned about."""
+    model, reference = tiny_datasets(tiny_config)
+    cfg = tiny_config.override({"data.fill_gaps": True})
+    time = model.indexes["time"]
+    write_inputs(cfg, model.sel(time=(time < "2000-03-01") | (time > "2001-10-31")), reference)
+    refused(cfg, r"the training block has data on 129 days, less than the 366 days year")
+    write_inputs(cfg, model.sel(time=(time < "2002-08-20") | (time > "2002-11-30")), reference)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run_etl(cfg)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("split test has data on 56 of its 159 days (the rest are gaps filled" in m for m in warned)
+    assert len(warned) == 1 and "split train has data" not in caplog.text  # no gap there: nothing said
 
 
 # -- grids ---------------------------------------------------------------------------------
