@@ -57,9 +57,12 @@ class DataSection:
         "Folder the ETL writes the store into (nginx serves it read-only), or an s3://bucket/prefix "
         "on an S3-compatible object store (endpoint and keys from the AWS_* variables, never here)."
     )
-    model_files: list[str] = key("Glob patterns (in raw_dir) of model-output NetCDF/zarr files.")
+    model_files: list[str] = key(
+        "Glob patterns (relative to raw_dir, or absolute) of model-output NetCDF/zarr files."
+    )
     reference_files: list[str] = key(
-        "Glob patterns (in raw_dir) of reference-label files; [] when reference_kind = 'derived'."
+        "Glob patterns (relative to raw_dir, or absolute) of reference-label files; [] when reference_kind "
+        "= 'derived'."
     )
     variables: list[str] = key("Model-output variables used as features, in feature order.")
     reference_variable: str = key(
@@ -97,8 +100,9 @@ class DataSection:
         "variable must carry the same units, and these where given."
     )
     grid_tolerance: float = key(
-        "Largest allowed difference between model and reference coordinates (degrees); must stay below "
-        "half the grid spacing.",
+        "Largest allowed difference between model and reference coordinates (degrees) on top of "
+        "rounding (1/1000 of the spacing or float32 precision, always allowed); must stay below half "
+        "the grid spacing.",
         low=0,
     )
     fill_gaps: bool = key(
