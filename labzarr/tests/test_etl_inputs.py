@@ -233,11 +233,11 @@ def test_float32_coordinates_match_by_default_and_a_part_cell_shift_does_not() -
             EtlInputError, match=r"the lat coordinates .* differ by up to .*grid_tolerance = 0, plus"
         ):
             grid.match_grid(model, model["v"].assign_coords(lat=model.lat + shift), 0.0, "m.nc and r.nc")
-    assert grid.match_grid(model, model["v"].assign_coords(lat=model.lat + 0.01), 0.02, "w").shape == (
-        2,
-        8,
-        8,
-    )
+    wider = model["v"].assign_coords(lat=model.lat + 0.01)
+    assert grid.match_grid(model, wider, 0.02, "m.nc and r.nc").shape == (2, 8, 8)  # data.grid_tolerance
+    row = model.isel(lat=[0])  # one row has no spacing: only float32 rounding is allowed
+    with pytest.raises(EtlInputError, match=r"the lat coordinates .* differ by up to 0\.001 "):
+        grid.match_grid(row, row["v"].assign_coords(lat=row.lat + 0.001), 0.0, "m.nc and r.nc")
 
 
 # -- item 15: calendar names -----------------------------------------------------------------------

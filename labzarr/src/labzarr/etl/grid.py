@@ -209,8 +209,8 @@ def representation(values: np.ndarray, step: float) -> float:
     values = np.abs(np.asarray(values, dtype=np.float64))
     largest = float(values.max()) if values.size else 0.0
     ulps = FLOAT32_ULPS * float(np.spacing(np.float32(largest)))
-    allowance = max(REPRESENTATION_FRACTION * step, ulps)
-    return min(allowance, step / 4) if np.isfinite(step) else allowance
+    fraction = REPRESENTATION_FRACTION * step if np.isfinite(step) else 0.0  # one row: no spacing
+    return min(max(fraction, ulps), step / 4)
 
 
 def check_tolerance(model: xr.Dataset, tolerance: float, where: str) -> None:
