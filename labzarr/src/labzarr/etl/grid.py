@@ -142,9 +142,12 @@ def check_axes(ds: xr.Dataset, where: str) -> None:
             positions = np.flatnonzero(keys == unique[np.argmax(counts > 1)])
             shown = _shown(np.unique(values[positions]))  # 0 and 360: one place on the circle
             at = ", ".join(map(str, positions))
+            cyclic = (
+                " (a repeated cyclic column? drop it, e.g. ds.isel(lon=slice(0, -1)))" if "," in shown else ""
+            )
             raise EtlInputError(
                 f"{where}: {dim} has duplicate values ({shown} at positions {at}); "
-                f"every grid row and column needs its own {dim}: fix the file's coordinates"
+                f"every grid row and column needs its own {dim}: fix the file's coordinates{cyclic}"
             )
         steps = np.diff(values)
         if circular and not _monotonic(steps):  # sorted on the circle (one wrap) is sorted too
