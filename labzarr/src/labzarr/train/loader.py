@@ -198,7 +198,11 @@ class Series:
         """Features (cells, T, F) float32 of whole chunks, cells in `cells_of(chunks)` order (one
         request per chunk, up to `train.prefetch_chunks` in flight; zarr decodes them)."""
         selection = (self.cells_of(chunks), slice(None), slice(None))
-        return np.asarray(self._x.get_orthogonal_selection(selection), dtype=np.float32)
+        try:
+            return np.asarray(self._x.get_orthogonal_selection(selection), dtype=np.float32)
+        except Exception as exc:
+            self.remote.settle(exc)  # the selection's other reads end here, not as noise at exit
+            raise
 
     def resident_features(self) -> torch.Tensor:
         """The whole series (cells, T, F) on the device, fetched once (with a progress bar)."""
