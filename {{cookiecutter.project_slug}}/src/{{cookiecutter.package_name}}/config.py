@@ -194,7 +194,18 @@ class TrainSection:
         choices=("balanced", "sqrt", "none"),
     )
     patience: int = key("Epochs without validation improvement before early stopping.", low=1)
-    sample_stride: int = key("Time steps between consecutive window end dates of a cell.", low=1, high=366)
+    sample_stride: int = key(
+        "Time steps between consecutive window end dates of a cell: a fixed thinning, the same windows "
+        "in every epoch and in the evaluation splits.",
+        low=1,
+        high=366,
+    )
+    windows_per_epoch: int = key(
+        "Training windows per epoch, drawn afresh each epoch (uniformly, from the seeded order; DDP "
+        "ranks share one draw); 0 = all. Neighbouring windows of a cell share all but one step, so a "
+        "fraction of them per epoch trains about as well, faster; the evaluation splits use all.",
+        low=0,
+    )
     resident_max_mb: int = key(
         "Largest decoded series (features and labels of every cell) kept resident on the training "
         "device, where every batch is a uniform draw; a larger store is streamed in rounds of "
