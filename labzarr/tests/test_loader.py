@@ -15,6 +15,7 @@ import pytest
 import torch
 import xarray as xr
 import zarr
+import zarr.core.sync
 
 from labzarr.cache import make_cache
 from labzarr.remote import ChecksumError, MissingChunkError, RemoteReadError, StoreSource
@@ -199,10 +200,22 @@ def test_missing_chunk_stops_the_epoch_without_fill_values(
 ) -> None:
     name = store_dataset
     server.always(f"*/{name}/1.0.0", 404)
+    server.always(f"*/{name}/[!1].0.0", "slow")  # the selection's other reads still in flight at the 404
     series = Series(source(), progress=False)
     with pytest.raises(MissingChunkError, match=f"{name}/1.0.0"):
         windows_of(loader_of(series, "train"))
+    # Nothing is left running once the error is raised: no read of ours in flight, no task pending on
+    # zarr's event loop (a process exiting now would have asyncio log "Task was destroyed but it is
+    # pending!" for each, after the error line).
+    assert not series.remote.store._tasks
+    assert zarr.core.sync.sync(_other_tasks()) == []
     series.close()
+
+
+async def _other_tasks() -> list[str]:
+    import asyncio
+
+    return [repr(t) for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
 
 def test_chunk_of_wrong_content_stops_the_epoch(

@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 STALL_S = 60.0
+SLOW_S = 0.5  # delay of a "slow" answer
 TRICKLE_S = 0.25  # seconds between the bytes of a trickled answer (below any test's read timeout)
 Action = int | str | tuple[int, dict[str, str]]
 
@@ -29,7 +30,7 @@ class FaultServer:
     `always(pattern, action)` applies an action to every matching request.
     Actions: an HTTP status (int), a status with headers (`(429, {"Retry-After": "1"})`),
     "drop" (half the body, then close), "stall" (half the body, then silence), "trickle"
-    (the body one byte every `trickle_s` seconds). `token` requires `Authorization: Bearer <token>`.
+    (the body one byte every `trickle_s` seconds), "slow" (the whole body after `SLOW_S`). `token` requires `Authorization: Bearer <token>`.
     """
 
     def __init__(self, root: Path, token: str | None = None, trickle_s: float = TRICKLE_S) -> None:
@@ -94,6 +95,8 @@ class FaultServer:
         if not file.is_relative_to(self.root.resolve()) or not file.is_file():
             return web.Response(status=404, text="not found")
         data = file.read_bytes()
+        if action == "slow":
+            await asyncio.sleep(SLOW_S)
         if action == "trickle":
             response = web.StreamResponse(headers={"Content-Length": str(len(data))})
             await response.prepare(request)

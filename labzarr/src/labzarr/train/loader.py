@@ -383,7 +383,7 @@ class WindowLoader:
 
     def labels(self) -> np.ndarray:
         """The label codes (int8) of every window of the split (all ranks), in store order."""
-        flat_labels, n, block = self.series.labels.reshape(-1), len(self.index), 2**20
+        flat_labels, n, block = self.series.labels.reshape(-1), len(self.index), 2**18
         out = np.empty(n, dtype=flat_labels.dtype)
         for i in range(0, n, block):
             out[i : i + block] = flat_labels[self.index.flat(np.arange(i, min(i + block, n)))]
@@ -406,7 +406,8 @@ class WindowLoader:
     def order(self, epoch: int) -> np.ndarray:
         """This rank's windows (flat indices) in the order of `epoch` (a resident series; one int64
         per window: the loader itself computes them a block of batches at a time)."""
-        positions = np.asarray(self._positions(epoch), dtype=np.int64)
+        part = self._positions(epoch)
+        positions = np.arange(part.start, part.stop, part.step, dtype=np.int64)
         return self.index.flat(self._windows_at(epoch, positions))
 
     def _rank_chunks(self, epoch: int) -> np.ndarray:
@@ -479,10 +480,10 @@ class WindowLoader:
             ends = ends_of(p0, min(p0 + size * BLOCK_BATCHES, n))
             starts = ends - (lookback - 1)  # row of each window in the strided view
             if on_cpu:
+                y = torch.from_numpy(labels_np[ends])  # int8: the block's labels, widened per batch
                 for b0 in range(0, len(ends), size):
                     s = starts[b0 : b0 + size]
-                    y = torch.from_numpy(labels_np[ends[b0 : b0 + size]]).long()
-                    yield torch.from_numpy(rows[s]).view(len(s), lookback, n_features), y
+                    yield torch.from_numpy(rows[s]).view(len(s), lookback, n_features), y[b0 : b0 + size].long()
                 continue
             ends_dev = torch.from_numpy(ends).to(features.device)
             starts_dev = ends_dev - (lookback - 1)
@@ -495,7 +496,8 @@ class WindowLoader:
         positions = self._positions(epoch)
 
         def ends_of(first: int, stop: int) -> np.ndarray:
-            at = np.asarray(positions[first:stop], dtype=np.int64)
+            part = positions[first:stop]
+            at = np.arange(part.start, part.stop, part.step, dtype=np.int64)
             return self.index.flat(self._windows_at(epoch, at))
 
         yield from self._batches_of(self.series.resident_features(), self.series.labels_on_device(),

@@ -15,8 +15,8 @@ import numpy as np
 
 from ..store_format import MISSING
 
-WORK_BYTES = 32 * 2**20  # scratch memory of the per-block computations (cumulative sums, masks)
-FEISTEL_ROUNDS = 6
+WORK_BYTES = 8 * 2**20  # scratch of the per-block computations (about 4x this at the peak: sums, masks)
+FEISTEL_ROUNDS = 4  # Luby-Rackoff: 4 rounds of a pseudo-random function give a strong pseudo-random permutation
 
 
 class WindowIndex:
@@ -75,12 +75,13 @@ class WindowIndex:
         windows = np.asarray(windows, dtype=np.int64)
         cell = self.cells(windows)
         k = windows - self.counts_before[cell]
-        first = self.first[cell]
-        partial = first >= 0
-        position = k.copy()
-        if partial.any():
-            position[partial] = self.offsets[first[partial] + k[partial]]
-        return cell * self.n_time + self.ends[position]
+        if len(self.offsets):  # some cells have gaps: their windows' ends are looked up
+            first = self.first[cell]
+            partial = first >= 0
+            k[partial] = self.offsets[first[partial] + k[partial]]
+        cell *= self.n_time
+        cell += self.ends[k]
+        return cell
 
     def cell_windows(self, first_cell: int, stop_cell: int) -> range:
         """Window numbers of cells [first_cell, stop_cell): a contiguous range."""
@@ -111,23 +112,27 @@ class Permutation:
         self.mask = np.uint64((1 << (bits // 2)) - 1)
         self.keys = np.random.default_rng(list(key)).integers(0, 2**63, size=FEISTEL_ROUNDS, dtype=np.uint64)
 
-    def _round(self, right: np.ndarray, key: np.uint64) -> np.ndarray:
-        x = right ^ key
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return (x ^ (x >> np.uint64(31))) & self.mask
-
     def _encrypt(self, x: np.ndarray) -> np.ndarray:
         left, right = x >> self.half, x & self.mask
-        for key in self.keys:
-            left, right = right, left ^ self._round(right, key)
-        return (left << self.half) | right
+        for key in self.keys:  # round: left, right = right, left ^ F(right), F a keyed splitmix64
+            f = right ^ key
+            f ^= f >> np.uint64(30)
+            f *= np.uint64(0xBF58476D1CE4E5B9)
+            f ^= f >> np.uint64(27)
+            f *= np.uint64(0x94D049BB133111EB)
+            f ^= f >> np.uint64(31)
+            f &= self.mask
+            f ^= left
+            left, right = right, f
+        left <<= self.half
+        left |= right
+        return left
 
     def __call__(self, positions: np.ndarray) -> np.ndarray:
         """The images (int64) of `positions` (each in [0, n))."""
-        out = self._encrypt(np.asarray(positions, dtype=np.uint64))
+        out = self._encrypt(np.asarray(positions).astype(np.uint64))  # a copy: encrypted in place
         outside = np.flatnonzero(out >= self.n)
         while len(outside):
             out[outside] = self._encrypt(out[outside])
             outside = outside[out[outside] >= self.n]
-        return out.astype(np.int64)
+        return out.view(np.int64)  # every value is below n < 2**63
