@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=2000, help="training batches timed (default 2000)")
     p.add_argument("--old-commit", default=OLD_COMMIT, help=f"commit of the old loader (default {OLD_COMMIT})")
     p.add_argument("--skip-old", action="store_true", help="measure the new loader only")
+    p.add_argument("--speed-repeat", type=int, default=3, help="interleaved old/new speed runs at the small size")
     p.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)  # internal: which cells old-file
     return p.parse_args(argv)
 
@@ -70,7 +72,6 @@ def measure(which: str, cells: int, years: int, batches: int, old_file: str) -> 
 
     import numpy as np
     import torch
-
     from labzarr.remote import TransferStats
     from labzarr.store_format import split_blocks
     from labzarr.train import loader as new
@@ -104,7 +105,10 @@ def measure(which: str, cells: int, years: int, batches: int, old_file: str) -> 
         split: module.WindowLoader(series, split, batch_size=BATCH, shuffle=split == "train", seed=42)
         for split in ("train", "valid", "test")
     }
-    np.bincount(loaders["train"].labels(), minlength=11)  # class weights, as the training does
+    labels_of_train = loaders["train"].labels()  # class weights, as the training does (counted by block:
+    for i in range(0, len(labels_of_train), 2**20):  # np.bincount would widen them all to int64 at once)
+        np.bincount(labels_of_train[i : i + 2**20], minlength=11)
+    del labels_of_train
     train = iter(loaders["train"])
     next(train)
     start = time.perf_counter()
@@ -149,8 +153,13 @@ def main(argv: list[str] | None = None) -> None:
             Path(old_file).write_text(source)
         sizes = (max(1, args.cells // 4), args.cells)
         results: dict[str, list[dict[str, float]]] = {}
-        for which in ("new",) if args.skip_old else ("old", "new"):
+        loaders = ("new",) if args.skip_old else ("old", "new")
+        for which in loaders:
             results[which] = [run(which, cells, args, old_file) for cells in sizes]
+        speed: dict[str, list[float]] = {which: [] for which in loaders}
+        for _ in range(args.speed_repeat):  # interleaved: a shared machine's load hits both alike
+            for which in loaders:
+                speed[which].append(run(which, sizes[0], args, old_file)["batches_per_s"])
     n_time = int(args.years * DAYS_PER_YEAR)
     print(f"{args.years} years ({n_time} days) x {FEATURES} features, lookback {LOOKBACK}, batch {BATCH}")
     print(f"{'loader':6} {'cells':>6} {'series MB':>10} {'train windows':>14} {'peak over imports MB':>21} "
@@ -169,9 +178,15 @@ def main(argv: list[str] | None = None) -> None:
               f"({slope / (large['series_mb'] / large['cells']):.2f} x the series per cell); at "
               f"{EXTRAPOLATE_CELLS:,} cells: series {series_big / 1024:.1f} GB, peak over imports "
               f"{peak_big / 1024:.1f} GB ({peak_big / series_big:.2f} x)")  # fmt: skip
+    for which, values in speed.items():
+        print(f"{which:6} batches/s at {sizes[0]} cells, {len(values)} interleaved runs: median "
+              f"{statistics.median(values):,.0f} [{min(values):,.0f}-{max(values):,.0f}]")  # fmt: skip
+    if "old" in results and speed["old"]:
+        print(f"new / old batches/s (medians): {statistics.median(speed['new']) / statistics.median(speed['old']):.2f}")
     if "old" in results:
         old, new_ = results["old"][-1], results["new"][-1]
-        print(f"new / old at {args.cells} cells: peak {new_['peak_over_imports_mb'] / old['peak_over_imports_mb']:.2f}, "
+        peak = new_["peak_over_imports_mb"] / old["peak_over_imports_mb"]
+        print(f"new / old at {args.cells} cells: peak {peak:.2f}, "
               f"batches/s {new_['batches_per_s'] / old['batches_per_s']:.2f}")  # fmt: skip
 
 

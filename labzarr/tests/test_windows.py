@@ -33,7 +33,10 @@ def series_of(n_cells: int, n_time: int, seed: int = 0) -> Series:
     labels, complete = gappy(n_cells, n_time, seed)
     features = np.zeros((n_cells, n_time, 1), dtype=np.float32)
     features[:, :, 0] = np.arange(n_cells)[:, None] * 100_000 + np.arange(n_time)  # (cell, day) readable
-    blocks = {"train": SplitBlock("train", 0, n_time * 2 // 3), "test": SplitBlock("test", n_time * 2 // 3, n_time)}
+    blocks = {
+        "train": SplitBlock("train", 0, n_time * 2 // 3),
+        "test": SplitBlock("test", n_time * 2 // 3, n_time),
+    }
     return Series.from_arrays(features, labels, complete, blocks, lookback=LOOKBACK)
 
 
@@ -71,7 +74,9 @@ def test_the_permutation_is_a_bijection_of_the_range(n: int) -> None:
         np.testing.assert_array_equal(np.sort(images), np.arange(n))
     if n > 7:
         assert not np.array_equal(Permutation(n, [1])(np.arange(n)), Permutation(n, [2])(np.arange(n)))
-        np.testing.assert_array_equal(Permutation(n, [5, 1])(np.arange(n)), Permutation(n, [5, 1])(np.arange(n)))
+        np.testing.assert_array_equal(
+            Permutation(n, [5, 1])(np.arange(n)), Permutation(n, [5, 1])(np.arange(n))
+        )
 
 
 def test_the_permutation_mixes_uniformly() -> None:

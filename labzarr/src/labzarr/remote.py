@@ -412,7 +412,9 @@ def _describe(exc: BaseException) -> str:
         return f"HTTP {exc.status} {exc.message}"
     if isinstance(exc, TimeoutError):
         return "no data within the read timeout"
-    if isinstance(exc, aiohttp.ClientPayloadError):  # its str() starts with aiohttp's code 400: no HTTP status
+    if isinstance(
+        exc, aiohttp.ClientPayloadError
+    ):  # its str() starts with aiohttp's code 400: no HTTP status
         return "the connection closed before the whole answer arrived (fewer bytes than announced)"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
@@ -645,7 +647,8 @@ class ResilientStore(WrapperStore):
         """The error of a read that used up its deadline (a trickling or stalling server)."""
         last = f", the last failed with: {_describe(last_error)}" if last_error is not None else ""
         return RemoteReadError(
-            f"reading {where} failed: no complete answer within {seconds:.0f} s ({attempts} attempt(s){last}); "
+            f"reading {where} failed: no complete answer within {seconds:.0f} s "
+            f"({attempts} attempt(s){last}); "
             "the server stalls, sends data too slowly or never finishes. Each attempt waits up to "
             f"train.timeout_s = {self.timeout_s:g} s for data, and a read, attempts included, ends after "
             f"train.retry_budget_s = {self.retry_budget_s:g} s (or train.timeout_s if larger; study.toml); "
@@ -833,7 +836,9 @@ def connect(source: StoreSource, *, require_manifest: bool = True) -> RemoteStor
         in_flight=source.in_flight,
     )
     # Opening reads the manifest and the metadata: together, they get one read's deadline.
-    remote.store._shared.open_deadline = time.monotonic() + read_deadline_s(source.timeout_s, source.retry_budget_s)
+    remote.store._shared.open_deadline = time.monotonic() + read_deadline_s(
+        source.timeout_s, source.retry_budget_s
+    )
     try:
         raw = remote.store.io.run(remote.store.get(MANIFEST, default_buffer_prototype()))
         if raw is None:

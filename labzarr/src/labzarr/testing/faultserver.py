@@ -30,7 +30,8 @@ class FaultServer:
     `always(pattern, action)` applies an action to every matching request.
     Actions: an HTTP status (int), a status with headers (`(429, {"Retry-After": "1"})`),
     "drop" (half the body, then close), "stall" (half the body, then silence), "trickle"
-    (the body one byte every `trickle_s` seconds), "slow" (the whole body after `SLOW_S`). `token` requires `Authorization: Bearer <token>`.
+    (the body one byte every `trickle_s` seconds), "slow" (the whole body after `SLOW_S`).
+    `token` requires `Authorization: Bearer <token>`.
     """
 
     def __init__(self, root: Path, token: str | None = None, trickle_s: float = TRICKLE_S) -> None:

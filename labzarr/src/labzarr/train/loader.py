@@ -389,6 +389,15 @@ class WindowLoader:
             out[i : i + block] = flat_labels[self.index.flat(np.arange(i, min(i + block, n)))]
         return out
 
+    def label_counts(self, n_classes: int) -> np.ndarray:
+        """How many windows of the split (all ranks) have each label code 0..n_classes-1 (counted a
+        block at a time: `np.bincount(labels())` would widen every label to int64 at once)."""
+        labels, counts, block = self.labels(), np.zeros(n_classes, dtype=np.int64), 2**20
+        for i in range(0, len(labels), block):
+            part = labels[i : i + block]
+            counts += np.bincount(part[part >= 0], minlength=n_classes)[:n_classes]
+        return counts
+
     # -- orders ------------------------------------------------------------------------------
     def _rng(self, epoch: int, *stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch, *stream])
@@ -483,7 +492,10 @@ class WindowLoader:
                 y = torch.from_numpy(labels_np[ends])  # int8: the block's labels, widened per batch
                 for b0 in range(0, len(ends), size):
                     s = starts[b0 : b0 + size]
-                    yield torch.from_numpy(rows[s]).view(len(s), lookback, n_features), y[b0 : b0 + size].long()
+                    yield (
+                        torch.from_numpy(rows[s]).view(len(s), lookback, n_features),
+                        y[b0 : b0 + size].long(),
+                    )
                 continue
             ends_dev = torch.from_numpy(ends).to(features.device)
             starts_dev = ends_dev - (lookback - 1)
@@ -516,7 +528,9 @@ class WindowLoader:
             firsts = np.array([r.start for r in ranges], dtype=np.int64)
             before = np.concatenate([[0], np.cumsum([len(r) for r in ranges])])
             total = int(before[-1])
-            permutation = Permutation(total, [self.seed, epoch, 2, self.rank, number]) if self.shuffle else None
+            permutation = (
+                Permutation(total, [self.seed, epoch, 2, self.rank, number]) if self.shuffle else None
+            )
 
             def ends_of(first: int, stop: int, firsts=firsts, before=before, perm=permutation) -> np.ndarray:
                 at = np.arange(first, stop, dtype=np.int64)
