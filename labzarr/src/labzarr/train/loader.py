@@ -340,6 +340,7 @@ class WindowLoader:
         self.stats = LoaderStats()
         self.index = series.index(split, self.lookback, stride)
         self.windows_per_epoch = windows_per_epoch
+        self._permutation: tuple[int, Permutation] | None = None  # the last epoch's
         if not len(self.index):
             raise LoaderError(f"the {split} split has no usable window of {self.lookback} steps")
 
@@ -410,7 +411,9 @@ class WindowLoader:
         """Window numbers at `positions` of the order of `epoch` (a resident series)."""
         if not self.shuffle:
             return positions
-        return Permutation(len(self.index), [self.seed, epoch, 0])(positions)
+        if self._permutation is None or self._permutation[0] != epoch:
+            self._permutation = (epoch, Permutation(len(self.index), [self.seed, epoch, 0]))
+        return self._permutation[1](positions)
 
     def order(self, epoch: int) -> np.ndarray:
         """This rank's windows (flat indices) in the order of `epoch` (a resident series; one int64

@@ -51,6 +51,12 @@ class WindowIndex:
         self.counts_before = np.zeros(n_cells + 1, dtype=np.int64)
         np.cumsum(counts, out=self.counts_before[1:])
         self.offsets = np.concatenate(partial) if partial else np.empty(0, dtype=offset_dtype)
+        # A coarse table (about 16 buckets per cell) of the cell at each bucket's first window:
+        # most lookups are one read of it, the few that straddle a cell boundary a binary search.
+        n = len(self)
+        self._shift = max(0, (n // max(1, 16 * n_cells)).bit_length() - 1)
+        starts = np.arange(0, max(n, 1), 1 << self._shift, dtype=np.int64)
+        self._bucket_cell = (np.searchsorted(self.counts_before, starts, side="right") - 1).astype(np.int32)
 
     def _usable(self, labels: np.ndarray, complete: np.ndarray, lookback: int) -> np.ndarray:
         """(cells, ends) True where the window ending there has a label and complete days only."""
@@ -66,11 +72,16 @@ class WindowIndex:
 
     @property
     def nbytes(self) -> int:
-        return self.counts_before.nbytes + self.first.nbytes + self.offsets.nbytes + self.ends.nbytes
+        parts = (self.counts_before, self.first, self.offsets, self.ends, self._bucket_cell)
+        return sum(part.nbytes for part in parts)
 
     def cells(self, windows: np.ndarray) -> np.ndarray:
         """The cell of each window number."""
-        return np.searchsorted(self.counts_before, windows, side="right") - 1
+        cell = self._bucket_cell[windows >> self._shift].astype(np.int64)
+        beyond = np.flatnonzero(self.counts_before[cell + 1] <= windows)
+        if len(beyond):
+            cell[beyond] = np.searchsorted(self.counts_before, windows[beyond], side="right") - 1
+        return cell
 
     def flat(self, windows: np.ndarray) -> np.ndarray:
         """Flat indices `cell * n_time + end` (int64) of window numbers `windows`."""
