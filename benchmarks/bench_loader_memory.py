@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
                 speed[which].append(run(which, sizes[0], args, old_file)["batches_per_s"])
     n_time = int(args.years * DAYS_PER_YEAR)
     print(f"{args.years} years ({n_time} days) x {FEATURES} features, lookback {LOOKBACK}, batch {BATCH}")
-    print(f"{'loader':6} {'cells':>6} {'series MB':>10} {'train windows':>14} {'peak over imports MB':>21} "
+    print(f"{'loader':6} {'cells':>6} {'series MiB':>10} {'train windows':>14} {'peak over imports MiB':>21} "
           f"{'x series':>9} {'batches/s':>10}")  # fmt: skip
     for which, rows in results.items():
         for r in rows:
