@@ -590,16 +590,10 @@ class ResilientStore(WrapperStore):
         last_error: BaseException | None = None
         while True:
             retry_after = 0.0
+            limit = asyncio.timeout(max(0.0, deadline - time.monotonic()))
             try:
-                limit = asyncio.timeout(max(0.0, deadline - time.monotonic()))
-                try:
-                    async with limit:
-                        value = await self._store.get(key, prototype, byte_range)
-                except TimeoutError:
-                    if not limit.expired():
-                        raise  # aiohttp's read timeout: retried below
-                    self.stats.add(requests=1)
-                    raise self._past_deadline(where, deadline - started, attempt + 1, last_error) from None
+                async with limit:
+                    value = await self._store.get(key, prototype, byte_range)
                 self.stats.add(requests=1, bytes=len(value) if value is not None else 0)
                 return value
             except aiohttp.ClientResponseError as exc:
@@ -612,6 +606,10 @@ class ResilientStore(WrapperStore):
                 retry_after = _retry_after(exc)
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 self.stats.add(requests=1)
+                if limit.expired():  # the read's deadline, not one attempt's timeout: no retry
+                    raise self._failed(
+                        where, started, attempt + 1, exc, deadline - started, last_error
+                    ) from None
                 if _is_dns_failure(exc):
                     host = urlsplit(self.url).hostname
                     raise RemoteReadError(
@@ -631,28 +629,34 @@ class ResilientStore(WrapperStore):
             delay = max(retry_after, random.uniform(0, min(BACKOFF_CAP_S, self.backoff_s * 2**attempt)))
             waited = time.monotonic() - started
             if waited + delay > self.retry_budget_s or started + waited + delay >= deadline:
-                raise RemoteReadError(
-                    f"reading {where} failed: {_describe(error)}, {attempt} attempt(s) over {waited:.0f} s; "
-                    "check that the data server is up and reachable. Each attempt waits up to "
-                    f"train.timeout_s = {self.timeout_s:g} s for data and retries stop after "
-                    f"train.retry_budget_s = {self.retry_budget_s:g} s (study.toml): lower them to fail "
-                    "sooner"
-                ) from None
+                raise self._failed(where, started, attempt, error) from None
             self.stats.add(retries=1)
             await asyncio.sleep(delay)
 
-    def _past_deadline(
-        self, where: str, seconds: float, attempts: int, last_error: BaseException | None
+    def _failed(
+        self,
+        where: str,
+        started: float,
+        attempts: int,
+        error: BaseException,
+        deadline_s: float | None = None,
+        previous: BaseException | None = None,
     ) -> RemoteReadError:
-        """The error of a read that used up its deadline (a trickling or stalling server)."""
-        last = f", the last failed with: {_describe(last_error)}" if last_error is not None else ""
+        """The error of a read that used up its retry budget or (`deadline_s`) its deadline: a
+        stalling or trickling server, whose last error is named too."""
+        what = _describe(error)
+        if deadline_s is not None:
+            what = (
+                f"no complete answer within {deadline_s:.0f} s (the server stalls or sends data too slowly)"
+            )
+            if previous is not None:
+                what += f"; the attempt before: {_describe(previous)}"
         return RemoteReadError(
-            f"reading {where} failed: no complete answer within {seconds:.0f} s "
-            f"({attempts} attempt(s){last}); "
-            "the server stalls, sends data too slowly or never finishes. Each attempt waits up to "
-            f"train.timeout_s = {self.timeout_s:g} s for data, and a read, attempts included, ends after "
-            f"train.retry_budget_s = {self.retry_budget_s:g} s (or train.timeout_s if larger; study.toml); "
-            "check the data server and the link"
+            f"reading {where} failed: {what}, {attempts} attempt(s) over {time.monotonic() - started:.0f} s; "
+            "check that the data server is up and reachable. Each attempt waits up to "
+            f"train.timeout_s = {self.timeout_s:g} s for data and a read, attempts and waits included, ends "
+            f"after train.retry_budget_s = {self.retry_budget_s:g} s (study.toml; at least one timeout): "
+            "lower them to fail sooner"
         )
 
     def _verify(self, key: str, digest: str, value: Buffer) -> None:

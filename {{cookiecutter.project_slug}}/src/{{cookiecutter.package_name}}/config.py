@@ -220,8 +220,10 @@ class TrainSection:
     cache_max_mb: int = key("Size cap of the chunk cache in MB.", low=1)
     timeout_s: float = key("Seconds a read may wait for data before that attempt fails.", low=0)
     retry_budget_s: float = key(
-        "Seconds a read may spend retrying transient errors (connection, timeout, 429, 5xx), with "
-        "exponential backoff, jitter and the server's Retry-After; then it fails.",
+        "Seconds one read may take in all, attempts and waits included (at least one timeout_s; opening "
+        "the store gets the same for all its reads): transient errors (connection, timeout, 429, 5xx) "
+        "are retried within it, with exponential backoff, jitter and the server's Retry-After, and a "
+        "server that trickles data cannot extend it; then the read fails.",
         low=0,
     )
     out_dir: str = key("Folder for checkpoints, metrics and plots.")
