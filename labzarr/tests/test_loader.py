@@ -178,6 +178,10 @@ def test_streamed_rounds_cover_the_epoch_and_mix_the_cells_of_a_round(
         assert as_set(batches) == expected(series, "train")
         assert all(len(np.unique(b[:, 0] // CHUNK)) == 1 for b in batches), "a batch mixes one round's cells"
     assert server.count(f"*/{store_dataset}/*") == 6  # streamed again each epoch (cache off)
+    half = loader_of(series, "train", windows_per_epoch=len(expected(series, "train")) // 2)
+    drawn = [as_set(windows_of(half)) for _ in range(2)]  # each round gives its share of the draw
+    assert all(len(d) == half.n_samples and d <= expected(series, "train") for d in drawn)
+    assert abs(half.n_samples - len(expected(series, "train")) / 2) <= 3 and drawn[0] != drawn[1]
     series.close()
 
 

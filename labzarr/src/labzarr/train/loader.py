@@ -424,10 +424,9 @@ class WindowLoader:
 
     def _rank_chunks(self, epoch: int) -> np.ndarray:
         """This rank's chunks in the order of `epoch` (a streamed series)."""
-        with_windows = np.diff(self.index.counts_before[:: self.series.chunk_cells]) > 0
-        if len(with_windows) < self.series.n_chunks:  # the last chunk is short
-            with_windows = np.append(with_windows, len(self._chunk_windows(self.series.n_chunks - 1)) > 0)
-        chunks = np.flatnonzero(with_windows)
+        series = self.series
+        bounds = np.minimum(np.arange(series.n_chunks + 1) * series.chunk_cells, series.n_cells)
+        chunks = np.flatnonzero(np.diff(self.index.counts_before[bounds]) > 0)  # those with windows
         if self.shuffle:
             chunks = self._rng(epoch, 1).permutation(chunks)
         return chunks[self.rank :: self.world_size]
