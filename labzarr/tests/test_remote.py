@@ -372,7 +372,6 @@ NOISE = (
         ("drop", "attempt(s) over"),
         ("stall", "no data within the read timeout"),
         (404, "is missing on the server"),
-        ("trickle", "no complete answer within 2 s"),
     ],
 )
 def test_a_process_whose_read_failed_ends_with_the_error_alone(

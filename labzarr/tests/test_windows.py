@@ -82,7 +82,7 @@ def test_the_permutation_is_a_bijection_of_the_range(n: int) -> None:
 def test_the_permutation_mixes_uniformly() -> None:
     """Where position 0 and position 1 land over many keys: flat, and independent of each other
     (chi-square of 50 and of 49 degrees of freedom, far below the 1e-6 tail)."""
-    n, keys = 50, 5000
+    n, keys = 50, 2000
     first = np.array([Permutation(n, [k])(np.arange(2)) for k in range(keys)])
     counts = np.bincount(first[:, 0], minlength=n)
     chi2 = ((counts - keys / n) ** 2 / (keys / n)).sum()
@@ -108,7 +108,7 @@ def test_windows_per_epoch_draws_a_new_uniform_subset_each_epoch() -> None:
     assert len({tuple(sorted(g.tolist())) for g in seen}) == 30, "a different subset each epoch"
     ends = window_ends(series.blocks["train"], LOOKBACK)
     hits = np.bincount(np.concatenate(seen) % 400, minlength=400)[ends]  # by end day: roughly flat
-    assert len(set(np.concatenate(seen).tolist())) > 0.95 * len(valid)
+    assert len(set(np.concatenate(seen).tolist())) > 0.9 * len(valid)  # 1 - e^-3.2 = 96 % if uniform
     assert hits.std() / hits.mean() < 0.3  # 30 draws of 300 over ~2,800 windows: ~0.19 if uniform
     again = WindowLoader(series, "train", batch_size=64, seed=3, windows_per_epoch=m, start_epoch=2)
     np.testing.assert_array_equal(epoch(again), seen[2])  # deterministic given seed and epoch
