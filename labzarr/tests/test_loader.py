@@ -15,6 +15,7 @@ import pytest
 import torch
 import xarray as xr
 import zarr
+import zarr.core.sync
 
 from labzarr.cache import make_cache
 from labzarr.remote import ChecksumError, MissingChunkError, RemoteReadError, StoreSource
@@ -177,6 +178,10 @@ def test_streamed_rounds_cover_the_epoch_and_mix_the_cells_of_a_round(
         assert as_set(batches) == expected(series, "train")
         assert all(len(np.unique(b[:, 0] // CHUNK)) == 1 for b in batches), "a batch mixes one round's cells"
     assert server.count(f"*/{store_dataset}/*") == 6  # streamed again each epoch (cache off)
+    half = loader_of(series, "train", windows_per_epoch=len(expected(series, "train")) // 2)
+    drawn = [as_set(windows_of(half)) for _ in range(2)]  # each round gives its share of the draw
+    assert all(len(d) == half.n_samples and d <= expected(series, "train") for d in drawn)
+    assert abs(half.n_samples - len(expected(series, "train")) / 2) <= 3 and drawn[0] != drawn[1]
     series.close()
 
 
@@ -199,10 +204,22 @@ def test_missing_chunk_stops_the_epoch_without_fill_values(
 ) -> None:
     name = store_dataset
     server.always(f"*/{name}/1.0.0", 404)
+    server.always(f"*/{name}/[!1].0.0", "slow")  # the selection's other reads still in flight at the 404
     series = Series(source(), progress=False)
     with pytest.raises(MissingChunkError, match=f"{name}/1.0.0"):
         windows_of(loader_of(series, "train"))
+    # Nothing is left running once the error is raised: no read of ours in flight, no task pending on
+    # zarr's event loop (a process exiting now would have asyncio log "Task was destroyed but it is
+    # pending!" for each, after the error line).
+    assert not series.remote.store._tasks
+    assert zarr.core.sync.sync(_other_tasks()) == []
     series.close()
+
+
+async def _other_tasks() -> list[str]:
+    import asyncio
+
+    return [repr(t) for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
 
 def test_chunk_of_wrong_content_stops_the_epoch(

@@ -200,7 +200,7 @@ def test_retry_after_is_honoured(source: Source, store_dataset: str, data_root: 
         (500, RemoteReadError, "HTTP 500"),
         (403, RemoteAuthError, "HTTP 403"),
         (404, MissingChunkError, "missing on the server"),
-        ("drop", RemoteReadError, r"attempt\(s\) over \d+ s"),
+        ("drop", RemoteReadError, r"closed before the whole answer arrived.*attempt\(s\) over \d+ s"),
         ("stall", RemoteReadError, r"read timeout.*train\.timeout_s = 1 s.*train\.retry_budget_s = 3 s"),
     ],
 )
@@ -220,9 +220,59 @@ def test_failed_chunk_raises_clear_error_never_fill_values(
         with pytest.raises(error, match=message) as info:
             ds[name].isel(cell=slice(12, 16)).values  # noqa: B018
         assert f"{name}/3.0.0" in str(info.value)
+        assert "ContentLengthError" not in str(info.value) and ": 400" not in str(info.value)
         attempts = server.count(f"*/{name}/3.0.0")
         assert attempts == 1 if action in (403, 404) else attempts >= 2  # transient errors (5xx too) retry
         remote.close()
+
+
+def test_a_trickling_server_cannot_outlast_the_retry_budget(
+    source: Source, store_dataset: str, data_root: Path
+) -> None:
+    """A server sending a byte every 0.25 s never trips the 1 s read timeout: the read's deadline
+    (train.retry_budget_s, 2 s here) ends it, on opening the store and on reading a chunk, and
+    fsspec's own session (the plain xarray path) has the same total deadline."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from labzarr.remote import make_filesystem
+
+    name = store_dataset
+    settings = {"retry_budget_s": 2.0, "backoff_s": 0.05}
+    with FaultServer(data_root) as server, ThreadPoolExecutor(1) as pool:
+        remote = connect(source(server.url, **settings))
+        ds = remote.open_dataset()
+        server.always(f"{store_name(name)}/{name}/3.0.0", "trickle")
+        started = time.monotonic()
+        read = pool.submit(lambda: ds[name].isel(cell=slice(12, 16)).values)
+        with pytest.raises(RemoteReadError, match=r"no complete answer within 2 s.*retry_budget_s = 2 s"):
+            read.result(timeout=15)  # the old reader waited as long as the server kept trickling
+        assert time.monotonic() - started < 5
+        remote.close()
+        server.always(f"{store_name(name)}/.zmetadata", "trickle")  # opening: one deadline for all reads
+        started = time.monotonic()
+        with pytest.raises(RemoteReadError, match="no complete answer"):
+            pool.submit(open_remote, source(server.url, **settings)).result(timeout=15)
+        assert time.monotonic() - started < 5
+        fs = make_filesystem(timeout_s=1.0, retry_budget_s=2.0)
+        url = f"{server.url}/{store_name(name)}/{name}/3.0.0"
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            pool.submit(_cat, fs, url).result(timeout=15)
+        assert time.monotonic() - started < 5
+
+
+def _cat(fs: Any, url: str) -> bytes:
+    """fsspec alone (no retries of ours): read `url` with the filesystem's own session."""
+    import asyncio
+
+    async def read() -> bytes:
+        session = await fs.set_session()
+        try:
+            return await fs._cat_file(url)
+        finally:
+            await session.close()
+
+    return asyncio.run(read())
 
 
 def test_missing_manifest_and_wrong_url(source: Source, store_dataset: str, data_root: Path) -> None:
@@ -312,11 +362,17 @@ NOISE = (
 )  # fmt: skip
 
 
-# Not yet for a chunk that is missing (404): zarr's own event loop still holds the sibling reads
-# then, and asyncio logs them as "Task was destroyed" at exit (the study's CLI silences that
-# logger after its error line; the library's own fix is open work).
+# A missing chunk (404) fails while zarr's own event loop still holds the selection's other reads
+# (slow answers here, so they are surely in flight): the loader settles them
+# (`RemoteStore.settle`) before the error goes on, so asyncio has no "Task was destroyed but it
+# is pending!" to log at exit.
 @pytest.mark.parametrize(
-    ("fault", "message"), [("drop", "attempt(s) over"), ("stall", "no data within the read timeout")]
+    ("fault", "message"),
+    [
+        ("drop", "attempt(s) over"),
+        ("stall", "no data within the read timeout"),
+        (404, "is missing on the server"),
+    ],
 )
 def test_a_process_whose_read_failed_ends_with_the_error_alone(
     store_dataset: str, data_root: Path, fault: int | str, message: str
@@ -329,9 +385,10 @@ def test_a_process_whose_read_failed_ends_with_the_error_alone(
     name = store_dataset
     with FaultServer(data_root) as server:
         server.always(f"*/{name}/1.0.0", fault)
+        server.always(f"*/{name}/[!1].0.0", "slow")
         url = f"{server.url}/{store_name(name)}"
         done = subprocess.run(
-            [sys.executable, "-c", QUIET_READER, url, name], capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", QUIET_READER, url, name], capture_output=True, text=True, timeout=60
         )
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and lines[-1].startswith("error: ") and message in lines[-1], done.stderr

@@ -4,10 +4,12 @@ The notebook's recipe is four lines (HTTP filesystem -> mapper -> `xr.open_zarr(
 consolidated=True)`); this module keeps that shape and adds what fsspec's HTTP
 filesystem does not do by itself:
 
-* **timeouts**: an aiohttp `ClientTimeout(sock_read=, sock_connect=)` on a
+* **timeouts**: an aiohttp `ClientTimeout(sock_read=, sock_connect=, total=)` on a
   filesystem we build ourselves (passing it through `storage_options` breaks
   `xr.open_zarr`, which JSON-serialises them), so a stalled read fails instead
-  of hanging for minutes;
+  of hanging for minutes, and a **deadline** per read (all its attempts) and per
+  store open: a server that trickles a byte before each read timeout cannot keep
+  a reader waiting past `read_deadline_s` (the larger of the timeout and the retry budget);
 * **retries** for connection errors, timeouts, 429 and 5xx answers, with
   exponential backoff and full jitter (so many readers do not retry in step),
   honouring the server's `Retry-After`, within a time budget
@@ -314,18 +316,34 @@ class IOLoop:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
 
-def make_filesystem(credentials: Credentials | None = None, *, timeout_s: float = 30.0, url: str = "") -> Any:
-    """An async fsspec filesystem for `url`: HTTP with read/connect timeouts and auth headers,
-    or S3 (s3fs) with the same timeouts and its own retries reduced to one attempt.
+def read_deadline_s(timeout_s: float, retry_budget_s: float) -> float:
+    """Longest time one read (every attempt and wait) or one store open may take: the retry
+    budget, and at least one read timeout (a budget of 0 still allows one attempt)."""
+    return max(timeout_s, retry_budget_s)
+
+
+def make_filesystem(
+    credentials: Credentials | None = None,
+    *,
+    timeout_s: float = 30.0,
+    url: str = "",
+    retry_budget_s: float | None = None,
+) -> Any:
+    """An async fsspec filesystem for `url`: HTTP with read/connect timeouts, a total
+    deadline per request and auth headers, or S3 (s3fs) with the same timeouts and its own
+    retries reduced to one attempt.
 
     The timeout object goes straight to aiohttp here; passed through
-    storage_options it would break `xr.open_zarr`. `total=None` lets a slow but
-    steady transfer finish; `sock_read` stops a stalled one. Its session is
-    created on the `IOLoop` at the first request.
+    storage_options it would break `xr.open_zarr`. `sock_read` stops a stalled
+    transfer; `total` (`read_deadline_s`, from `retry_budget_s`) stops one that
+    trickles a byte before each read timeout, so even a read made by fsspec alone
+    (the plain xarray path) ends. Its session is created on the `IOLoop` at the
+    first request.
     """
     if is_s3(url):
         return s3_filesystem(asynchronous=True, timeout_s=timeout_s, retries=1)
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_s, sock_connect=timeout_s)
+    total = read_deadline_s(timeout_s, timeout_s if retry_budget_s is None else retry_budget_s)
+    timeout = aiohttp.ClientTimeout(total=total, sock_read=timeout_s, sock_connect=timeout_s)
     headers = credentials.headers() if credentials else {}
     return HTTPFileSystem(
         asynchronous=True,
@@ -394,6 +412,10 @@ def _describe(exc: BaseException) -> str:
         return f"HTTP {exc.status} {exc.message}"
     if isinstance(exc, TimeoutError):
         return "no data within the read timeout"
+    if isinstance(
+        exc, aiohttp.ClientPayloadError
+    ):  # its str() starts with aiohttp's code 400: no HTTP status
+        return "the connection closed before the whole answer arrived (fewer bytes than announced)"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
@@ -443,6 +465,7 @@ class ResilientStore(WrapperStore):
         stats: TransferStats | None = None,
         io: IOLoop | None = None,
         sessions: list[aiohttp.ClientSession] | None = None,
+        shared: _Shared | None = None,
     ) -> None:
         super().__init__(store)
         self.url = url
@@ -458,6 +481,7 @@ class ResilientStore(WrapperStore):
         self._crc32c: dict[str, int] = {}
         self._limit: asyncio.Semaphore | None = None  # made on the I/O loop, used only there
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._shared = shared if shared is not None else _Shared()
         if sessions is None:  # the filesystem's session, once made: closed by aclose, or with the filesystem
             sessions = []
             weakref.finalize(store.fs, _close_sessions, self.io, sessions)
@@ -482,6 +506,7 @@ class ResilientStore(WrapperStore):
             stats=self.stats,
             io=self.io,
             sessions=self._sessions,
+            shared=self._shared,
         )
         clone._sha256, clone._crc32c = self._sha256, self._crc32c
         return clone
@@ -496,7 +521,17 @@ class ResilientStore(WrapperStore):
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
-        return await self.io.call(self._tracked(self._get(key, prototype, byte_range)))
+        failed = self._shared.failure
+        if failed is not None:  # settling after a failure: the reads of the same selection end at once
+            raise failed
+        try:
+            return await self.io.call(self._tracked(self._get(key, prototype, byte_range)))
+        except asyncio.CancelledError:
+            failed = self._shared.failure
+            task = asyncio.current_task()
+            if failed is not None and task is not None and not task.cancelling():
+                raise failed from None  # our read was abandoned by `settle`, not this task cancelled
+            raise
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
@@ -548,11 +583,17 @@ class ResilientStore(WrapperStore):
         """One read, retried while the budget lasts; auth, DNS and permanent errors raise at once."""
         where = f"{self.url}/{key}"
         started = time.monotonic()
+        deadline = started + read_deadline_s(self.timeout_s, self.retry_budget_s)
+        if self._shared.open_deadline is not None:  # opening the store: one deadline for all its reads
+            deadline = min(deadline, self._shared.open_deadline)
         attempt = 0
+        last_error: BaseException | None = None
         while True:
             retry_after = 0.0
+            limit = asyncio.timeout(max(0.0, deadline - time.monotonic()))
             try:
-                value = await self._store.get(key, prototype, byte_range)
+                async with limit:
+                    value = await self._store.get(key, prototype, byte_range)
                 self.stats.add(requests=1, bytes=len(value) if value is not None else 0)
                 return value
             except aiohttp.ClientResponseError as exc:
@@ -565,6 +606,10 @@ class ResilientStore(WrapperStore):
                 retry_after = _retry_after(exc)
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 self.stats.add(requests=1)
+                if limit.expired():  # the read's deadline, not one attempt's timeout: no retry
+                    raise self._failed(
+                        where, started, attempt + 1, exc, deadline - started, last_error
+                    ) from None
                 if _is_dns_failure(exc):
                     host = urlsplit(self.url).hostname
                     raise RemoteReadError(
@@ -580,18 +625,39 @@ class ResilientStore(WrapperStore):
                     raise failure from None
                 error = exc
             attempt += 1
+            last_error = error
             delay = max(retry_after, random.uniform(0, min(BACKOFF_CAP_S, self.backoff_s * 2**attempt)))
             waited = time.monotonic() - started
-            if waited + delay > self.retry_budget_s:
-                raise RemoteReadError(
-                    f"reading {where} failed: {_describe(error)}, {attempt} attempt(s) over {waited:.0f} s; "
-                    "check that the data server is up and reachable. Each attempt waits up to "
-                    f"train.timeout_s = {self.timeout_s:g} s for data and retries stop after "
-                    f"train.retry_budget_s = {self.retry_budget_s:g} s (study.toml): lower them to fail "
-                    "sooner"
-                ) from None
+            if waited + delay > self.retry_budget_s or started + waited + delay >= deadline:
+                raise self._failed(where, started, attempt, error) from None
             self.stats.add(retries=1)
             await asyncio.sleep(delay)
+
+    def _failed(
+        self,
+        where: str,
+        started: float,
+        attempts: int,
+        error: BaseException,
+        deadline_s: float | None = None,
+        previous: BaseException | None = None,
+    ) -> RemoteReadError:
+        """The error of a read that used up its retry budget or (`deadline_s`) its deadline: a
+        stalling or trickling server, whose last error is named too."""
+        what = _describe(error)
+        if deadline_s is not None:
+            what = (
+                f"no complete answer within {deadline_s:.0f} s (the server stalls or sends data too slowly)"
+            )
+            if previous is not None:
+                what += f"; the attempt before: {_describe(previous)}"
+        return RemoteReadError(
+            f"reading {where} failed: {what}, {attempts} attempt(s) over {time.monotonic() - started:.0f} s; "
+            "check that the data server is up and reachable. Each attempt waits up to "
+            f"train.timeout_s = {self.timeout_s:g} s for data and a read, attempts and waits included, ends "
+            f"after train.retry_budget_s = {self.retry_budget_s:g} s (study.toml; at least one timeout): "
+            "lower them to fail sooner"
+        )
 
     def _verify(self, key: str, digest: str, value: Buffer) -> None:
         """Check a downloaded chunk against its manifest CRC32C (`ChecksumError` if it differs),
@@ -612,14 +678,35 @@ class ResilientStore(WrapperStore):
         """Slow work (disk, checking big chunks) in a thread; quick work inline."""
         return await asyncio.to_thread(func, *args) if blocking else func(*args)
 
-    async def aclose(self) -> None:
-        """Cancel the reads still in flight (after a failure), wait for them, close the session."""
+    async def cancel_reads(self) -> None:
+        """Cancel the reads still in flight (after a failure) and wait for them."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Cancel the reads still in flight (after a failure), wait for them, close the session."""
+        await self.cancel_reads()
         for session in self._sessions:
             await session.close()
+
+
+@dataclass
+class _Shared:
+    """State a store shares with its clones: the deadline of an open in progress, and the
+    failure being settled (the other reads of a failed selection raise it at once)."""
+
+    open_deadline: float | None = None
+    failure: BaseException | None = None
+
+
+async def _wait_for_other_tasks(timeout_s: float) -> None:
+    """On zarr's loop: wait (bounded) until every other task there has ended."""
+    me = asyncio.current_task()
+    deadline = time.monotonic() + timeout_s
+    while (others := [t for t in asyncio.all_tasks() if t is not me]) and time.monotonic() < deadline:
+        await asyncio.wait(others, timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _close_sessions(io: IOLoop, sessions: list[Any]) -> None:
@@ -684,6 +771,26 @@ class RemoteStore:
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             return zarr.open_group(store=self.store, mode="r", use_consolidated=True)
 
+    def settle(self, failure: BaseException | None = None) -> None:
+        """After a failed read: end the other reads of the same selection before the error goes on.
+
+        zarr reads the chunks of a selection as tasks on its own event loop and returns at the
+        first failure, leaving the others pending; a process that then exits has asyncio log
+        "Task was destroyed but it is pending!" after its error line. This cancels our reads in
+        flight, makes the abandoned ones (and any not yet started) raise `failure` at once, and
+        waits (at most one read timeout) until zarr's loop has no task left.
+        """
+        from zarr.core.sync import sync
+
+        shared = self.store._shared
+        shared.failure = failure or RemoteReadError(f"a read of {self.url} failed")
+        try:
+            with contextlib.suppress(RuntimeError):  # a loop is gone (interpreter exit)
+                self.store.io.run(self.store.cancel_reads())
+                sync(_wait_for_other_tasks(self.store.timeout_s))
+        finally:
+            shared.failure = None
+
     def close(self) -> None:
         """Cancel reads in flight and close the HTTP session (idempotent)."""
         with contextlib.suppress(RuntimeError):  # the I/O loop is gone (interpreter exit)
@@ -706,7 +813,7 @@ def open_store(
     in_flight: int = 8,
 ) -> RemoteStore:
     """A `RemoteStore` on `url` without the manifest checks (see `connect`)."""
-    fs = make_filesystem(credentials, timeout_s=timeout_s, url=url)
+    fs = make_filesystem(credentials, timeout_s=timeout_s, url=url, retry_budget_s=retry_budget_s)
     path = url.split("://", 1)[1] if is_s3(url) else url  # s3fs paths are bucket/key
     store = ResilientStore(
         FsspecStore(fs, path=path, read_only=True),
@@ -731,6 +838,10 @@ def connect(source: StoreSource, *, require_manifest: bool = True) -> RemoteStor
         retry_budget_s=source.retry_budget_s,
         backoff_s=source.backoff_s,
         in_flight=source.in_flight,
+    )
+    # Opening reads the manifest and the metadata: together, they get one read's deadline.
+    remote.store._shared.open_deadline = time.monotonic() + read_deadline_s(
+        source.timeout_s, source.retry_budget_s
     )
     try:
         raw = remote.store.io.run(remote.store.get(MANIFEST, default_buffer_prototype()))
@@ -758,6 +869,8 @@ def connect(source: StoreSource, *, require_manifest: bool = True) -> RemoteStor
     except BaseException:
         remote.close()
         raise
+    finally:
+        remote.store._shared.open_deadline = None
     return remote
 
 

@@ -198,7 +198,18 @@ class TrainSection:
         choices=("balanced", "sqrt", "none"),
     )
     patience: int = key("Epochs without validation improvement before early stopping.", low=1)
-    sample_stride: int = key("Time steps between consecutive window end dates of a cell.", low=1, high=366)
+    sample_stride: int = key(
+        "Time steps between consecutive window end dates of a cell: a fixed thinning, the same windows "
+        "in every epoch and in the evaluation splits.",
+        low=1,
+        high=366,
+    )
+    windows_per_epoch: int = key(
+        "Training windows per epoch, drawn afresh each epoch (uniformly, from the seeded order; DDP "
+        "ranks share one draw); 0 = all. Neighbouring windows of a cell share all but one step, so a "
+        "fraction of them per epoch trains about as well, faster; the evaluation splits use all.",
+        low=0,
+    )
     resident_max_mb: int = key(
         "Largest decoded series (features and labels of every cell) kept resident on the training "
         "device, where every batch is a uniform draw; a larger store is streamed in rounds of "
@@ -213,8 +224,10 @@ class TrainSection:
     cache_max_mb: int = key("Size cap of the chunk cache in MB.", low=1)
     timeout_s: float = key("Seconds a read may wait for data before that attempt fails.", low=0)
     retry_budget_s: float = key(
-        "Seconds a read may spend retrying transient errors (connection, timeout, 429, 5xx), with "
-        "exponential backoff, jitter and the server's Retry-After; then it fails.",
+        "Seconds one read may take in all, attempts and waits included (at least one timeout_s; opening "
+        "the store gets the same for all its reads): transient errors (connection, timeout, 429, 5xx) "
+        "are retried within it, with exponential backoff, jitter and the server's Retry-After, and a "
+        "server that trickles data cannot extend it; then the read fails.",
         low=0,
     )
     out_dir: str = key("Folder for checkpoints, metrics and plots.")

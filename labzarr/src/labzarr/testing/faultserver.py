@@ -2,7 +2,8 @@
 
 Tests use it to see the client's behaviour on real sockets: each request is
 counted per path, and a fault rule (a glob on the path) can answer with a
-status code, drop the connection in the middle of the body, or stall.
+status code, drop the connection in the middle of the body, stall, or trickle
+(one byte every `trickle_s`: never silent long enough for a read timeout).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from aiohttp import web
 
 STALL_S = 60.0
+SLOW_S = 0.5  # delay of a "slow" answer
+TRICKLE_S = 0.25  # seconds between the bytes of a trickled answer (below any test's read timeout)
 Action = int | str | tuple[int, dict[str, str]]
 
 
@@ -26,13 +29,15 @@ class FaultServer:
     matches `pattern` (one action per request, then normal service);
     `always(pattern, action)` applies an action to every matching request.
     Actions: an HTTP status (int), a status with headers (`(429, {"Retry-After": "1"})`),
-    "drop" (half the body, then close), "stall" (half the body, then silence). `token`
-    requires `Authorization: Bearer <token>`.
+    "drop" (half the body, then close), "stall" (half the body, then silence), "trickle"
+    (the body one byte every `trickle_s` seconds), "slow" (the whole body after `SLOW_S`).
+    `token` requires `Authorization: Bearer <token>`.
     """
 
-    def __init__(self, root: Path, token: str | None = None) -> None:
+    def __init__(self, root: Path, token: str | None = None, trickle_s: float = TRICKLE_S) -> None:
         self.root = Path(root)
         self.token = token
+        self.trickle_s = trickle_s
         self.requests: Counter[str] = Counter()
         self._queued: list[tuple[str, list[Action]]] = []
         self._always: list[tuple[str, Action]] = []
@@ -91,6 +96,18 @@ class FaultServer:
         if not file.is_relative_to(self.root.resolve()) or not file.is_file():
             return web.Response(status=404, text="not found")
         data = file.read_bytes()
+        if action == "slow":
+            await asyncio.sleep(SLOW_S)
+        if action == "trickle":
+            response = web.StreamResponse(headers={"Content-Length": str(len(data))})
+            await response.prepare(request)
+            try:
+                for i in range(len(data)):
+                    await response.write(data[i : i + 1])
+                    await asyncio.sleep(self.trickle_s)
+            except ConnectionResetError:  # the client gave up: what the trickle is for
+                pass
+            return response
         if action in ("drop", "stall"):
             response = web.StreamResponse(headers={"Content-Length": str(len(data))})
             await response.prepare(request)

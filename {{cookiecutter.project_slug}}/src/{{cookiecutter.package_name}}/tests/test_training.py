@@ -110,9 +110,12 @@ def test_a_folder_of_other_files_is_never_ignored_wholesale(tmp_path: Path) -> N
 
 
 def test_early_stopping_and_incompatible_checkpoint(cfg: Config, url: str, tmp_path: Path) -> None:
-    frozen = cfg.override({"train.learning_rate": 0.0, "train.patience": 1})
+    frozen = cfg.override({"train.learning_rate": 0.0, "train.patience": 1, "train.windows_per_epoch": 300})
     summary = train(frozen, url=url, epochs=5, out_dir=tmp_path / "out", progress=False)
     assert summary["stopped_early"] and summary["epochs_run"] == 2 and summary["best_epoch"] == 1
+    # train.windows_per_epoch: 300 of the split's windows per epoch; evaluation still sees every window
+    assert [epoch["samples"] for epoch in summary["loader"]] == [300, 300] < [summary["train_samples"]] * 2
+    assert summary["test"]["samples"] == N_CELLS * 72
     with pytest.raises(
         CheckpointMismatch, match=r"hidden_size = 8 \(checkpoint: 16\).*train --fresh"
     ) as info:

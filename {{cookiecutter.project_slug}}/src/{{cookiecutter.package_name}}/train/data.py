@@ -23,21 +23,24 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
 ) -> WindowLoader:
-    """The loader of one split as configured in [train] (training data shuffled, others not)."""
+    """The loader of one split as configured in [train] (training data shuffled, others not; only
+    the shuffled training split draws `train.windows_per_epoch` windows per epoch)."""
     if split not in SPLITS:
         raise LoaderError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     t = cfg.train
+    shuffle = split == "train" if shuffle is None else shuffle
     return WindowLoader(
         series,
         split,
         batch_size=t.batch_size,
         lookback=cfg.etl.time_lookback,
         stride=t.sample_stride,
-        shuffle=split == "train" if shuffle is None else shuffle,
+        shuffle=shuffle,
         seed=t.seed,
         rank=rank,
         world_size=world_size,
         progress=progress,
         desc=split,
         start_epoch=start_epoch,
+        windows_per_epoch=t.windows_per_epoch if split == "train" and shuffle else 0,
     )

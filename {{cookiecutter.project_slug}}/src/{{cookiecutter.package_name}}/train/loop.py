@@ -157,6 +157,7 @@ def _model_settings(cfg: Config, series: Series) -> dict[str, Any]:
         "learning_rate": t.learning_rate,
         "batch_size": t.batch_size,
         "sample_stride": t.sample_stride,
+        "windows_per_epoch": t.windows_per_epoch,
         "seed": t.seed,
         "class_weights": t.class_weights,
         "store": cfg.store_name,
