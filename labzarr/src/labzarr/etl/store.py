@@ -12,8 +12,9 @@ Why it is written this way:
   records every chunk's sha256 and CRC32C, so a reader can tell a missing chunk
   from an empty one and verify each download (the reader checks the CRC32C,
   about 20 times cheaper than sha256; the sha256 names the chunk in caches);
-* **fill values that cannot pass for data**: NaN for floats, MISSING for labels,
-  `TIME_FILL` for time (set as the zarr fill value and as the CF `_FillValue`);
+* **fill values that cannot pass for data**: every array has one (`store_format.invalid_fill`,
+  or the caller's: MISSING for labels), set as the zarr fill value and as the CF `_FillValue`,
+  in both zarr formats; a bool array is stored as int8 so that its fill is neither value;
 * **reproducible bytes**: chunk contents depend only on inputs and config
   (fixed time units, deterministic Zstd); the time of the run lives only in the
   attributes;
@@ -54,7 +55,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_text
 from ..location import CREDENTIALS_HINT, ENDPOINT_ENV, StoreLocation, s3_refused
-from ..store_format import MANIFEST, ArrayManifest, Manifest
+from ..store_format import MANIFEST, ArrayManifest, Manifest, invalid_fill, stored_dtype
 from .errors import EtlError, StoreExistsError
 
 MANIFEST_BATCH = 64  # chunks read at once to checksum them (concurrent requests on an object store)
@@ -199,18 +200,22 @@ def zarr_encoding(
     fill_values: Mapping[str, Any],
 ) -> dict[str, dict[str, Any]]:
     """xarray encoding of every variable: `chunk` rows along `dim` (whole other axes), the codec,
-    integer days for dates, and each variable's fill value (zarr's and the CF `_FillValue`)."""
+    integer days for dates, and each variable's fill value (zarr's and the CF `_FillValue`):
+    the one in `fill_values`, else `invalid_fill` of its dtype (booleans stored as int8)."""
     encoding: dict[str, dict[str, Any]] = {}
     for name, var in ds.variables.items():
         chunks = tuple(chunk if d == dim else ds.sizes[d] for d in var.dims)
         entry: dict[str, Any] = {"chunks": chunks, "compressors": (codec,)}
-        if var.dtype.kind in "MO" and _is_time(np.asarray(var.values[:1])):  # never loads a lazy array
+        time = var.dtype.kind in "MO" and _is_time(np.asarray(var.values[:1]))  # never loads a lazy array
+        if time:
             entry.update(units=time_units, calendar=calendar, dtype="int64")
-        if str(name) in fill_values:
-            fill = fill_values[str(name)]
+        elif (stored := stored_dtype(var.dtype)) is not None:
+            entry["dtype"] = stored  # a bool has no value to spare for the fill
+        fill = fill_values.get(str(name), invalid_fill(var.dtype, time=time))
+        if zarr_format == 2 or var.dtype.kind != "O":  # (xarray has no CF attribute for zarr 3 strings)
             entry["_FillValue"] = fill  # the CF attribute: plain xarray readers mask it
-            if zarr_format == 3:
-                entry["fill_value"] = fill  # zarr 3 keeps the array's own fill value apart
+        if zarr_format == 3:
+            entry["fill_value"] = fill  # zarr 3 keeps the array's own fill value apart
         encoding[str(name)] = entry
     return encoding
 
