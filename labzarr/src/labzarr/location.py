@@ -41,15 +41,23 @@ def is_s3(location: str) -> bool:
     return urlsplit(location).scheme == S3
 
 
-def check_s3_url(url: str, origin: str) -> str:
-    """`url` without a trailing slash, if it is `s3://bucket[/prefix]` without credentials in it."""
+def has_credentials(url: str) -> bool:
+    """Whether a URL carries a user, a password or a query (where tokens travel): a configured URL
+    is printed and written into the store's attributes, so such a URL would publish them."""
     parts = urlsplit(url)
-    if parts.scheme != S3 or not parts.hostname:
-        raise LocationError(f"{origin} = {url!r} is not an s3://bucket/prefix URL")
-    if parts.username or parts.password or parts.query:
+    return parts.username is not None or parts.password is not None or bool(parts.query)
+
+
+def check_s3_url(url: str, origin: str) -> str:
+    """`url` without a trailing slash, if it is `s3://bucket[/prefix]` without credentials in it.
+    The messages never repeat a URL that carries credentials."""
+    if has_credentials(url):
         raise LocationError(
             f"{origin} must not carry credentials or options; {CREDENTIALS_HINT}, never in the URL"
         )
+    parts = urlsplit(url)
+    if parts.scheme != S3 or not parts.hostname:
+        raise LocationError(f"{origin} = {url!r} is not an s3://bucket/prefix URL")
     return url.rstrip("/")
 
 
