@@ -23,6 +23,7 @@ import pytest
 
 from labzarr import serve
 from labzarr.serve import ServeError, ServeSettings, check_token, htpasswd_line, render, serving
+from labzarr.testing.fixtures import readable_by_nginx_workers
 
 AUTHS = ("token", "basic", "none")
 TOKEN = "test-token-0123456789"
@@ -145,6 +146,7 @@ def test_write_config_renders_every_setting(
     )
     data = tmp_path / "data"
     data.mkdir()
+    readable_by_nginx_workers(data)
     main = serve.write_config(settings, tmp_path / "prefix", listen="127.0.0.1:8123", data_dir=data)
     assert f"include {tmp_path / 'prefix' / 'conf.d'}/*.conf;" in main.read_text()
     conf = (tmp_path / "prefix" / "conf.d" / "study.conf").read_text()
@@ -209,6 +211,7 @@ def test_serving_a_folder_with_the_real_nginx(
     (data / "s.zarr").mkdir(parents=True)
     (data / "s.zarr" / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
     (data / ".env").write_text("secret")
+    readable_by_nginx_workers(data)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     with serving(settings, data) as url:
         nginx = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
@@ -241,6 +244,37 @@ def test_serving_refuses_a_missing_folder_and_a_rejected_config(
     template.write_text(template.read_text().replace("server_tokens off;", "no_such_directive on;"))
     with (
         pytest.raises(ServeError, match="nginx rejected the rendered configuration"),
-        serving(settings, tmp_path),
+        serving(settings, readable_by_nginx_workers(tmp_path)),
     ):
         pass
+
+
+@pytest.mark.nginx
+def test_nginx_workers_never_run_as_root(
+    serve_root: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started as root, serve runs nginx's workers (what answers the network) as an unprivileged
+    account, as the container image does; they still read the data and a root-only htpasswd."""
+    require_nginx()
+    if os.geteuid() != 0:
+        pytest.skip("serve keeps the caller's own account when it is not root: nothing to drop")
+    for name in ("DATA_USER", "DATA_PASSWORD", "DATA_HTPASSWD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    root = serve_root("basic", htpasswd=htpasswd_line("reader", "pw-0123"))
+    (root / serve.SECRETS_DIR / "htpasswd").chmod(0o600)  # root's alone
+    settings = ServeSettings(root=root, auth="basic")
+    private = tmp_path / "private"  # pytest's folders are root's alone (0700)
+    (private / "s.zarr").mkdir(parents=True)
+    (private / "s.zarr" / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+    with pytest.raises(ServeError, match=r"workers run as '[\w-]+', which cannot read .*chmod o\+rx"):
+        with serving(settings, private):
+            pass
+    data = readable_by_nginx_workers(private)
+    headers = {"Authorization": "Basic " + base64.b64encode(b"reader:pw-0123").decode()}
+    with serving(settings, data) as url:
+        (master,) = [p for p in psutil.Process().children() if "nginx" in p.name()]
+        workers = master.children()
+        assert len(workers) == 2 and master.uids().real == 0
+        assert all(w.uids().effective != 0 and w.uids().real != 0 for w in workers), workers
+        assert {w.username() for w in workers} <= set(serve.UNPRIVILEGED_USERS)
+        assert get(f"{url}/s.zarr/.zgroup", headers) == 200

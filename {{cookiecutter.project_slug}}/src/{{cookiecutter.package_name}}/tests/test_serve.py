@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from labzarr.serve import ServeError, serving, templates
+from labzarr.testing.fixtures import readable_by_nginx_workers
 
 from ..config import Config
 
@@ -59,7 +60,7 @@ def test_the_study_template_serves_a_folder_with_the_real_nginx(
     (tmp_path / "s.zarr").mkdir()
     (tmp_path / "s.zarr" / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
     (tmp_path / ".env").write_text("secret")
-    with serving(study_config.serve_settings(), tmp_path) as url:
+    with serving(study_config.serve_settings(), readable_by_nginx_workers(tmp_path)) as url:
         assert get(f"{url}/healthz", {}) == 200
         assert get(f"{url}/s.zarr/.zgroup", headers) == 200
         assert get(f"{url}/.env", headers) == 404
