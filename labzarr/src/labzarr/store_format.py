@@ -37,6 +37,7 @@ fill) and the library's own reader raises instead (`remote.MissingChunkError`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,7 @@ from typing import Any
 import numpy as np
 
 STORE_SUFFIX = ".zarr"
+DATASET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # what a store may be named (as the template asks)
 MISSING = -1  # label code of a step without a label (the fill value of `category`)
 CELL, TIME, FEATURE = "cell", "time", "feature"
 LABELS = "category"
@@ -61,7 +63,14 @@ METADATA_NAMES = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr
 
 
 def store_name(dataset_name: str) -> str:
-    """File name of a study's store, e.g. columbia_gridcells.zarr."""
+    """File name of a study's store, e.g. columbia_gridcells.zarr; ValueError for a name that is
+    not one plain name (`DATASET_NAME`): a `/` or `..` would put the store (and the folders made
+    for it) elsewhere."""
+    if not DATASET_NAME.fullmatch(dataset_name):
+        raise ValueError(
+            f"{dataset_name!r} is not a plain name; allowed: letters, digits and '_', starting with a "
+            f"letter (it names the store, <name>{STORE_SUFFIX}, and its features array)"
+        )
     return f"{dataset_name}{STORE_SUFFIX}"
 
 

@@ -330,6 +330,10 @@ class Config:
 def _check_consistency(cfg: Config) -> None:
     """Rules that span several keys."""
     where = cfg.source
+    try:
+        store_name(cfg.study.dataset_name)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: study.dataset_name = {exc}") from None
     urls = {"server.url": cfg.server.url, "etl.dask_scheduler": cfg.etl.dask_scheduler}  # zarr_dir: below
     for name, url in urls.items():
         if has_credentials(url):

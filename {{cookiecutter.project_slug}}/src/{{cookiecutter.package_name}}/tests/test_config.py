@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -159,3 +160,17 @@ def test_credentials_in_a_configured_url_are_refused_and_never_shown(
     assert main(["--config", str(path), "config"]) == 2
     out, err = capsys.readouterr()
     assert "hunter2" not in out + err and err.startswith("error: ") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "", ".hidden", "a b", "x.zarr"])
+def test_dataset_name_is_one_plain_name(tmp_path: Path, name: str, capsys) -> None:
+    """The store is <zarr_dir>/<dataset_name>.zarr: a '/' or '..' would write it (and make folders)
+    elsewhere. Refused when study.toml is loaded, before anything is written."""
+    text = re.sub(r'(?m)^dataset_name = ".*"$', f"dataset_name = {json.dumps(name)}", shipped_text())
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=r"study\.dataset_name = .* is not a plain name; allowed: letters"):
+        load_config(path)
+    assert main(["--config", str(path), "etl"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"], "nothing made"
