@@ -231,6 +231,22 @@ def _client_host(host: str) -> str:
     return _listen(host, 0).rsplit(":", 1)[0]
 
 
+def check_host(host: str) -> str:
+    """`host` if this machine can listen on it: an address of one of its interfaces, or a name
+    that resolves to one; else a ServeError saying what to pass instead."""
+    _listen(host, 0)  # the spelling: an address or a host name
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:  # socket.gaierror (no such name) included
+            raise ServeError(
+                f"--host {host!r} is not an address of this machine ({exc.strerror}); pass one of its "
+                "addresses, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+            ) from None
+    return host
+
+
 def free_port(host: str) -> int:
     """A port the OS reports free on `host` right now (nginx cannot bind port 0 and tell us)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -408,6 +424,7 @@ def _running(
     data_dir = Path(data_dir).resolve()
     if not data_dir.is_dir():
         raise ServeError(f"the data folder {data_dir} does not exist; run the ETL first or pass --data DIR")
+    check_host(host)
     attempts = 1 if port else 3  # a free port can be taken between our check and nginx's bind
     for attempt in range(attempts):
         chosen = port or free_port(host)
