@@ -159,6 +159,24 @@ def test_the_reader_and_the_writer_refuse_a_wrong_key_at_once(
         pass
 
 
+def test_a_key_that_may_only_read_is_one_clear_error_and_leaves_nothing(
+    store_url: str, s3: SeaweedS3, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The readers' key lists and reads the bucket, so the ETL's first look passes; its first
+    write is refused: one line saying so (no traceback through s3fs), and nothing under the prefix."""
+    for name, value in s3.env(read_only=True).items():
+        monkeypatch.setenv(name, value)
+    with connect(source(store_url)) as remote:  # the key does read
+        assert remote.open_group()[DATASET].shape[0] == N_CELLS
+    url = f"s3://{BUCKET}/read-only/{store_name(DATASET)}"
+    with pytest.raises(EtlError, match="refused to write .* may read that bucket but not write") as refused:
+        publish(folder, url)
+    assert "\n" not in str(refused.value) and s3.reader_secret not in str(refused.value)
+    monkeypatch.setenv(SECRET_ENV, s3.secret_key)
+    monkeypatch.setenv(KEY_ENV, s3.access_key)
+    assert objects("read-only") == []
+
+
 def test_an_unreachable_endpoint_is_retried_within_the_budget(
     s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,9 +15,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from labzarr.etl.store import leftovers, store_exists
+from labzarr.etl.errors import EtlError
+from labzarr.etl.store import leftovers, staging, store_exists
 from labzarr.location import StoreLocation
-from labzarr.store_format import MANIFEST
+from labzarr.store_format import MANIFEST, store_name
 from labzarr.testing.stores import indexed_series, write_series_store
 
 DATASET = "probe_cells"
@@ -76,3 +78,27 @@ def test_a_store_set_aside_but_not_deleted_is_named_as_a_leftover(tmp_path: Path
     (aside / MANIFEST).unlink()  # half deleted
     assert store_exists(StoreLocation.of(path)) and aside.exists()
     assert leftovers(StoreLocation.of(path)) == [aside.name]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 64 kB file system (tmpfs), which a store of the test's size overflows. Mounting
+    one needs root; elsewhere the test is skipped (it is not simulated)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", disk], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", disk], check=True)
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_nothing(small_disk: Path) -> None:
+    target = StoreLocation.of(small_disk / "zarr" / store_name(DATASET))
+    with pytest.raises(EtlError, match="no space left where .* is written .* free some space") as full:
+        with staging(target) as tmp:
+            write(Path(tmp.path), shift=0.0)  # a store larger than the disk, inside the staging folder
+    assert "\n" not in str(full.value)
+    assert [p.name for p in small_disk.rglob("*")] == ["zarr"], "only the folder the store goes in"

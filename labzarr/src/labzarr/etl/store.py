@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import itertools
 import json
@@ -424,11 +425,34 @@ def staging(target: Path | str | StoreLocation, *, overwrite: bool = False) -> I
             _publish_s3(tmp, target, overwrite=overwrite)
         else:
             _publish(Path(tmp.path), Path(target.path), overwrite=overwrite)
+    except Exception as exc:
+        if (problem := _write_failure(exc, target)) is None:
+            raise
+        raise problem from None
     finally:
         if target.remote:
             _remove_prefix(tmp)
         else:
             shutil.rmtree(tmp.path, ignore_errors=True)
+
+
+def _write_failure(exc: BaseException, target: StoreLocation) -> EtlError | None:
+    """What the user can do about a write that failed for want of room or of a right to write,
+    in one line (the staging copy is removed all the same); None for any other failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return EtlError(
+                f"no space left where {target} is written (the disk is full, or a quota is reached); "
+                "nothing was written: free some space there, or set data.zarr_dir to a disk with room"
+            )
+        seen = seen.__cause__ or seen.__context__
+    if target.remote and not isinstance(exc, EtlError) and s3_refused(exc):
+        return EtlError(
+            f"the object store refused to write {target} (the key may read that bucket but not write "
+            f"it); nothing was written: {CREDENTIALS_HINT}, with a key that may write"
+        )
+    return None
 
 
 def _publish(tmp: Path, target: Path, *, overwrite: bool) -> None:
