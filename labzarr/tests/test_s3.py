@@ -93,7 +93,9 @@ def test_a_published_store_is_whole_and_the_same_as_the_folder(store_url: str, f
     s3_filesystem().invalidate_cache()  # as the next run lists it: SeaweedFS keeps the emptied prefix
     assert leftovers(StoreLocation.of(store_url)) == [], "a finished run leaves nothing to warn about"
     emptied = [p for p in s3_filesystem().ls(f"{BUCKET}/study", detail=False) if ".tmp-" in p]
-    assert not [p for p in emptied if store_exists(StoreLocation.of(f"s3://{p}"))], "an emptied prefix is no store"
+    assert not [p for p in emptied if store_exists(StoreLocation.of(f"s3://{p}"))], (
+        "an emptied prefix is no store"
+    )
     on_s3 = Manifest.from_json(s3_filesystem().cat_file(f"{store_url.removeprefix('s3://')}/{MANIFEST}"))
     assert on_s3.sha256 == Manifest.from_json((folder / MANIFEST).read_bytes()).sha256
     with connect(source(store_url)) as remote:
@@ -169,7 +171,7 @@ def test_a_key_that_may_only_read_is_one_clear_error_and_leaves_nothing(
     with connect(source(store_url)) as remote:  # the key does read
         assert remote.open_group()[DATASET].shape[0] == N_CELLS
     url = f"s3://{BUCKET}/read-only/{store_name(DATASET)}"
-    with pytest.raises(EtlError, match="refused to write .* may read that bucket but not write") as refused:
+    with pytest.raises(EtlError, match=r"refused to write .* may read that bucket but not write") as refused:
         publish(folder, url)
     assert "\n" not in str(refused.value) and s3.reader_secret not in str(refused.value)
     monkeypatch.setenv(SECRET_ENV, s3.secret_key)

@@ -82,8 +82,10 @@ def test_a_host_this_machine_cannot_listen_on_is_one_clear_error(
 ) -> None:
     settings = ServeSettings(root=serve_root("none"), auth="none")
     for port in (0, 8080):  # a free port is looked for on that host first
-        with pytest.raises(ServeError, match=f"--host {host!r} {message}"), serving(settings, tmp_path, host=host,
-                                                                                    port=port):  # fmt: skip
+        with (
+            pytest.raises(ServeError, match=f"--host {host!r} {message}"),
+            serving(settings, tmp_path, host=host, port=port),
+        ):
             pass
 
 
@@ -285,9 +287,11 @@ def test_nginx_workers_never_run_as_root(
     private = tmp_path / "private"  # pytest's folders are root's alone (0700)
     (private / "s.zarr").mkdir(parents=True)
     (private / "s.zarr" / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
-    with pytest.raises(ServeError, match=r"workers run as '[\w-]+', which cannot read .*chmod o\+rx"):
-        with serving(settings, private):
-            pass
+    with (
+        pytest.raises(ServeError, match=r"workers run as '[\w-]+', which cannot read .*chmod o\+rx"),
+        serving(settings, private),
+    ):
+        pass
     data = readable_by_nginx_workers(private)
     headers = {"Authorization": "Basic " + base64.b64encode(b"reader:pw-0123").decode()}
     before = {p.pid for p in psutil.Process().children()}
@@ -295,6 +299,8 @@ def test_nginx_workers_never_run_as_root(
         (master,) = [p for p in psutil.Process().children() if p.pid not in before]
         workers = master.children()
         assert workers and master.uids().real == 0
-        unprivileged = {pwd.getpwnam(name).pw_uid for name in serve.UNPRIVILEGED_USERS if serve._account(name)}
+        unprivileged = {
+            pwd.getpwnam(name).pw_uid for name in serve.UNPRIVILEGED_USERS if serve._account(name)
+        }
         assert all({*w.uids()} <= unprivileged for w in workers), [w.uids() for w in workers]
         assert get(f"{url}/s.zarr/.zgroup", headers) == 200

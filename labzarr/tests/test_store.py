@@ -97,8 +97,10 @@ def small_disk(tmp_path: Path):
 
 def test_a_full_disk_is_one_clear_error_and_leaves_nothing(small_disk: Path) -> None:
     target = StoreLocation.of(small_disk / "zarr" / store_name(DATASET))
-    with pytest.raises(EtlError, match="no space left where .* is written .* free some space") as full:
-        with staging(target) as tmp:
-            write(Path(tmp.path), shift=0.0)  # a store larger than the disk, inside the staging folder
+    with (
+        pytest.raises(EtlError, match=r"no space left where .* is written .* free some space") as full,
+        staging(target) as tmp,
+    ):
+        write(Path(tmp.path), shift=0.0)  # a store larger than the disk, inside the staging folder
     assert "\n" not in str(full.value)
     assert [p.name for p in small_disk.rglob("*")] == ["zarr"], "only the folder the store goes in"
