@@ -73,12 +73,12 @@ def _serve(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _train(cfg: Config, args: argparse.Namespace) -> int:
-    from .train.loop import train
-
     out = Path(args.out) if args.out else None
     _check_results_folder(
         out or cfg.path(cfg.train.out_dir), "--out" if out else f"train.out_dir ({cfg.source})"
     )
+    from .train.loop import train  # torch: seconds to import
+
     # Progress bars only on a terminal: in a log file every redraw would be a line of its own.
     # The one line per epoch is printed either way.
     progress = sys.stderr.isatty()
