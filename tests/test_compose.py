@@ -93,7 +93,9 @@ def test_s3_profile_is_a_pinned_seaweedfs_with_keys_from_a_secret(baked: tuple[s
     assert s3["volumes"][0]["target"] == "/data" and s3["volumes"][0]["source"].endswith("data/s3")
     assert s3["healthcheck"]["test"][-1] == "http://127.0.0.1:8333/healthz"
     etl = project["services"]["etl"]
-    assert all(value is None for value in etl.get("environment", {}).values())  # from the shell, if set
+    assert etl["environment"] == {  # the endpoint and a profile from the shell (if set); keys: a secret
+        "AWS_ENDPOINT_URL": None, "AWS_PROFILE": None, "AWS_SHARED_CREDENTIALS_FILE": "/run/secrets/s3_credentials"
+    }  # fmt: skip
 
 
 def test_nginx_service_is_pinned_hardened_and_read_only(baked: tuple[str, Path]) -> None:
@@ -180,17 +182,55 @@ def test_env_example_documents_every_variable_and_works_as_env(baked: tuple[str,
         assert project["secrets"]["data_token"]["file"] == str(copy / "storage" / "secrets" / "token")
 
 
-def test_compose_never_shows_the_token(tmp_path: Path) -> None:
-    """The token is a secret file: `docker compose config` (what `docker inspect` would show of the
-    environment, too) has its path, never its value, even with DATA_TOKEN exported by habit."""
-    study = bake(tmp_path, auth="token")
-    (study / "storage" / "secrets").mkdir(parents=True)
-    (study / "storage" / "secrets" / "token").write_text(TOKEN + "\n")
-    env = {**SECRET_ENV["token"], "DATA_TOKEN": TOKEN}
+# Every secret of the stack, in its file (the .env variable naming the file, the file's text) and,
+# out of habit, exported too: `docker compose config` (what `docker inspect` shows as well) may
+# show the files' paths, never a value.
+SECRET_FILES = {
+    "DATA_TOKEN_FILE": ("storage/secrets/token", TOKEN),
+    "DATA_HTPASSWD_FILE": ("storage/secrets/htpasswd", "student:$apr1$htpasswd-hash-value"),
+    "DATA_TLS_CERT": ("storage/secrets/tls/fullchain.pem", "tls-certificate-value"),
+    "DATA_TLS_KEY": ("storage/secrets/tls/privkey.pem", "tls-private-key-value"),
+    "S3_IDENTITIES_FILE": ("storage/secrets/s3.json", '{"identities": "s3-identity-secret-value"}'),
+    "S3_CREDENTIALS_FILE": (
+        "storage/secrets/aws_credentials",
+        "[default]\naws_access_key_id = aws-key-id-value\naws_secret_access_key = aws-secret-key-value\n",
+    ),
+}
+EXPORTED = {
+    "DATA_TOKEN": TOKEN,
+    "DATA_PASSWORD": "data-password-value",
+    "AWS_ACCESS_KEY_ID": "aws-key-id-value",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-key-value",
+    "AWS_SESSION_TOKEN": "aws-session-token-value",
+}
+SECRET_VALUES = ("-value", TOKEN)
+
+
+def test_compose_never_shows_a_secret(baked: tuple[str, Path], tmp_path: Path) -> None:
+    """Secrets are files passed as compose secrets (nginx's token or htpasswd, the TLS key, the
+    S3 identities, the ETL's S3 keys), never variables, even with the usual ones exported."""
+    _, baked_study = baked
+    study = tmp_path / "study"
+    shutil.copytree(baked_study, study)
+    for path, text in SECRET_FILES.values():
+        (study / path).parent.mkdir(parents=True, exist_ok=True)
+        (study / path).write_text(text)
+    env = {**{name: f"./{path}" for name, (path, _) in SECRET_FILES.items()}, **EXPORTED}
     for fmt in ("yaml", "json"):
-        result = compose(study, "--profile", "tls", "--profile", "etl", "config", "--format", fmt, env=env)
+        result = compose(study, "--profile", "tls", "--profile", "etl", "--profile", "s3", "config", "--format",
+                         fmt, env=env)  # fmt: skip
         assert result.returncode == 0, result.stderr
-        assert TOKEN not in result.stdout + result.stderr and "storage/secrets/token" in result.stdout
+        shown = result.stdout + result.stderr
+        assert not [value for value in SECRET_VALUES if value in shown], shown
+    project = json.loads(result.stdout)
+    used = {s["source"] for service in project["services"].values() for s in service.get("secrets", [])}
+    assert used == set(project["secrets"]), "every secret is used and every one is declared"
+    files = {name: project["secrets"][name]["file"] for name in used}
+    secret_paths = {path for path, _ in SECRET_FILES.values()}
+    assert all(any(file.endswith(path) for path in secret_paths) for file in files.values()), files
+    etl = project["services"]["etl"]
+    assert [s["source"] for s in etl["secrets"]] == ["s3_credentials"]
+    assert etl["environment"]["AWS_SHARED_CREDENTIALS_FILE"] == "/run/secrets/s3_credentials"
 
 
 def run_token_script(study: Path, where: Path, token: str | None) -> tuple[subprocess.CompletedProcess[str], Path]:

@@ -16,9 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
+import zarr
 
+from labzarr.etl.regions import ArrayGroup, write_rows
+from labzarr.etl.store import chunk_keys, finalize
+from labzarr.location import StoreLocation
 from labzarr.remote import (
     ChecksumError,
     Credentials,
@@ -35,7 +40,20 @@ from labzarr.remote import (
     open_remote,
     resolve_base_url,
 )
-from labzarr.store_format import store_name
+from labzarr.store_format import (
+    CELL,
+    CLIMATOLOGY,
+    COMPLETE,
+    FEATURE,
+    FLAG_FILL,
+    LABELS,
+    LAT,
+    LON,
+    MISSING,
+    TIME,
+    TIME_FILL,
+    store_name,
+)
 from labzarr.testing.faultserver import FaultServer
 from labzarr.testing.stores import learnable_series, write_series_store
 
@@ -404,3 +422,84 @@ def test_the_default_url_is_named_as_the_caller_says() -> None:
         )
     with pytest.raises(RemoteError, match=r"or set server\.url in study\.toml$"):
         StoreSource.resolve(dataset_name="x", default_origin="server.url in study.toml")
+
+
+def write_full_layout(root: Path, name: str, zarr_format: int) -> Path:
+    """A store with an array of every kind a study's ETL writes, through the same machinery
+    (`ArrayGroup`, `write_rows`, `finalize`) and with the fill values a study names (none for
+    `complete`, the climatology, `lat`, `lon`, `feature`): `<root>/<name>.zarr`."""
+    n_cells, n_time, n_train = 8, 20, 10
+    location = StoreLocation.of(root / store_name(name))
+    dates = pd.date_range("2000-01-01", periods=n_time)
+    zarr.open_group(location.zarr_store(), mode="w-", zarr_format=zarr_format)
+    features = xr.Dataset(coords={FEATURE: np.array(["a", "b"], dtype=object)})
+    common: dict[str, Any] = {"zarr_format": zarr_format, "dim": CELL, "chunk": 4, "coords": (LAT, LON),
+                              "time_units": "days since 2000-01-01"}  # fmt: skip
+    series = ArrayGroup(
+        layout={
+            name: (CELL, TIME, FEATURE),
+            LABELS: (CELL, TIME),
+            COMPLETE: (CELL, TIME),
+            LAT: (CELL,),
+            LON: (CELL,),
+        },
+        static=features.assign_coords({TIME: dates}),
+        fill_values={name: np.float32(np.nan), LABELS: np.int8(MISSING), TIME: TIME_FILL},
+        **common,
+    )
+    climatology = ArrayGroup(
+        group=CLIMATOLOGY,
+        layout={"reference_a": (CELL, "train_day"), LAT: (CELL,), LON: (CELL,)},
+        static=features.assign_coords(
+            train_time=("train_day", dates[:n_train].values),
+            train_season=("train_day", np.arange(n_train, dtype=np.int16)),
+        ),
+        **common,
+    )
+    where = {LAT: np.linspace(40, 41, n_cells), LON: np.linspace(-120, -119, n_cells)}
+    rows = {name: np.ones((n_cells, n_time, 2), np.float32), LABELS: np.zeros((n_cells, n_time), np.int8),
+            COMPLETE: np.ones((n_cells, n_time), bool), **where}  # fmt: skip
+    state = {"reference_a": np.ones((n_cells, n_train), np.float32), **where}
+    for group, values in ((series, rows), (climatology, state)):
+        group.create(location, n_cells, {k: v[:1] for k, v in values.items()})
+        write_rows(location, group.group, 0, values)
+    finalize(location, {}, {CLIMATOLOGY: {}})
+    return Path(location.path)
+
+
+# What a reader without the manifest reads where a chunk is missing: none of these is ever data.
+NOT_DATA = {"f": "nan", "i": {MISSING, FLAG_FILL, TIME_FILL, np.iinfo(np.int16).min}, "T": {""}, "O": {""}}
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_every_array_reads_a_lost_chunk_as_not_data_and_the_reader_refuses(
+    source: Source, store_dataset: str, tmp_path: Path, zarr_format: int
+) -> None:
+    """zarr (either format) turns a chunk that is not there into the array's fill value: every array,
+    `complete` and the climatology included, must have one that no stored value takes (a null fill
+    is uninitialised memory in zarr-python 2, a 0 is 2000-01-01 in a date axis)."""
+    store = write_full_layout(tmp_path / "srv", store_dataset, zarr_format)
+    group = zarr.open_group(store, mode="r")
+    arrays = {path: a for path, a in group.members(max_depth=None) if isinstance(a, zarr.Array)}
+    assert len(arrays) == 13
+    for path, array in arrays.items():
+        (store / next(chunk_keys(array, path))).unlink()  # the first chunk of every array
+    for path, array in zarr.open_group(store, mode="r").members(max_depth=None):
+        if not isinstance(array, zarr.Array):
+            continue
+        lost = np.asarray(array[tuple(slice(0, c) for c in array.chunks)]).ravel()
+        fills = NOT_DATA[array.dtype.kind]
+        assert array.fill_value is not None, path
+        assert all(np.isnan(v) if fills == "nan" else v in fills for v in lost), (path, lost[:3])
+    for name in (None, CLIMATOLOGY):  # plain xarray masks every fill (names of zarr 3 have no CF fill)
+        ds = xr.open_zarr(store, group=name, consolidated=True)
+        for var in ds.variables.values():
+            if var.dtype.kind in "fM":
+                assert pd.isnull(var.values.reshape(-1)[:1]).all(), var.name
+    with FaultServer(tmp_path / "srv") as server:
+        remote = connect(source(server.url))
+        for _, array in remote.open_group().members(max_depth=None):
+            if isinstance(array, zarr.Array):
+                with pytest.raises(MissingChunkError, match="missing on the server"):
+                    array[:]
+        remote.close()

@@ -90,7 +90,12 @@ def test_a_published_store_is_whole_and_the_same_as_the_folder(store_url: str, f
         and f"study/{store_name(DATASET)}/.zmetadata" in keys
     )
     assert not [k for k in keys if ".tmp-" in k], "the staging prefix was left behind"
-    assert leftovers(StoreLocation.of(store_url)) == []
+    s3_filesystem().invalidate_cache()  # as the next run lists it: SeaweedFS keeps the emptied prefix
+    assert leftovers(StoreLocation.of(store_url)) == [], "a finished run leaves nothing to warn about"
+    emptied = [p for p in s3_filesystem().ls(f"{BUCKET}/study", detail=False) if ".tmp-" in p]
+    assert not [p for p in emptied if store_exists(StoreLocation.of(f"s3://{p}"))], (
+        "an emptied prefix is no store"
+    )
     on_s3 = Manifest.from_json(s3_filesystem().cat_file(f"{store_url.removeprefix('s3://')}/{MANIFEST}"))
     assert on_s3.sha256 == Manifest.from_json((folder / MANIFEST).read_bytes()).sha256
     with connect(source(store_url)) as remote:
@@ -154,6 +159,24 @@ def test_the_reader_and_the_writer_refuse_a_wrong_key_at_once(
         staging(StoreLocation.of(store_url), overwrite=True),
     ):
         pass
+
+
+def test_a_key_that_may_only_read_is_one_clear_error_and_leaves_nothing(
+    store_url: str, s3: SeaweedS3, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The readers' key lists and reads the bucket, so the ETL's first look passes; its first
+    write is refused: one line saying so (no traceback through s3fs), and nothing under the prefix."""
+    for name, value in s3.env(read_only=True).items():
+        monkeypatch.setenv(name, value)
+    with connect(source(store_url)) as remote:  # the key does read
+        assert remote.open_group()[DATASET].shape[0] == N_CELLS
+    url = f"s3://{BUCKET}/read-only/{store_name(DATASET)}"
+    with pytest.raises(EtlError, match=r"refused to write .* may read that bucket but not write") as refused:
+        publish(folder, url)
+    assert "\n" not in str(refused.value) and s3.reader_secret not in str(refused.value)
+    monkeypatch.setenv(SECRET_ENV, s3.secret_key)
+    monkeypatch.setenv(KEY_ENV, s3.access_key)
+    assert objects("read-only") == []
 
 
 def test_an_unreachable_endpoint_is_retried_within_the_budget(

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import socket
 import urllib.error
@@ -23,6 +24,7 @@ import pytest
 
 from labzarr import serve
 from labzarr.serve import ServeError, ServeSettings, check_token, htpasswd_line, render, serving
+from labzarr.testing.fixtures import readable_by_nginx_workers
 
 AUTHS = ("token", "basic", "none")
 TOKEN = "test-token-0123456789"
@@ -65,6 +67,26 @@ def test_a_taken_port_is_refused_with_what_to_do() -> None:
             serve.check_port_free("127.0.0.1", port, "study.toml")
     serve.check_port_free("127.0.0.1", port, "study.toml")  # free again
     serve.check_port_free("127.0.0.1", 0, "study.toml")  # 0: nginx is given a free port
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("a b", "is not an address or host name"),
+        ("no-such-host.invalid", "is not an address of this machine"),
+        ("192.0.2.1", "is not an address of this machine"),  # TEST-NET-1: nobody's interface
+    ],
+)
+def test_a_host_this_machine_cannot_listen_on_is_one_clear_error(
+    serve_root: Callable[..., Path], tmp_path: Path, host: str, message: str
+) -> None:
+    settings = ServeSettings(root=serve_root("none"), auth="none")
+    for port in (0, 8080):  # a free port is looked for on that host first
+        with (
+            pytest.raises(ServeError, match=f"--host {host!r} {message}"),
+            serving(settings, tmp_path, host=host, port=port),
+        ):
+            pass
 
 
 def test_missing_nginx_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,6 +167,7 @@ def test_write_config_renders_every_setting(
     )
     data = tmp_path / "data"
     data.mkdir()
+    readable_by_nginx_workers(data)
     main = serve.write_config(settings, tmp_path / "prefix", listen="127.0.0.1:8123", data_dir=data)
     assert f"include {tmp_path / 'prefix' / 'conf.d'}/*.conf;" in main.read_text()
     conf = (tmp_path / "prefix" / "conf.d" / "study.conf").read_text()
@@ -209,6 +232,7 @@ def test_serving_a_folder_with_the_real_nginx(
     (data / "s.zarr").mkdir(parents=True)
     (data / "s.zarr" / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
     (data / ".env").write_text("secret")
+    readable_by_nginx_workers(data)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     with serving(settings, data) as url:
         nginx = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
@@ -241,6 +265,42 @@ def test_serving_refuses_a_missing_folder_and_a_rejected_config(
     template.write_text(template.read_text().replace("server_tokens off;", "no_such_directive on;"))
     with (
         pytest.raises(ServeError, match="nginx rejected the rendered configuration"),
-        serving(settings, tmp_path),
+        serving(settings, readable_by_nginx_workers(tmp_path)),
     ):
         pass
+
+
+@pytest.mark.nginx
+def test_nginx_workers_never_run_as_root(
+    serve_root: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started as root, serve runs nginx's workers (what answers the network) as an unprivileged
+    account, as the container image does; they still read the data and a root-only htpasswd."""
+    require_nginx()
+    if os.geteuid() != 0:
+        pytest.skip("serve keeps the caller's own account when it is not root: nothing to drop")
+    for name in ("DATA_USER", "DATA_PASSWORD", "DATA_HTPASSWD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    root = serve_root("basic", htpasswd=htpasswd_line("reader", "pw-0123"))
+    (root / serve.SECRETS_DIR / "htpasswd").chmod(0o600)  # root's alone
+    settings = ServeSettings(root=root, auth="basic")
+    private = tmp_path / "private"  # pytest's folders are root's alone (0700)
+    (private / "s.zarr").mkdir(parents=True)
+    (private / "s.zarr" / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+    with (
+        pytest.raises(ServeError, match=r"workers run as '[\w-]+', which cannot read .*chmod o\+rx"),
+        serving(settings, private),
+    ):
+        pass
+    data = readable_by_nginx_workers(private)
+    headers = {"Authorization": "Basic " + base64.b64encode(b"reader:pw-0123").decode()}
+    before = {p.pid for p in psutil.Process().children()}
+    with serving(settings, data) as url:
+        (master,) = [p for p in psutil.Process().children() if p.pid not in before]
+        workers = master.children()
+        assert workers and master.uids().real == 0
+        unprivileged = {
+            pwd.getpwnam(name).pw_uid for name in serve.UNPRIVILEGED_USERS if serve._account(name)
+        }
+        assert all({*w.uids()} <= unprivileged for w in workers), [w.uids() for w in workers]
+        assert get(f"{url}/s.zarr/.zgroup", headers) == 200

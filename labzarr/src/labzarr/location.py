@@ -25,7 +25,8 @@ S3 = "s3"
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 KEY_ENV = "AWS_ACCESS_KEY_ID"
 SECRET_ENV = "AWS_SECRET_ACCESS_KEY"
-AWS_ENV = (ENDPOINT_ENV, KEY_ENV, SECRET_ENV, "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION")
+AWS_ENV = (ENDPOINT_ENV, KEY_ENV, SECRET_ENV, "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION",
+           "AWS_SHARED_CREDENTIALS_FILE")  # fmt: skip
 CREDENTIALS_HINT = (
     f"set {KEY_ENV} and {SECRET_ENV} (or AWS_PROFILE) to a key pair the object store accepts, "
     f"and {ENDPOINT_ENV} to its endpoint (in Colab: as secrets)"
@@ -41,15 +42,23 @@ def is_s3(location: str) -> bool:
     return urlsplit(location).scheme == S3
 
 
-def check_s3_url(url: str, origin: str) -> str:
-    """`url` without a trailing slash, if it is `s3://bucket[/prefix]` without credentials in it."""
+def has_credentials(url: str) -> bool:
+    """Whether a URL carries a user, a password or a query (where tokens travel): a configured URL
+    is printed and written into the store's attributes, so such a URL would publish them."""
     parts = urlsplit(url)
-    if parts.scheme != S3 or not parts.hostname:
-        raise LocationError(f"{origin} = {url!r} is not an s3://bucket/prefix URL")
-    if parts.username or parts.password or parts.query:
+    return parts.username is not None or parts.password is not None or bool(parts.query)
+
+
+def check_s3_url(url: str, origin: str) -> str:
+    """`url` without a trailing slash, if it is `s3://bucket[/prefix]` without credentials in it.
+    The messages never repeat a URL that carries credentials."""
+    if has_credentials(url):
         raise LocationError(
             f"{origin} must not carry credentials or options; {CREDENTIALS_HINT}, never in the URL"
         )
+    parts = urlsplit(url)
+    if parts.scheme != S3 or not parts.hostname:
+        raise LocationError(f"{origin} = {url!r} is not an s3://bucket/prefix URL")
     return url.rstrip("/")
 
 

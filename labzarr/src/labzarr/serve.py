@@ -59,6 +59,9 @@ NGINX_SIZE = re.compile(r"\d+[kKmMgG]?")
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 PR_SET_PDEATHSIG = 1
+# Accounts nginx's workers run as when serve runs as root and the data belong to root: the
+# official image's, Debian's nginx package's, then the traditional one.
+UNPRIVILEGED_USERS = ("nginx", "www-data", "nobody")
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,22 @@ def _client_host(host: str) -> str:
     return _listen(host, 0).rsplit(":", 1)[0]
 
 
+def check_host(host: str) -> str:
+    """`host` if this machine can listen on it: an address of one of its interfaces, or a name
+    that resolves to one; else a ServeError saying what to pass instead."""
+    _listen(host, 0)  # the spelling: an address or a host name
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:  # socket.gaierror (no such name) included
+            raise ServeError(
+                f"--host {host!r} is not an address of this machine ({exc.strerror}); pass one of its "
+                "addresses, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+            ) from None
+    return host
+
+
 def free_port(host: str) -> int:
     """A port the OS reports free on `host` right now (nginx cannot bind port 0 and tell us)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -282,19 +301,41 @@ def _main_conf(prefix: Path, user: str | None) -> str:
     return "\n".join(line for line in lines if line) + "\n"
 
 
-def _worker_user(data_dir: Path, prefix: Path) -> str | None:
-    """As root, run workers as the owner of the data (nginx would pick `nobody`, which
-    usually cannot read it) and give them the prefix; otherwise nginx keeps our user."""
+def _worker_user(data_dir: Path) -> tuple[int, int, str] | None:
+    """As root, the account nginx's workers run as: never root (a worker serves the network), but
+    the owner of the data when it is an ordinary account (it can read them), else the first of
+    UNPRIVILEGED_USERS (the container image's workers are uid 101 too). That account must be able
+    to read the data folder, or serving stops saying so. None when not root: nginx keeps our user."""
     if os.geteuid() != 0:
         return None
     st = data_dir.stat()
-    try:  # nginx's `user` takes names; an owner without an account falls back to root
-        user, group = pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name
+    try:
+        owner = pwd.getpwuid(st.st_uid) if st.st_uid != 0 else None
+    except KeyError:  # an owner without an account: nginx's `user` takes names
+        owner = None
+    if owner is None:
+        owner = next((found for name in UNPRIVILEGED_USERS if (found := _account(name))), None)
+        if owner is None:
+            raise ServeError(
+                f"serve runs as root, and nginx's workers must not: none of the accounts "
+                f"{', '.join(UNPRIVILEGED_USERS)} exists to run them as; run serve as an ordinary user"
+            )
+    group = grp.getgrgid(owner.pw_gid).gr_name
+    readable = subprocess.run(["test", "-r", str(data_dir), "-a", "-x", str(data_dir)], user=owner.pw_uid,
+                              group=owner.pw_gid, extra_groups=[], check=False)  # fmt: skip
+    if readable.returncode != 0:
+        raise ServeError(
+            f"serve runs as root, so nginx's workers run as {owner.pw_name!r}, which cannot read {data_dir}; "
+            f"make the folder and its parents readable to it (chmod o+rx), or run serve as the data's owner"
+        )
+    return owner.pw_uid, owner.pw_gid, f"{owner.pw_name} {group}"
+
+
+def _account(name: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(name)
     except KeyError:
-        return "root root"
-    for path in [prefix, *prefix.rglob("*")]:
-        os.chown(path, st.st_uid, st.st_gid)
-    return f"{user} {group}"
+        return None
 
 
 def write_config(
@@ -313,12 +354,21 @@ def write_config(
         "STUDY_TLS_DIR": _quote_path(prefix / "tls", "the temporary folder"),
         **auth_variables(settings, prefix),
     }
+    worker = _worker_user(data_dir)
+    if worker and "STUDY_HTPASSWD" in variables:  # the workers read it at each request: their copy
+        copy = prefix / "htpasswd"
+        if Path(variables["STUDY_HTPASSWD"]) != copy:
+            shutil.copyfile(variables["STUDY_HTPASSWD"], copy)
+            copy.chmod(0o600)
+        variables["STUDY_HTPASSWD"] = str(copy)
     for template in templates(settings):
         target = prefix / "conf.d" / template.name.removesuffix(".template")
         target.write_text(render(template.read_text(), variables, str(template)))
-    user = _worker_user(data_dir, prefix)
     main = prefix / "nginx.conf"
-    main.write_text(_main_conf(prefix, user))
+    main.write_text(_main_conf(prefix, worker[2] if worker else None))
+    if worker:  # the prefix is the workers' (temp files, the htpasswd copy)
+        for path in [prefix, *prefix.rglob("*")]:
+            os.chown(path, worker[0], worker[1])
     return main
 
 
@@ -374,6 +424,7 @@ def _running(
     data_dir = Path(data_dir).resolve()
     if not data_dir.is_dir():
         raise ServeError(f"the data folder {data_dir} does not exist; run the ETL first or pass --data DIR")
+    check_host(host)
     attempts = 1 if port else 3  # a free port can be taken between our check and nginx's bind
     for attempt in range(attempts):
         chosen = port or free_port(host)

@@ -4,7 +4,7 @@ One consolidated zarr store per study, `<data.zarr_dir>/<dataset_name>.zarr`:
 
     <dataset_name>  float32 (cell, time, feature)  the quantile-transformed series
     category        int8    (cell, time)           label codes 0..10 (W4..D4), MISSING = -1
-    complete        bool    (cell, time)           every feature is finite on that day
+    complete        int8    (cell, time)           1: every feature is finite on that day, 0: not
     lat, lon        float64 (cell,)                the cell's coordinates
     time            (time,)                        dates of the steps (CF-encoded, the inputs' calendar)
     feature         str     (feature,)             the variable names, in feature order
@@ -26,15 +26,18 @@ the train block only. A window of `lookback` steps ending on step `end` belongs
 to a split when `end` is in its block; the gaps (at least the lookback) keep
 every window inside one split's steps and the gap before it.
 
-Fill values cannot be mistaken for data: NaN for floats, MISSING for the labels,
-False for `complete`, and `TIME_FILL` (not a date of any study) for time; a
-reader that loses a chunk still sees "missing" (and the study's own reader
-raises instead, see remote.py).
+Fill values cannot be mistaken for data (`invalid_fill`): NaN for floats, MISSING
+for the labels, the smallest integer for other integers, `TIME_FILL` (not a date
+of any study) for dates, an empty string for names; a yes/no array such as
+`complete` is stored as int8 (1 yes, 0 no) so that its fill, `FLAG_FILL`, is
+neither. A reader that loses a chunk still sees "missing" (xarray masks every
+fill) and the library's own reader raises instead (`remote.MissingChunkError`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +45,7 @@ from typing import Any
 import numpy as np
 
 STORE_SUFFIX = ".zarr"
+DATASET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # what a store may be named (as the template asks)
 MISSING = -1  # label code of a step without a label (the fill value of `category`)
 CELL, TIME, FEATURE = "cell", "time", "feature"
 LABELS = "category"
@@ -53,13 +57,52 @@ MANIFEST_FORMAT = 2
 SPLITS = ("train", "valid", "test")
 SPLIT_GAP = "split_gap"  # root attribute: steps between the split blocks
 TIME_FILL = np.iinfo(np.int64).min  # fill value of the encoded time axis: never a real date
+FLAG_FILL = -1  # fill value of a yes/no array, stored as int8 1 (yes) / 0 (no): a lost chunk reads neither
 # Keys a zarr reader may probe for and legitimately not find.
 METADATA_NAMES = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json"})
 
 
 def store_name(dataset_name: str) -> str:
-    """File name of a study's store, e.g. columbia_gridcells.zarr."""
+    """File name of a study's store, e.g. columbia_gridcells.zarr; ValueError for a name that is
+    not one plain name (`DATASET_NAME`): a `/` or `..` would put the store (and the folders made
+    for it) elsewhere."""
+    if not DATASET_NAME.fullmatch(dataset_name):
+        raise ValueError(
+            f"{dataset_name!r} is not a plain name; allowed: letters, digits and '_', starting with a "
+            f"letter (it names the store, <name>{STORE_SUFFIX}, and its features array)"
+        )
     return f"{dataset_name}{STORE_SUFFIX}"
+
+
+def invalid_fill(dtype: Any, *, time: bool = False) -> Any:
+    """The fill value an array of `dtype` gets unless its writer names one: a value no stored
+    value takes, so that a chunk that is not there never reads as data.
+
+    NaN for floats, the smallest signed (largest unsigned) integer, `TIME_FILL` for dates (`time`:
+    the array holds encoded dates), "" for strings, and `FLAG_FILL` for booleans, which are
+    stored as int8 (`stored_dtype`): a bool has no value to spare. An integer array whose
+    extreme value is data must name its own fill.
+    """
+    dtype = np.dtype(dtype)
+    if time or dtype.kind in "Mm":
+        return TIME_FILL
+    if dtype.kind == "b":
+        return np.int8(FLAG_FILL)
+    if dtype.kind == "f":
+        return dtype.type(np.nan)
+    if dtype.kind == "i":
+        return np.iinfo(dtype).min
+    if dtype.kind == "u":
+        return np.iinfo(dtype).max
+    if dtype.kind in "OUT":
+        return ""
+    raise ValueError(f"no fill value that cannot pass for data is defined for dtype {dtype}")
+
+
+def stored_dtype(dtype: Any) -> np.dtype | None:
+    """The dtype an array of `dtype` is stored as when it differs (booleans: int8, see
+    `invalid_fill`), else None."""
+    return np.dtype(np.int8) if np.dtype(dtype).kind == "b" else None
 
 
 def is_metadata(key: str) -> bool:
@@ -149,15 +192,16 @@ def blocks_from_attrs(attrs: Mapping[str, Any]) -> dict[str, SplitBlock]:
 def valid_pairs(labels: np.ndarray, complete: np.ndarray, ends: np.ndarray, lookback: int) -> np.ndarray:
     """Flat indices `cell * n_time + end` of the usable windows, in cell-major order.
 
-    labels: (cells, T) codes; complete: (cells, T) True where every feature is
-    finite. A window is usable when its end date has a label and every day of
-    it is complete (counted with a cumulative sum, not per window).
+    labels: (cells, T) codes; complete: (cells, T) 1 (or True) where every feature is
+    finite; anything else (0, a fill value, NaN) is not complete. A window is usable
+    when its end date has a label and every day of it is complete (counted with a
+    cumulative sum, not per window).
     """
     n_cells, n_time = labels.shape
     if not len(ends):
         return np.empty(0, dtype=np.int64)
     gaps = np.zeros((n_cells, n_time + 1), dtype=np.int32)
-    np.cumsum(~complete, axis=1, out=gaps[:, 1:])
+    np.cumsum(np.asarray(complete) != 1, axis=1, out=gaps[:, 1:])
     bad_in_window = gaps[:, ends + 1] - gaps[:, ends + 1 - lookback]
     usable = (labels[:, ends] != MISSING) & (bad_in_window == 0)
     cell, which = np.nonzero(usable)  # row-major: cell-major, then time order

@@ -73,14 +73,27 @@ def _serve(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _train(cfg: Config, args: argparse.Namespace) -> int:
-    from .train.loop import train
-
     out = Path(args.out) if args.out else None
+    _check_results_folder(
+        out or cfg.path(cfg.train.out_dir), "--out" if out else f"train.out_dir ({cfg.source})"
+    )
+    from .train.loop import train  # torch: seconds to import
+
     # Progress bars only on a terminal: in a log file every redraw would be a line of its own.
     # The one line per epoch is printed either way.
     progress = sys.stderr.isatty()
     train(cfg, url=args.url, epochs=args.epochs, out_dir=out, resume=not args.fresh, progress=progress)
     return 0
+
+
+def _check_results_folder(out: Path, origin: str) -> None:
+    """Refuse a results folder that cannot be one before an epoch is spent, not when the first
+    checkpoint is written: the path or a folder above it is a file."""
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise StudyError(
+            f"{origin} = {out}: {blocking} is a file, not a folder; name a folder (made if missing)"
+        )
 
 
 def _lock(cfg: Config, args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labzarr import settings
-from labzarr.location import LocationError, StoreLocation, check_s3_url
+from labzarr.location import LocationError, StoreLocation, check_s3_url, has_credentials
 from labzarr.registry import RegistryError
 from labzarr.serve import ServeSettings
 from labzarr.settings import ConfigError, key
@@ -156,7 +156,10 @@ class EtlSection:
 
 @dataclass(frozen=True)
 class ServerSection:
-    url: str = key("Public base URL of the data server (DATA_URL overrides it).")
+    url: str = key(
+        "Public base URL of the data server (DATA_URL overrides it); no credentials in it: readers take "
+        "them from DATA_TOKEN, or DATA_USER and DATA_PASSWORD."
+    )
     auth: str = key("Authentication of the data server.", choices=("token", "basic", "none"))
     port: int = key(
         "Port `serve` listens on when no --port is given (--port 0: any free port). Docker publishes "
@@ -344,6 +347,18 @@ class Config:
 def _check_consistency(cfg: Config) -> None:
     """Rules that span several keys."""
     where = cfg.source
+    try:
+        store_name(cfg.study.dataset_name)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: study.dataset_name = {exc}") from None
+    urls = {"server.url": cfg.server.url, "etl.dask_scheduler": cfg.etl.dask_scheduler}  # zarr_dir: below
+    for name, url in urls.items():
+        if has_credentials(url):
+            raise ConfigError(
+                f"{where}: {name} must not carry credentials (user:password@ or a ?query): it is printed and "
+                "written into the store's attributes; remove them (readers take DATA_TOKEN, or DATA_USER "
+                "and DATA_PASSWORD, from the environment)"
+            )
     if "://" in cfg.data.zarr_dir:
         try:
             check_s3_url(cfg.data.zarr_dir, f"{where}: data.zarr_dir")

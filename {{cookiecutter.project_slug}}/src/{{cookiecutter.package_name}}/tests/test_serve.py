@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -13,8 +14,12 @@ from pathlib import Path
 
 import pytest
 from labzarr.serve import ServeError, serving, templates
+from labzarr.store_format import Manifest
+from labzarr.testing.fixtures import readable_by_nginx_workers
+from labzarr.testing.stores import learnable_series, write_series_store
 
 from ..config import Config
+from .conftest import STUDY_ROOT
 
 
 def test_the_study_template_is_the_one_of_its_auth(study_config: Config) -> None:
@@ -59,10 +64,23 @@ def test_the_study_template_serves_a_folder_with_the_real_nginx(
     (tmp_path / "s.zarr").mkdir()
     (tmp_path / "s.zarr" / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
     (tmp_path / ".env").write_text("secret")
-    with serving(study_config.serve_settings(), tmp_path) as url:
+    x, y = learnable_series(4, 60)  # a store where the ETL puts it: <data.zarr_dir>/<dataset_name>.zarr
+    write_series_store(
+        tmp_path, x, y, dataset_name=study_config.study.dataset_name, lookback=5, chunk_cells=4
+    )
+    # storage/README.md's check from another machine: the very URL path it tells the lab to curl
+    readme = (STUDY_ROOT / "storage" / "README.md").read_text()
+    (check,) = re.findall(
+        r"^curl -fsS .*http://lab-host\.example\.edu:8080(/\S+) \| head", readme, re.MULTILINE
+    )
+    with serving(study_config.serve_settings(), readable_by_nginx_workers(tmp_path)) as url:
         assert get(f"{url}/healthz", {}) == 200
         assert get(f"{url}/s.zarr/.zgroup", headers) == 200
         assert get(f"{url}/.env", headers) == 404
         assert get(f"{url}/s.zarr/.zgroup", headers, method="DELETE") == 405
         if headers:
             assert get(f"{url}/s.zarr/.zgroup", {}) == 401
+        with urllib.request.urlopen(
+            urllib.request.Request(f"{url}{check}", headers=headers), timeout=5
+        ) as answer:
+            assert Manifest.from_json(answer.read()).arrays, check  # "JSON means it works"
