@@ -155,7 +155,7 @@ class Series:
             self.lookback = int(self.attrs["time_lookback"])
             self.features = [str(f) for f in self.attrs["features"]]
             self.labels = np.asarray(group[LABELS][:])  # (cells, T) int8 codes
-            self.complete = np.asarray(group[COMPLETE][:])  # (cells, T) bool
+            self.complete = np.asarray(group[COMPLETE][:]) == 1  # (cells, T) bool: 1 yes; 0 or a fill no
         except BaseException:
             self.remote.close()
             raise
@@ -187,7 +187,7 @@ class Series:
         self.chunk_cells, self.progress, self.attrs = self.n_cells, False, {}
         self.blocks, self.lookback, self.gap = dict(blocks), lookback, lookback if gap is None else gap
         self.features = feature_names or [f"feature{i}" for i in range(self.n_features)]
-        self.labels, self.complete = np.asarray(labels, dtype=np.int8), np.asarray(complete, dtype=bool)
+        self.labels, self.complete = np.asarray(labels, dtype=np.int8), np.asarray(complete) == 1
         self.budget_bytes = 2**62
         self._resident, self._labels_on_device = x, None
         self._lock = threading.Lock()
