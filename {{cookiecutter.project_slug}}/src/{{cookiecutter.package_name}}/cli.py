@@ -73,6 +73,9 @@ def _serve(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _train(cfg: Config, args: argparse.Namespace) -> int:
+    from labzarr.train.threads import prepare_threads
+
+    prepare_threads()  # before torch loads its OpenMP runtime: waiting threads sleep, not spin
     from .train.loop import train
 
     out = Path(args.out) if args.out else None
