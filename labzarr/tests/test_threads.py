@@ -95,12 +95,14 @@ def test_apply_sets_torch_threads_and_respects_the_users_choice(torch_threads: N
     assert torch.get_num_threads() == 1 and record["parameters"] == sum(p.numel() for p in lstm.parameters())
     assert apply_threads(conv, environ={}, affinity=4)["threads"] == 4 == torch.get_num_threads()
     # torchrun's own OMP_NUM_THREADS=1 for several ranks is not a choice: each rank gets its share
+    torch.set_num_threads(1)  # what torch starts with in a rank
+    threads._state["set_by_us"] = None
     record = apply_threads(conv, environ={"OMP_NUM_THREADS": "1", "LOCAL_WORLD_SIZE": "2"}, affinity=4)
     assert (record["threads"], record["threads_source"], record["local_ranks"]) == (2, "policy", 2)
 
     record = apply_threads(conv, environ={"OMP_NUM_THREADS": "3"}, affinity=4)
     assert (record["threads_source"], torch.get_num_threads()) == ("OMP_NUM_THREADS", 2)  # left as it was
-    chosen = max(threads._torch_defaults()) + 3  # no default of torch's
+    chosen = max(threads._torch_defaults({})) + 3  # no default of torch's
     torch.set_num_threads(chosen)
     record = apply_threads(lstm, environ={}, affinity=4)
     assert (record["threads"], record["threads_source"], torch.get_num_threads()) == (

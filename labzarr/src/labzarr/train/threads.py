@@ -39,11 +39,15 @@ WAIT_POLICY = "passive"
 # Set beside OMP_WAIT_POLICY by prepare_threads: a child process (a test's CLI run, a notebook's
 # kernel) inheriting the policy's choice then records it as the policy's, not as a user's.
 POLICY_MARK = "LABZARR_WAIT_POLICY"
-# A recurrent model below this many parameters runs on one thread: its steps are many small
-# sequential regions (the default LSTM, hidden 64: 18k parameters). Measured on 2 cores: hidden
-# 64 and 128 (68k) gain at most 1.2-1.3x from a second thread; hidden 256 (266k) with two
-# passive threads lost 1.3-1.5x beside other work (benchmarks/bench_threads.py).
-SMALL_RECURRENT_PARAMETERS = 250_000
+# A recurrent model below this many parameters runs on one thread: its step is a chain of small
+# regions, one per time step (the default LSTM, hidden 64: 18k parameters). Measured on a shared
+# 2-core machine (load 3-7; benchmarks/bench_threads.py and the same step at other sizes), one
+# thread against two passive ones: hidden 64 0.43-0.48 s against 0.43-0.47 s per step, hidden
+# 128 0.47-0.54 s against 0.39-0.41 s, hidden 256 (266k) 2.5-3.0 s against 2.9-3.3 s, hidden 512
+# (1.1M) 6.4 s against 6.4 s: no gain from a second thread, and 1/7 of the context switches.
+# On idle cores a second thread gave at most 1.17x (issue 20, spinning waits). Larger recurrent
+# models were not measured: they get the cores.
+SMALL_RECURRENT_PARAMETERS = 2_000_000
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
 CPU_TOPOLOGY = Path("/sys/devices/system/cpu")
@@ -148,13 +152,15 @@ def prepare_threads(environ: MutableMapping[str, str] | None = None) -> dict[str
     return record
 
 
-def _torch_defaults() -> set[int]:
+def _torch_defaults(environ: MutableMapping[str, str]) -> set[int]:
     """The intra-op thread counts torch starts with when nobody chose: the CPU count, the
-    affinity's and the physical cores' (torch counts those with cpuinfo)."""
+    affinity's and the physical cores' (torch counts those with cpuinfo), and under torchrun
+    its OMP_NUM_THREADS=1."""
     cores = set()
     for cpu in CPU_TOPOLOGY.glob("cpu[0-9]*/topology"):
         cores.add((_read(cpu / "physical_package_id"), _read(cpu / "core_id")))
-    return {n for n in (os.cpu_count(), len(os.sched_getaffinity(0)), len(cores)) if n}
+    started = 1 if _torchrun_default(environ) else None
+    return {n for n in (os.cpu_count(), len(os.sched_getaffinity(0)), len(cores), started) if n}
 
 
 def is_recurrent(model: nn.Module) -> bool:
@@ -203,7 +209,7 @@ def apply_threads(
     now = torch.get_num_threads()
     if prepared["user_threads"]:
         threads, source, reason = now, "OMP_NUM_THREADS", f"OMP_NUM_THREADS={prepared['user_threads']} is set"
-    elif now != _state["set_by_us"] and now not in _torch_defaults():
+    elif now != _state["set_by_us"] and now not in _torch_defaults(env):
         threads, source, reason = now, "torch.set_num_threads", "set by the caller before training"
     else:
         threads, reason = choose_threads(
