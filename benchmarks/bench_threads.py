@@ -47,7 +47,7 @@ SETTINGS: dict[str, dict[str, str]] = {
 N_CLASSES = 11
 
 STEP = """
-import json, os, sys, time
+import json, sys, time
 hidden, layers, batch, lookback, features, steps, policy = json.loads(sys.argv[1])
 if policy:
     from labzarr.train.threads import apply_threads, prepare_threads
@@ -57,7 +57,8 @@ from torch import nn
 torch.manual_seed(0)
 lstm = nn.LSTM(features, hidden, num_layers=layers, batch_first=True)
 model = nn.Sequential(lstm, nn.Linear(hidden, 11))  # the head reads the last hidden state below
-record = apply_threads(model) if policy else {}
+if policy:
+    apply_threads(model)
 optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 x, y = torch.randn(batch, lookback, features), torch.randint(0, 11, (batch,))
 def step():
@@ -70,8 +71,8 @@ for _ in range(2):
 wall, cpu = time.perf_counter(), time.process_time()
 for _ in range(steps):
     step()
-print(json.dumps({"step_s": (time.perf_counter() - wall) / steps, "cpu_s": (time.process_time() - cpu) / steps,
-                  "threads": torch.get_num_threads(), "wait": record.get("wait_policy", os.environ.get("OMP_WAIT_POLICY"))}))
+wall, cpu = (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+print(json.dumps({"step_s": wall, "cpu_s": cpu, "threads": torch.get_num_threads()}))
 """
 
 
@@ -92,7 +93,9 @@ def study_defaults() -> dict[str, int]:
 
 def timed(name: str, model: dict[str, int], steps: int) -> dict[str, float]:
     """One fresh process of setting `name`: its seconds per step."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "LABZARR_WAIT_POLICY")
+    }
     env.update(SETTINGS[name])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TEMPLATE / "labzarr" / "src"), env.get("PYTHONPATH")]))
     args = [*model.values(), steps, name == "policy"]
@@ -121,8 +124,11 @@ def main() -> None:
                         hog.kill()
                         hog.wait()
                 runs.setdefault((name, load), []).append(run)
-                print(f"  [{repeat + 1}/{ns.repeat}] {load:4} {name:9} {run['step_s']:.3f} s/step "
-                      f"(cpu {run['cpu_s']:.3f} s, {run['threads']} threads, load {run['load']:.1f})", flush=True)  # fmt: skip
+                print(
+                    f"  [{repeat + 1}/{ns.repeat}] {load:4} {name:9} {run['step_s']:.3f} s/step (cpu "
+                    f"{run['cpu_s']:.3f} s, {run['threads']} threads, load {run['load']:.1f})",
+                    flush=True,
+                )
 
     def median(name: str, load: str, key: str = "step_s") -> float:
         return statistics.median(r[key] for r in runs[name, load])

@@ -53,11 +53,19 @@ def test_cgroup_v2_quota_is_the_smallest_on_the_path(tmp_path: Path) -> None:
                                      "user.slice/job/cpu.max": "150000 100000"},
     )  # fmt: skip
     assert cgroup_cpu_limit(root, self_cgroup) == 1.5
-    assert usable_cores(8, root=root, self_cgroup=self_cgroup) == {"cores": 1, "affinity": 8, "cgroup_quota": 1.5}
+    assert usable_cores(8, root=root, self_cgroup=self_cgroup) == {
+        "cores": 1,
+        "affinity": 8,
+        "cgroup_quota": 1.5,
+    }
     (root / "user.slice/job/cpu.max").write_text("max 100000\n")
     assert usable_cores(8, root=root, self_cgroup=self_cgroup)["cores"] == 2  # the parent's 2.5 binds
     (root / "user.slice/cpu.max").write_text("max 100000\n")
-    assert usable_cores(8, root=root, self_cgroup=self_cgroup) == {"cores": 8, "affinity": 8, "cgroup_quota": None}
+    assert usable_cores(8, root=root, self_cgroup=self_cgroup) == {
+        "cores": 8,
+        "affinity": 8,
+        "cgroup_quota": None,
+    }
     (root / "user.slice/job/cpu.max").write_text("50000 100000\n")
     assert usable_cores(3, root=root, self_cgroup=self_cgroup)["cores"] == 1  # half a core: still one thread
 
@@ -66,7 +74,8 @@ def test_cgroup_v1_cfs_quota(tmp_path: Path) -> None:
     root = tmp_path / "cgroup"
     self_cgroup = fake_cgroup(
         root, "4:memory:/x\n3:cpu,cpuacct:/docker/abc\n0::/",
-        {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "300000", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000",
+        {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "300000",
+         "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000",
          "cpu,cpuacct/cpu.cfs_quota_us": "-1", "cpu,cpuacct/cpu.cfs_period_us": "100000"},
     )  # fmt: skip
     assert cgroup_cpu_limit(root, self_cgroup) == 3.0

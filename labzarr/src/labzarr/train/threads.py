@@ -100,7 +100,9 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) 
             for folder in _ancestors(root, relative):
                 limits += filter(None, [_quota(_read(folder / "cpu.max"))])
         elif "cpu" in controllers.split(","):  # v1: the cpu controller's own hierarchy
-            mount = next((root / n for n in ("cpu", "cpu,cpuacct", "cpuacct,cpu") if (root / n).is_dir()), root)
+            mount = next(
+                (root / n for n in ("cpu", "cpu,cpuacct", "cpuacct,cpu") if (root / n).is_dir()), root
+            )
             for folder in _ancestors(mount, relative):
                 quota = _cfs_quota(_read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us"))
                 limits += filter(None, [quota])
@@ -176,8 +178,8 @@ def choose_threads(cores: int, *, parameters: int, recurrent: bool, local_ranks:
     where = f"{cores} usable cores" + (f" / {local_ranks} ranks on this machine" if local_ranks > 1 else "")
     if recurrent and parameters < SMALL_RECURRENT_PARAMETERS and share > 1:
         return 1, (
-            f"a small recurrent model ({parameters:,} parameters < {SMALL_RECURRENT_PARAMETERS:,}): its step is "
-            f"hundreds of tiny parallel regions, which more threads barely speed up ({where})"
+            f"a small recurrent model ({parameters:,} parameters < {SMALL_RECURRENT_PARAMETERS:,}): its "
+            f"step is a chain of small parallel regions, which more threads did not speed up ({where})"
         )
     return share, where
 

@@ -167,7 +167,7 @@ def test_train_into_a_log_prints_one_line_per_epoch_and_no_progress_bars(tmp_pat
     assert Path("results-gru/checkpoints/last.pt") in written and Path("results-gru/summary.json") in written
     # The CLI chose the threads before torch started: one for this small LSTM, idle threads sleeping.
     threads = json.loads((out / "summary.json").read_text())["threads"]
-    assert (threads["threads"], threads["threads_source"], threads["recurrent"]) == (1, "policy", True), threads
+    assert threads["threads"] == 1 and threads["threads_source"] == "policy" and threads["recurrent"], threads
     assert (threads["wait_policy"], threads["wait_source"]) == ("passive", "policy"), threads
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *map(str, written)], cwd=repo,
                              capture_output=True, text=True)  # fmt: skip
