@@ -85,6 +85,16 @@ def test_cgroup_v1_cfs_quota(tmp_path: Path) -> None:
     assert cgroup_cpu_limit(root, tmp_path / "no such file") is None
 
 
+def test_no_affinity_call_or_an_unreadable_quota_means_every_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "cgroup"
+    self_cgroup = fake_cgroup(root, "garbage\n0::/", {"cpu.max": "unknown format"})
+    assert cgroup_cpu_limit(root, self_cgroup) is None
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows
+    assert usable_cores(root=root, self_cgroup=self_cgroup)["cores"] == os.cpu_count()
+
+
 def test_choice_per_model_and_ranks() -> None:
     small, large = SMALL_RECURRENT_PARAMETERS // 10, SMALL_RECURRENT_PARAMETERS * 2
     assert choose_threads(2, parameters=small, recurrent=True)[0] == 1

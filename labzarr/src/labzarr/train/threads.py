@@ -44,7 +44,8 @@ POLICY_MARK = "LABZARR_WAIT_POLICY"
 # 2-core machine (load 3-7; benchmarks/bench_threads.py and the same step at other sizes), one
 # thread against two passive ones: hidden 64 0.43-0.48 s against 0.43-0.47 s per step, hidden
 # 128 0.47-0.54 s against 0.39-0.41 s, hidden 256 (266k) 2.5-3.0 s against 2.9-3.3 s, hidden 512
-# (1.1M) 6.4 s against 6.4 s: no gain from a second thread, and 1/7 of the context switches.
+# (1.1M) 6.4 s against 6.4 s: no consistent gain from a second thread, at 1/3 to 1/25 of the
+# involuntary context switches and 0-10 % less CPU time.
 # On idle cores a second thread gave at most 1.17x (issue 20, spinning waits). Larger recurrent
 # models were not measured: they get the cores.
 SMALL_RECURRENT_PARAMETERS = 2_000_000
@@ -53,6 +54,13 @@ SELF_CGROUP = Path("/proc/self/cgroup")
 CPU_TOPOLOGY = Path("/sys/devices/system/cpu")
 
 _state: dict[str, Any] = {"prepared": None, "set_by_us": None}
+
+
+def _affinity() -> int:
+    """CPUs this process may run on (macOS and Windows have no affinity call: all of them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _read(path: Path) -> str | None:
@@ -64,18 +72,16 @@ def _read(path: Path) -> str | None:
 
 def _quota(cpu_max: str | None) -> float | None:
     """CPUs granted by a cgroup v2 `cpu.max` ('max 100000' or '150000 100000'); None: no limit."""
-    if not cpu_max:
-        return None
-    quota, _, period = cpu_max.partition(" ")
-    if quota == "max" or not period:
-        return None
+    quota, _, period = (cpu_max or "").partition(" ")
+    if not (quota.isdigit() and period.isdigit() and int(period)):
+        return None  # 'max', or a file this parser does not know: no limit it can read
     return int(quota) / int(period)
 
 
 def _cfs_quota(quota: str | None, period: str | None) -> float | None:
     """CPUs granted by cgroup v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`; None: no limit (-1)."""
-    if not quota or not period or int(quota) <= 0:
-        return None
+    if not (quota and quota.isdigit() and period and period.isdigit() and int(quota) and int(period)):
+        return None  # -1: no limit
     return int(quota) / int(period)
 
 
@@ -95,6 +101,8 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) 
     `self_cgroup` the process's membership file (tests pass fakes)."""
     limits: list[float] = []
     for line in (_read(self_cgroup) or "").splitlines():
+        if line.count(":") < 2:
+            continue
         _, controllers, relative = line.split(":", 2)
         if controllers == "":  # v2: one unified hierarchy
             for folder in _ancestors(root, relative):
@@ -114,7 +122,7 @@ def usable_cores(
 ) -> dict[str, Any]:
     """The cores this process may actually use: its CPU affinity, bounded by its cgroup quota
     (rounded down, at least 1)."""
-    allowed = affinity if affinity is not None else len(os.sched_getaffinity(0))
+    allowed = affinity if affinity is not None else _affinity()
     quota = cgroup_cpu_limit(root, self_cgroup)
     cores = allowed if quota is None else max(1, min(allowed, math.floor(quota)))
     return {"cores": cores, "affinity": allowed, "cgroup_quota": quota}
@@ -138,6 +146,8 @@ def prepare_threads(environ: MutableMapping[str, str] | None = None) -> dict[str
     Call it first thing in an entry point, before `import torch`. Leaves a user's
     OMP_WAIT_POLICY alone; after torch was imported it can change nothing and says so.
     """
+    if environ is None and _state["prepared"] is not None:
+        return _state["prepared"]  # called again (a notebook cell run twice): the first call decided
     env = os.environ if environ is None else environ
     user_threads = env.get("OMP_NUM_THREADS") if not _torchrun_default(env) else None
     if "OMP_WAIT_POLICY" in env:
@@ -162,7 +172,7 @@ def _torch_defaults(environ: MutableMapping[str, str]) -> set[int]:
     for cpu in CPU_TOPOLOGY.glob("cpu[0-9]*/topology"):
         cores.add((_read(cpu / "physical_package_id"), _read(cpu / "core_id")))
     started = 1 if _torchrun_default(environ) else None
-    return {n for n in (os.cpu_count(), len(os.sched_getaffinity(0)), len(cores), started) if n}
+    return {n for n in (os.cpu_count(), _affinity(), len(cores), started) if n}
 
 
 def is_recurrent(model: nn.Module) -> bool:
