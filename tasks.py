@@ -119,11 +119,9 @@ def task_setup(args: list[str]) -> None:
 def task_test(args: list[str]) -> None:
     """run the library's test suite, then the template's (baked studies' suites included; args go to it)"""
     task_setup([])
-    # The tests train tiny CPU models in several processes at once (pytest, nginx, study
-    # subprocesses, torchrun ranks). With torch's default of one thread per core they fight over
-    # the cores: on a busy 2-core machine an LSTM step took 1.4-7 s instead of 0.37 s with one
-    # thread (measured with the demo). One thread per process unless the caller chose otherwise.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # No thread settings here: the tests train tiny CPU models in several processes at once
+    # (pytest workers, study subprocesses, torchrun ranks), each with the package's own choice
+    # (labzarr.train.threads: one thread for a small recurrent model, idle threads sleeping).
     run(PYTHON, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", cwd=LIBRARY)
     run(PYTHON, "-m", "pytest", *args, cwd=ROOT)
 

@@ -150,6 +150,9 @@ except ImportError:
     install_keeping_runtime(*filter(None, (LIBRARY_SOURCE, PIP_SOURCE)))
     importlib.invalidate_caches()
 
+from labzarr.train.threads import prepare_threads
+
+prepare_threads()  # before torch loads OpenMP: its idle CPU threads then sleep instead of spinning
 import fsspec
 import numpy as np
 import torch
@@ -285,6 +288,7 @@ from IPython.display import Image, display
 from {{ cookiecutter.package_name }}.train.loop import train
 
 summary = train(cfg, source=SOURCE, epochs=EPOCHS, out_dir=Path(RESULTS_DIR))
+print(f"CPU threads: {summary['threads']['threads']} ({summary['threads']['reason']})")
 for plot in sorted(Path(RESULTS_DIR).glob("*.png")):
     display(Image(filename=str(plot)))""",
     ),

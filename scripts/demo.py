@@ -214,6 +214,8 @@ def main() -> int:
         f"on {summary['device']}, "
         f"{summary['train_samples']:,} windows per epoch"
     )
+    threads = summary["threads"]  # the study's CLI chose them (labzarr.train.threads): say which and why
+    print(f"CPU threads      {threads['threads']}, {threads['wait_policy']} wait: {threads['reason']}")
     print(f"test ({test['samples']:,} windows)  accuracy  macro-F1")
     for name, row in {
         "LSTM": test,

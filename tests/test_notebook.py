@@ -181,6 +181,8 @@ def test_notebook_trains_end_to_end_and_stops_cleanly_on_a_wrong_token(
         assert "epochs: 2 (train.epochs of study.toml)" in outputs
         summary = json.loads((workdir / "results" / "summary.json").read_text())
         assert summary["epochs_run"] == 2
+        # The setup cell chose the CPU threads' wait policy before torch was imported.
+        assert summary["threads"]["wait_source"] == "policy" and "CPU threads: " in outputs, summary["threads"]
         assert (workdir / "results" / "checkpoints" / "last.pt").is_file()
         left = {p.name for p in tmp.iterdir()} - {f"torchinductor_{getpass.getuser()}"}
         assert not left, f"left in the temporary folder: {sorted(left)}"

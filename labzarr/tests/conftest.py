@@ -11,6 +11,9 @@ import pytest
 from labzarr.remote import StoreSource
 from labzarr.testing.fixtures import s3_bucket
 from labzarr.testing.s3server import SeaweedS3
+from labzarr.train.threads import prepare_threads
+
+prepare_threads()  # before a test imports torch: its idle OpenMP threads sleep, as in a study's CLI
 
 
 @pytest.fixture(autouse=True)

@@ -77,6 +77,9 @@ def _train(cfg: Config, args: argparse.Namespace) -> int:
     _check_results_folder(
         out or cfg.path(cfg.train.out_dir), "--out" if out else f"train.out_dir ({cfg.source})"
     )
+    from labzarr.train.threads import prepare_threads
+
+    prepare_threads()  # before torch loads its OpenMP runtime: waiting threads sleep, not spin
     from .train.loop import train  # torch: seconds to import
 
     # Progress bars only on a terminal: in a log file every redraw would be a line of its own.

@@ -62,13 +62,12 @@ def readable_by_nginx_workers(folder: Path) -> Path:
 
 
 def torchrun(*args: str | Path, cwd: Path, ranks: int = 2) -> subprocess.CompletedProcess[str]:
-    """`torchrun --standalone --nproc_per_node=RANKS ARGS`, one intra-op thread per rank; fails
-    with both output streams when the launch fails."""
+    """`torchrun --standalone --nproc_per_node=RANKS ARGS` (each rank's threads are the study's
+    policy: `labzarr.train.threads`); fails with both output streams when the launch fails."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
     result = subprocess.run(
         [*command, *map(str, args)],
         cwd=cwd,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=LAUNCH_TIMEOUT_S,

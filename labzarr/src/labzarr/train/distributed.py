@@ -9,9 +9,11 @@ training loop has one code path and the single-process results do not change.
 Why these choices:
 
 * **device**: rank r on a node trains on `cuda:LOCAL_RANK` with NCCL when CUDA is there,
-  else on the CPU with gloo (the tests run 2 CPU ranks with gloo). Threads: torchrun sets
-  `OMP_NUM_THREADS=1` per rank when it is unset, so N CPU ranks use N cores; that default is
-  kept (more intra-op threads per rank oversubscribe the cores);
+  else on the CPU with gloo (the tests run 2 CPU ranks with gloo). Threads: each rank's intra-op
+  threads come from `threads.apply_threads`: its share of the usable cores (cores //
+  LOCAL_WORLD_SIZE, at least 1; one for a small recurrent model), waiting threads sleeping
+  (`threads.prepare_threads`, which the study's CLI calls before importing torch). torchrun's
+  own `OMP_NUM_THREADS=1` for several ranks is not taken as a user's choice; another value is;
 * **uneven shares**: the loader gives rank r every N-th window of the epoch's permutation, so
   batch counts may differ by one (and by more for a streamed series). `Join` keeps DDP's
   gradient all-reduces matched (a rank that ran out contributes zero gradients, averaged over

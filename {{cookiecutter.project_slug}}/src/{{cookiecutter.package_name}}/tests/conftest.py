@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from labzarr.train.threads import prepare_threads
 
 from ..config import Config, load_config
 from ..synthetic import SIZES, write_synthetic
+
+prepare_threads()  # before a test imports torch: its idle OpenMP threads sleep, as in the CLI
 
 STUDY_ROOT = Path(__file__).resolve().parents[3]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ import pytest
 import xarray as xr
 from labzarr.testing.faultserver import FaultServer
 from labzarr.testing.stores import learnable_series, write_series_store
+from labzarr.train.threads import POLICY_MARK
 
 from ..cli import COMMANDS, build_parser, main
 from ..config import load_config
@@ -135,7 +137,8 @@ def test_a_failed_read_ends_train_with_one_clear_line(tmp_path: Path, fault: int
 
 def test_train_into_a_log_prints_one_line_per_epoch_and_no_progress_bars(tmp_path: Path) -> None:
     """Output to a pipe or file (a log, CI): no progress bars, whose every redraw would be a line
-    there, but the line of each epoch. The results folder, whatever its name, stays out of git."""
+    there, but the line of each epoch. The results folder, whatever its name, stays out of git.
+    The CLI chose the CPU threads itself, before torch started (summary.json records it)."""
     config = study_toml(
         tmp_path / "study.toml", time_lookback=20, split_gap=20, cache="none", batch_size=64, hidden_size=8,
         out_dir=str(tmp_path / "results"),
@@ -151,7 +154,8 @@ def test_train_into_a_log_prints_one_line_per_epoch_and_no_progress_bars(tmp_pat
     with FaultServer(tmp_path / "srv") as server:
         command = [sys.executable, "-m", PACKAGE, "--config", config, "train", "--url", server.url,
                    "--epochs", "2", "--out", out]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_") and k != POLICY_MARK}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     log = done.stdout + done.stderr
     assert "\r" not in log and "it/s" not in log and "batch/s" not in log and "chunk/s" not in log, log
@@ -161,6 +165,10 @@ def test_train_into_a_log_prints_one_line_per_epoch_and_no_progress_bars(tmp_pat
 
     written = [p.relative_to(repo) for p in out.rglob("*") if p.is_file()]
     assert Path("results-gru/checkpoints/last.pt") in written and Path("results-gru/summary.json") in written
+    # The CLI chose the threads before torch started: one for this small LSTM, idle threads sleeping.
+    threads = json.loads((out / "summary.json").read_text())["threads"]
+    assert threads["threads"] == 1 and threads["threads_source"] == "policy" and threads["recurrent"], threads
+    assert (threads["wait_policy"], threads["wait_source"]) == ("passive", "policy"), threads
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *map(str, written)], cwd=repo,
                              capture_output=True, text=True)  # fmt: skip
     assert sorted(ignored.stdout.split()) == sorted(map(str, written)), ignored

@@ -81,6 +81,9 @@ def test_torchrun_trains_in_step_reproducibly_and_resumes(
     assert printed.count("epoch 1/2:") == 1 and printed.count("test: accuracy") == 1, "rank 0 alone prints"
     group = first["ranks"]
     assert group["world_size"] == RANKS and group["backend"] == "gloo" and group["threads_per_rank"] == 1
+    threads = first["threads"]  # the study's policy, not torchrun's own OMP_NUM_THREADS=1
+    assert threads["threads_source"] == "policy" and threads["local_ranks"] == RANKS, threads
+    assert threads["wait_policy"] == "passive", threads
     last = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
     assert group["state_sha256"] == [state_digest(last["model"], last["optimizer"])] * RANKS, (
         "both ranks end with rank 0's weights and optimizer state"

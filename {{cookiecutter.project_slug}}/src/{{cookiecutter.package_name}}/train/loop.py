@@ -48,6 +48,7 @@ from labzarr.train import checkpoints
 from labzarr.train.distributed import Ranks, seed_everything, start
 from labzarr.train.epochs import check_in_step, gather_codes, mean_loss, rank_report, run_epoch
 from labzarr.train.loader import LoaderStats, Series
+from labzarr.train.threads import apply_threads
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -312,6 +313,7 @@ def _train(
         net = build_model(
             t.model, t.model_options, series.n_features, N_CLASSES, time_lookback=cfg.etl.time_lookback
         ).to(dev)
+        threads = apply_threads(net)  # intra-op threads for this model on this rank's share of the cores
         if ranks.distributed:  # the same initial weights everywhere, then each rank its own dropout masks
             torch.manual_seed(ranks.rank_seed(t.seed))
         optimizer = torch.optim.Adam(net.parameters(), lr=t.learning_rate)
@@ -417,6 +419,7 @@ def _train(
     summary = {
         "device": str(dev),
         "mixed_precision": dev.type == "cuda",
+        "threads": threads,
         "ranks": {**ranks.describe(), **({"state_sha256": digests} if digests else {})},
         "settings": settings,
         "epochs_requested": epochs,
