@@ -128,6 +128,9 @@ def test_url_resolution_order(source: Source, store_dataset: str, monkeypatch: p
     with pytest.raises(RemoteError, match="credentials") as info:
         source(f"https://user:{SECRET}@x.example/z")
     assert SECRET not in str(info.value)
+    with pytest.raises(RemoteError, match="credentials") as info:  # a token in the query string
+        resolve_base_url(f"https://x.example/z?token={SECRET}", default=default)
+    assert SECRET not in str(info.value)
 
 
 def test_credentials_from_arguments_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -71,6 +71,7 @@ from .location import (
     CREDENTIALS_HINT,
     LocationError,
     check_s3_url,
+    has_credentials,
     is_s3,
     s3_filesystem,
     s3_refused,
@@ -208,10 +209,10 @@ def resolve_base_url(url: str | None, default: str | None = None, default_origin
                     f"{origin} = {redact(candidate)!r} is not an http(s) or s3 URL; "
                     "expected e.g. https://data.lab.example.edu/zarr or s3://bucket/prefix"
                 )
-            if parts.username or parts.password:
+            if has_credentials(candidate):  # a user:password or a query (where tokens travel)
                 raise RemoteError(
-                    f"{origin} contains credentials ({redact(candidate)}); remove them from the URL and "
-                    f"set {TOKEN_ENV} (or {USER_ENV}/{PASSWORD_ENV}) instead"
+                    f"{origin} contains credentials or a query ({redact(candidate).split('?')[0]}?...); "
+                    f"remove them from the URL and set {TOKEN_ENV} (or {USER_ENV}/{PASSWORD_ENV}) instead"
                 )
             if _is_placeholder(parts.hostname or ""):
                 raise RemoteError(
