@@ -212,9 +212,9 @@ else:
         "markdown",
         """## 3. The mapper: open the remote store with fsspec
 
-The original workflow in four lines: an `HTTPFileSystem`, a mapper on the store's
-URL, and `xr.open_zarr(..., consolidated=True)`, which reads only the consolidated
-metadata (one request) until values are needed. The credentials go in a header,
+The original workflow in four lines: an `HTTPFileSystem` (with a deadline per request),
+a mapper on the store's URL, and `xr.open_zarr(..., consolidated=True)`, which reads only
+the consolidated metadata (one request) until values are needed. The credentials go in a header,
 never in the URL. The variable is the transformed series `(cell, time, feature)`:
 each cell's whole record, stored once.""",
     ),
@@ -227,7 +227,11 @@ headers = {"Authorization": f"Bearer {CREDENTIALS['token']}"} if CREDENTIALS["to
 basic = aiohttp.BasicAuth(CREDENTIALS["user"], CREDENTIALS["password"]) if CREDENTIALS["user"] else None
 remote.check_access(SOURCE)  # stops here with a clear message on bad credentials
 
-fs = HTTPFileSystem(headers=headers, client_kwargs={"auth": basic} if basic else {})
+# A total deadline per request, so a server that trickles bytes cannot hold the cell forever.
+# asynchronous=True: zarr drives the filesystem on its own event loop as it is (a synchronous
+# one would be copied through JSON, which cannot carry the timeout).
+deadline = aiohttp.ClientTimeout(total=remote.read_deadline_s(SOURCE.timeout_s, SOURCE.retry_budget_s))
+fs = HTTPFileSystem(headers=headers, client_kwargs={"auth": basic, "timeout": deadline}, asynchronous=True)
 if STORE_URL.startswith("s3://"):
     fs = fsspec.filesystem("s3")  # endpoint and keys from the AWS variables set above
 http_map = fs.get_mapper(STORE_URL)
