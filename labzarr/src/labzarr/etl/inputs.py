@@ -45,7 +45,7 @@ from .errors import EtlInputError
 
 log = logging.getLogger(__name__)
 DIMS = ("time", "lat", "lon")
-MIN_DATA_FRACTION = 0.5  # of a split block's steps: fewer in the files (gaps filled) warns
+MIN_DATA_FRACTION = 0.5  # of a split block's steps: fewer in the files (gaps filled) warns, as does a gap of a year
 
 
 def flat_blocks(first: int, stop: int, nx: int) -> Iterator[tuple[slice, slice]]:
@@ -262,13 +262,16 @@ def warn_sparse_blocks(blocks: Mapping[str, SplitBlock], present: np.ndarray, ti
                        where: str) -> dict[str, int]:  # fmt: skip
     """The steps of each split block that are in the inputs (`present`, bool over the common
     period: False for gaps data.fill_gaps filled with NaN), logged when gaps were filled, and a
-    warning for a block with data on fewer than MIN_DATA_FRACTION of its steps."""
+    warning for a block with data on fewer than MIN_DATA_FRACTION of its steps or with a gap of a
+    year or more (a missing year leaves a season without data in that split)."""
     present = np.asarray(present, dtype=bool)
+    year = timeaxis.MONTHS_PER_YEAR if time_step == "monthly" else 365
     real = {name: int(present[b.start : b.stop].sum()) for name, b in blocks.items()}
     for name, block in blocks.items():
         if real[name] == block.steps:
             continue
-        sparse = real[name] < MIN_DATA_FRACTION * block.steps
+        longest_gap = _longest_run(~present[block.start : block.stop])
+        sparse = real[name] < MIN_DATA_FRACTION * block.steps or longest_gap >= year
         log.log(
             logging.WARNING if sparse else logging.INFO,
             "%s: split %s has data on %d of its %s (the rest are gaps filled with NaN)%s",
@@ -281,6 +284,12 @@ def warn_sparse_blocks(blocks: Mapping[str, SplitBlock], present: np.ndarray, ti
             else "",
         )
     return real
+
+
+def _longest_run(flags: np.ndarray) -> int:
+    """Length of the longest run of True in a 1-D bool array."""
+    edges = np.diff(np.concatenate(([0], flags.astype(np.int8), [0])))
+    return int((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max(initial=0))
 
 
 def read_parts(parts: Sequence[Part], time: timeaxis.TimeIndex, lat: np.ndarray,
