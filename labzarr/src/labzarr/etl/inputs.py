@@ -45,7 +45,7 @@ from .errors import EtlInputError
 
 log = logging.getLogger(__name__)
 DIMS = ("time", "lat", "lon")
-MIN_DATA_FRACTION = 0.5  # of a split block's steps: fewer in the files (gaps filled) warns, as does a gap of a year
+MIN_DATA_FRACTION = 0.5  # of a split block's steps: fewer in the files (gaps filled) warns
 
 
 def flat_blocks(first: int, stop: int, nx: int) -> Iterator[tuple[slice, slice]]:
