@@ -275,19 +275,17 @@ def test_sparse_split_blocks_are_warned_about_and_real_steps_counted(caplog) -> 
     assert "split valid has data on 1 of its 4 days (the rest are gaps filled with NaN)" in caplog.text
 
 
-def test_a_missing_year_in_a_split_is_warned_about_even_with_half_its_days(caplog) -> None:
-    """A year missing from a split leaves a season without data in it: warned about even when the
-    split keeps more than half its days."""
+def test_a_missing_season_or_year_in_a_split_is_warned_about_even_with_half_its_days(caplog) -> None:
+    """The review's case: a year missing from a 725-day training block leaves 366 days with data,
+    just over half; the metrics then miss whole seasons of that year. A shorter gap is logged."""
     blocks = {"train": SplitBlock("train", 0, 725)}
     present = np.ones(725, dtype=bool)
-    present[100:459] = False  # 359 days of one year: no warning
+    present[100:160] = False  # two months: logged, not warned about
     with caplog.at_level(logging.INFO):
-        assert warn_sparse_blocks(blocks, present, "daily", "m.nc") == {"train": 366}
+        assert warn_sparse_blocks(blocks, present, "daily", "m.nc") == {"train": 665}
     assert [r.levelno for r in caplog.records] == [logging.INFO]
     caplog.clear()
-    blocks = {"train": SplitBlock("train", 0, 1000)}
-    present = np.ones(1000, dtype=bool)
-    present[100:465] = False  # a whole year missing, 635 of 1,000 days with data
+    present[100:459] = False  # the review's missing year: 366 of 725 days with data
     with caplog.at_level(logging.INFO):
-        assert warn_sparse_blocks(blocks, present, "daily", "m.nc") == {"train": 635}
+        assert warn_sparse_blocks(blocks, present, "daily", "m.nc") == {"train": 366}
     assert [r.levelno for r in caplog.records] == [logging.WARNING], caplog.text

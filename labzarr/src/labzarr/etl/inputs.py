@@ -46,6 +46,7 @@ from .errors import EtlInputError
 log = logging.getLogger(__name__)
 DIMS = ("time", "lat", "lon")
 MIN_DATA_FRACTION = 0.5  # of a split block's steps: fewer in the files (gaps filled) warns
+GAP_WARN_DAYS = 90  # a filled gap this long (a season; 3 months) in a split block warns too
 
 
 def flat_blocks(first: int, stop: int, nx: int) -> Iterator[tuple[slice, slice]]:
@@ -263,15 +264,15 @@ def warn_sparse_blocks(blocks: Mapping[str, SplitBlock], present: np.ndarray, ti
     """The steps of each split block that are in the inputs (`present`, bool over the common
     period: False for gaps data.fill_gaps filled with NaN), logged when gaps were filled, and a
     warning for a block with data on fewer than MIN_DATA_FRACTION of its steps or with a gap of a
-    year or more (a missing year leaves a season without data in that split)."""
+    season or more (GAP_WARN_DAYS: its metrics would miss that season of a year)."""
     present = np.asarray(present, dtype=bool)
-    year = timeaxis.MONTHS_PER_YEAR if time_step == "monthly" else 365
+    season = GAP_WARN_DAYS // 30 if time_step == "monthly" else GAP_WARN_DAYS
     real = {name: int(present[b.start : b.stop].sum()) for name, b in blocks.items()}
     for name, block in blocks.items():
         if real[name] == block.steps:
             continue
         longest_gap = _longest_run(~present[block.start : block.stop])
-        sparse = real[name] < MIN_DATA_FRACTION * block.steps or longest_gap >= year
+        sparse = real[name] < MIN_DATA_FRACTION * block.steps or longest_gap >= season
         log.log(
             logging.WARNING if sparse else logging.INFO,
             "%s: split %s has data on %d of its %s (the rest are gaps filled with NaN)%s",
