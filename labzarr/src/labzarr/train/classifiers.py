@@ -1,0 +1,68 @@
+"""Class weights for imbalanced classes, and the feature-based baseline classifiers
+(scikit-learn's logistic regression and gradient boosting).
+
+Both are fitted on standardised window features (`train.features`) with the same class weights as
+the study's model, so rare classes count as much for them as for it: an unweighted logistic
+regression on weak features falls back to the majority class and then proves nothing. The fit is
+on a capped, seeded sample of training windows (`max_samples`): a baseline must stay cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+CLASSIFIERS = ("logistic", "gbm")
+CLASS_WEIGHTS = ("balanced", "sqrt", "none")
+
+
+def class_weights(labels: np.ndarray, mode: str, n_classes: int) -> torch.Tensor:
+    """Loss weights for imbalanced classes: 'balanced' (n / (k * count)), its square root 'sqrt'
+    (gentler, keeps accuracy), or 'none'. Negative labels (missing) are ignored; absent classes
+    get weight 1."""
+    if mode not in CLASS_WEIGHTS:
+        raise ValueError(f"unknown class weighting {mode!r}; allowed: {', '.join(CLASS_WEIGHTS)}")
+    valid = labels[labels >= 0]
+    counts = np.bincount(valid, minlength=n_classes).astype(np.float64)
+    weights = np.ones(n_classes)
+    present = counts > 0
+    if mode != "none" and present.any():
+        balanced = counts[present].sum() / (present.sum() * counts[present])
+        weights[present] = balanced if mode == "balanced" else np.sqrt(balanced)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def make(name: str, seed: int = 0) -> Any:
+    """An unfitted scikit-learn pipeline (standardise, then classify) named in CLASSIFIERS."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if name == "logistic":
+        model: Any = LogisticRegression(max_iter=1000, random_state=seed)
+    elif name == "gbm":
+        model = HistGradientBoostingClassifier(max_iter=100, early_stopping=False, random_state=seed)
+    else:
+        raise ValueError(f"unknown classifier {name!r}; allowed: {', '.join(CLASSIFIERS)}")
+    return make_pipeline(StandardScaler(), model)
+
+
+def fit_predict(
+    name: str,
+    train: tuple[np.ndarray, np.ndarray],
+    x_test: np.ndarray,
+    *,
+    class_weights: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Fit classifier `name` on (features, labels) `train`, weighting each sample by the weight of
+    its class (`class_weights[label]`), and predict the classes of `x_test`."""
+    x, y = train
+    model = make(name, seed)
+    weight = None if class_weights is None else np.asarray(class_weights, dtype=np.float64)[y]
+    step = model.steps[-1][0]
+    model.fit(x, y, **({f"{step}__sample_weight": weight} if weight is not None else {}))
+    return np.asarray(model.predict(x_test))
