@@ -153,7 +153,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=TEMPLATE / "demo-output", help="output folder (replaced)")
     # Fewer epochs than the study's own default (train.epochs of its study.toml) to stay fast; the demo
     # passes them as overrides (--epochs, STUDY_EPOCHS) and its output says so beside study.toml's value.
-    parser.add_argument("--epochs", type=int, default=5, help="training epochs of the CLI run (default: 5)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs of the CLI run (default: 3)")
     parser.add_argument(
         "--notebook-epochs", type=int, default=1, help="training epochs of the notebook run (default: 1)"
     )
