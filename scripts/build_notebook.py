@@ -293,20 +293,45 @@ from {{ cookiecutter.package_name }}.train.loop import train
 
 summary = train(cfg, source=SOURCE, epochs=EPOCHS, out_dir=Path(RESULTS_DIR))
 print(f"CPU threads: {summary['threads']['threads']} ({summary['threads']['reason']})")
-for plot in sorted(Path(RESULTS_DIR).glob("*.png")):
-    display(Image(filename=str(plot)))""",
+for plot in ("loss.png", "confusion_matrix.png"):
+    display(Image(filename=str(Path(RESULTS_DIR) / plot)))""",
+    ),
+    (
+        "markdown",
+        """The model beside four baselines, on the same test windows: the majority class; `last_step`
+(the category the drought thresholds give the window's last value when the labels are derived from
+a variable, else the cell's most frequent category); a logistic regression and gradient-boosted
+trees on engineered features of each window (last value, 7-, 30- and 90-day means, trend).""",
     ),
     (
         "code",
         """import pandas as pd
 
-rows = {cfg.train.model: summary["test"], **summary["baselines"]}  # the same test windows for all three
+from {{ cookiecutter.package_name }}.etl.categories import CATEGORIES
+
+rows = {cfg.train.model: summary["test"], **summary["baselines"]}  # the same test windows for all
 metrics = pd.DataFrame(
     {"test accuracy": {k: v["accuracy"] for k, v in rows.items()},
      "test macro-F1": {k: v["macro_f1"] for k, v in rows.items()}}
 )
+f1 = pd.DataFrame(
+    {cfg.train.model: {c: summary["test"]["per_class"][c]["f1-score"] for c in CATEGORIES},
+     **{k: v["f1"] for k, v in summary["baselines"].items()}}
+).T
 print(f"{summary['epochs_run']} epochs; a model that does not beat the baselines has learnt nothing")
-metrics""",
+display(metrics)
+display(f1.round(2))  # F1 of each category""",
+    ),
+    (
+        "markdown",
+        """Where is the model right? The test accuracy of every grid cell on a map, and the observed
+and predicted categories over the test period of the worst, median and best cell (per-cell
+figures in `results/test_by_cell.csv`).""",
+    ),
+    (
+        "code",
+        """for plot in ("accuracy_map.png", "test_series.png"):
+    display(Image(filename=str(Path(RESULTS_DIR) / plot)))""",
     ),
     ("markdown", "## 6. Saving\nCheckpoint, metrics and plots are in `results/`; in Colab they can go to Drive."),
     (

@@ -50,7 +50,7 @@ def _synth(cfg: Config, args: argparse.Namespace) -> int:
     print(f"writing synthetic inputs to {out}: {describe(size, cfg.data.variables, args.calendar)}")
     for path in write_synthetic(
         out, cfg.data.variables, size, seed=args.seed, calendar=args.calendar, train_steps=train_steps,
-        overwrite=args.overwrite,
+        lookback=etl.time_lookback, overwrite=args.overwrite,
     ):  # fmt: skip
         print(f"  {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -6,17 +6,19 @@ but no labels; leap days (or a cftime calendar). The `monthly` preset writes
 monthly means (time stamps on the first of the month) of a longer record, for
 studies whose time step is a month (`etl.time_step = "monthly"`).
 
-The labels are what a drought monitor would publish, computed with the ETL's own
-derived-label code (`etl.derive.derived_codes`): the US Drought Monitor category
-of the percentile of the trailing LABEL_WINDOW-step mean of soil moisture,
-ranked per cell against the same season window of the *training* period only.
-So the ETL with `reference_kind = "derived"`, `derive_from` the soil-moisture
-variable and `derive_window` = LABEL_WINDOW reproduces them exactly. The label
-of a step is a function of the last LABEL_WINDOW steps of the inputs and of the
-training climatology, both of which the model sees through the ETL's features:
-the labels are learnable from a lookback window, and a model that beats the
-baselines on them has learnt the right alignment (shift the labels by a month
-and it cannot).
+The labels are what a drought monitor would publish from a blend of short- and
+long-term indicators: the US Drought Monitor category of the percentile of a
+weighted blend of three exponentially weighted means of soil moisture's normal
+score over the study's lookback window, with time scales of a sixth, a half and
+all of the lookback (30, 90 and 180 days for the default 180-day window; 1, 3 and
+6 months for a 6-month one), plus a little smooth noise. The normal score is the
+ETL's default feature (`etl.transform = "normal_score"`: the same seasonal
+percentiles, fitted on the *training* period only), and the blend is ranked against
+the training period of every cell (one regional climatology). So a label is a
+function of the window the model sees, all of it (the half-year mean weighs most,
+and summaries of the last weeks cannot give it), and of the training climatology; a
+model that beats the baselines has learnt the right alignment (shift the labels by
+a month and it cannot).
 """
 
 from __future__ import annotations
@@ -31,15 +33,18 @@ from labzarr.etl import timeaxis
 from labzarr.store_format import split_blocks
 
 from .etl import derive
-from .etl.categories import CATEGORIES, MISSING
-from .etl.quantiles import TransformSpec
+from .etl.categories import CATEGORIES, MISSING, percentile_to_code
+from .etl.quantiles import CLIP, TransformSpec, normal_scores, percentiles_against, seasonal_percentiles
 
 MODEL_FILE = "model_output.nc"
 REFERENCE_FILE = "reference.nc"
-# Trailing window of the labels, in steps: a weekly drought monitor (as the US Drought
-# Monitor is), or a 3-month index (as SPI-3 is).
-LABEL_WINDOW = {"daily": 7, "monthly": 3}
-# Season half-window of the labels' climatology, in steps (the ETL's etl.season_window).
+# Time scales of the labels' blend as fractions of the lookback (30, 90 and 180 of 180 days), and
+# their weights: most on the longest, which only a model reading the whole window knows.
+LABEL_SCALE_FRACTIONS = (1 / 6, 1 / 2, 1.0)
+LABEL_WEIGHTS = (0.2, 0.3, 0.5)
+LABEL_NOISE = 0.05  # standard deviation of the blend's smooth noise, in standard deviations of the blend
+DEFAULT_LOOKBACK = {"daily": 180, "monthly": 6}  # the lookback of a study that does not say
+# Season half-window of the features' climatology, in steps (the ETL's etl.season_window).
 LABEL_SEASON_WINDOW = {"daily": TransformSpec.season_window, "monthly": 1}
 SOIL_MEMORY = 0.9  # lag-1 autocorrelation of daily soil-moisture anomalies (a ~10-day memory)
 
@@ -99,23 +104,53 @@ def monthly_means(values: np.ndarray, time: xr.DataArray) -> tuple[np.ndarray, x
     return means, time.isel(time=starts)
 
 
-def labels(values: np.ndarray, time: xr.DataArray, train_steps: int, time_step: str) -> np.ndarray:
-    """Category codes (time, cells) derived from `values` (time, cells) exactly as the ETL derives
-    them (`etl.derive`), with the training block the first `train_steps` steps."""
+def label_scales(lookback: int) -> tuple[int, ...]:
+    """Time scales (steps) of the labels' blend for a lookback: a sixth, a half, all of it."""
+    return tuple(max(1, round(f * lookback)) for f in LABEL_SCALE_FRACTIONS)
+
+
+def trailing_ewm(values: np.ndarray, scale: float, window: int) -> np.ndarray:
+    """Exponentially weighted mean (time scale `scale` steps) of each step and the window - 1 steps
+    before it, along the last axis; NaN where the window is incomplete or holds a NaN."""
+    from scipy.signal import lfilter
+
+    weights = np.exp(-np.arange(window) / scale)
+    out = lfilter(weights / weights.sum(), [1.0], values, axis=-1)
+    out[..., : window - 1] = np.nan
+    return np.where(np.isnan(derive.trailing_mean(values, window)), np.nan, out)
+
+
+def labels(
+    values: np.ndarray,
+    time: xr.DataArray,
+    train_steps: int,
+    time_step: str,
+    *,
+    lookback: int,
+    noise: np.ndarray | None = None,
+) -> np.ndarray:
+    """Category codes (time, cells) of the blend of exponentially weighted means over the last
+    `lookback` steps of the normal score of `values` (time, cells), as the ETL computes that feature,
+    with the training block the first `train_steps` steps; `noise` (time, cells, unit variance) is
+    added in LABEL_NOISE blend standard deviations."""
     calendar = timeaxis.calendar_of(time.to_index())
-    spec = TransformSpec(
-        season_window=LABEL_SEASON_WINDOW[time_step],
-        period=timeaxis.season_period(calendar, time_step),
-        time_step=time_step,
-    )
-    codes = derive.derived_codes(
-        values.T,
-        timeaxis.season_index(time, time_step),
-        slice(0, train_steps),
-        window=LABEL_WINDOW[time_step],
-        spec=spec,
-    )
-    return codes.T
+    period = timeaxis.season_period(calendar, time_step)
+    season = timeaxis.season_index(time, time_step)
+    train = slice(0, train_steps)
+    x = values.T.astype(np.float64)
+    p = seasonal_percentiles(
+        x[:, train], season[train], x, season,
+        window=LABEL_SEASON_WINDOW[time_step], period=period, a=TransformSpec().a,
+    )  # fmt: skip
+    score = normal_scores(p) / CLIP  # the stored feature
+    scales = zip(LABEL_WEIGHTS, label_scales(lookback), strict=True)
+    blend = sum(w * trailing_ewm(score, n, lookback) for w, n in scales)
+    if noise is not None:
+        blend = blend + LABEL_NOISE * np.nanstd(blend[:, train], axis=1, keepdims=True) * noise.T
+    # One climatology for the region (every cell's training steps): a cell's few independent half-years
+    # would make noisy thresholds of its own.
+    regional = percentiles_against(blend[:, train].reshape(1, -1), blend.reshape(1, -1), TransformSpec().a)
+    return percentile_to_code(regional.reshape(blend.shape)).T
 
 
 def generate(
@@ -125,6 +160,7 @@ def generate(
     seed: int = 0,
     calendar: str = "standard",
     train_steps: int | None = None,
+    lookback: int | None = None,
 ) -> tuple[xr.Dataset, xr.Dataset]:
     """Model output (the given variables) and reference labels on the same grid.
 
@@ -133,7 +169,8 @@ def generate(
     equivalent; others are positive, right-skewed fluxes. Monthly sizes hold the
     monthly means of the daily series. The labels' climatology is fitted on the
     first `train_steps` steps (pass the ETL's training block, see `training_steps`;
-    default: 70 % of the record).
+    default: 70 % of the record), and their blend's windows are fractions of `lookback` (pass
+    etl.time_lookback; default DEFAULT_LOOKBACK).
     """
     rng = np.random.default_rng(seed)
     time = _time_axis(size.years, calendar)
@@ -173,10 +210,14 @@ def generate(
         for name in fields:
             fields[name], time = monthly_means(fields[name], daily)
         n_time = time.size
-    # Labels: the drought category of the recent mean soil moisture, ranked on the training period,
-    # from the values as written (float32), so the ETL's derived labels reproduce them exactly.
+    # Labels: the drought category of a blend of the recent and long-term soil-moisture feature, from
+    # the values as written (float32), as the ETL will compute the feature.
     soil = fields[(soil_like or variables)[0]].astype(np.float32)
-    codes = labels(soil, time, train_steps or int(0.7 * n_time), size.time_step)
+    noise = _ar1(rng, n_time, n_cells, phi=SOIL_MEMORY)
+    codes = labels(
+        soil, time, train_steps or int(0.7 * n_time), size.time_step,
+        lookback=lookback or DEFAULT_LOOKBACK[size.time_step], noise=noise,
+    )  # fmt: skip
 
     # Land mask: a corner block of all-NaN cells, and one land cell without labels.
     masked = np.zeros((size.ny, size.nx), dtype=bool)
@@ -244,6 +285,7 @@ def write_synthetic(
     seed: int = 0,
     calendar: str = "standard",
     train_steps: int | None = None,
+    lookback: int | None = None,
     overwrite: bool = False,
 ) -> list[Path]:
     """Write model output and reference NetCDF files; returns their paths (see `generate`)."""
@@ -255,7 +297,9 @@ def write_synthetic(
             f"{existing[0]} already exists; pass --overwrite to replace the synthetic inputs"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, reference = generate(variables, size, seed=seed, calendar=calendar, train_steps=train_steps)
+    model, reference = generate(
+        variables, size, seed=seed, calendar=calendar, train_steps=train_steps, lookback=lookback
+    )
     _write_netcdf(model, paths[0], {})
     _write_netcdf(reference, paths[1], {"drought_category": np.int8(MISSING)})
     return paths

@@ -65,5 +65,8 @@ def tiny_config(study_config: Config, tmp_path: Path) -> Config:
 @pytest.fixture
 def tiny_inputs(tiny_config: Config) -> Config:
     """`tiny_config` with tiny synthetic inputs written to its raw folder."""
-    write_synthetic(tiny_config.path(tiny_config.data.raw_dir), tiny_config.data.variables, SIZES["tiny"])
+    write_synthetic(
+        tiny_config.path(tiny_config.data.raw_dir), tiny_config.data.variables, SIZES["tiny"],
+        lookback=tiny_config.etl.time_lookback,
+    )  # fmt: skip
     return tiny_config

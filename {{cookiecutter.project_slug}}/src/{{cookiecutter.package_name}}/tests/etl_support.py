@@ -21,8 +21,9 @@ NAMED_VARIABLES = ["soil_moisture", "snow_water_equivalent"]
 def tiny_datasets(
     cfg: Config, size: SyntheticSize = SIZES["tiny"], **kwargs: Any
 ) -> tuple[xr.Dataset, xr.Dataset]:
-    """The tiny (or `size`) synthetic model output and reference, in memory, to be modified by a test."""
-    return generate(cfg.data.variables, size, **kwargs)
+    """The tiny (or `size`) synthetic model output and reference, in memory, to be modified by a test
+    (labels blending windows of the config's lookback unless `lookback` says otherwise)."""
+    return generate(cfg.data.variables, size, **{"lookback": cfg.etl.time_lookback, **kwargs})
 
 
 def write_inputs(

@@ -52,8 +52,8 @@ def test_every_declared_key_is_in_the_shipped_file_and_the_reference() -> None:
         ("split_fractions = [0.7, 0.15, 0.15]", "split_fractions = [0.7, 0.2, 0.2]", "sum to 1"),
         ('model = "lstm"', 'model = "gru"', "train.model: 'gru' is not allowed; allowed: 'lstm', 'tcn'"),
         (
-            "hidden_size = 64",
-            "hiden_size = 64",
+            "hidden_size = 32",
+            "hiden_size = 32",
             "train.model_options: model 'lstm' (LSTMClassifier in train/models/lstm.py) has no option "
             "'hiden_size'; did you mean 'hidden_size'? its options: hidden_size (default 64), num_layers "
             "(default 1), dropout (default 0.0)",
@@ -63,7 +63,7 @@ def test_every_declared_key_is_in_the_shipped_file_and_the_reference() -> None:
             'model = "tcn"',
             "model 'tcn' (TCN in train/models/tcn.py) has no option 'hidden_size'",
         ),
-        ("hidden_size = 64", "hidden_size = 6.4", "train.model_options.hidden_size: expected int, got 6.4"),
+        ("hidden_size = 32", "hidden_size = 6.4", "train.model_options.hidden_size: expected int, got 6.4"),
         ("seed = 42\n", "hidden_size = 64\nseed = 42\n", "train.hidden_size: now an option of the model"),
     ],
 )
@@ -79,7 +79,7 @@ def test_bad_values_name_the_key_and_what_is_allowed(
 
 def test_model_options_are_overridden_one_by_one_and_take_the_declared_types(study_config: Config) -> None:
     changed = study_config.override({"train.model_options.dropout": 0, "train.model_options.num_layers": 2})
-    assert changed.train.model_options == {"hidden_size": 64, "num_layers": 2, "dropout": 0.0}
+    assert changed.train.model_options == {"hidden_size": 32, "num_layers": 2, "dropout": 0.0}
     assert isinstance(changed.train.model_options["dropout"], float)
     tcn = study_config.override({"train.model": "tcn", "train.model_options": {"channels": 8}})
     assert tcn.train.model == "tcn" and tcn.train.model_options == {"channels": 8}

@@ -1,4 +1,4 @@
-"""Labels derived from a variable: the trailing mean, the synthetic labels reproduced exactly,
+"""Labels derived from a variable: the trailing mean, the labels of the raw inputs computed exactly,
 fitted on the training block only (later data cannot change them), both sides of the 11
 categories, a variable that is not a feature, and the config rules of the mode."""
 
@@ -7,19 +7,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
+from labzarr.etl import timeaxis
 from labzarr.store_format import blocks_from_attrs
 
 from ..config import Config, ConfigError
 from ..etl.categories import CATEGORIES, MISSING
-from ..etl.derive import trailing_mean
+from ..etl.derive import derived_codes, trailing_mean
 from ..etl.pipeline import run_etl
-from ..synthetic import LABEL_WINDOW, REFERENCE_FILE, SIZES, training_steps, write_synthetic
+from ..etl.quantiles import TransformSpec
+from ..synthetic import MODEL_FILE, SIZES, training_steps, write_synthetic
 from .etl_support import NAMED_VARIABLES, open_store, tiny_datasets, write_inputs
 
 DERIVED = {
     "data.reference_kind": "derived",
     "data.derive_from": "soil_moisture",
-    "data.derive_window": LABEL_WINDOW["daily"],
+    "data.derive_window": 7,
     "data.reference_files": [],
 }
 
@@ -57,18 +59,20 @@ def derived(tiny_config: Config) -> Config:
     return tiny_config.override(DERIVED)
 
 
-def test_derived_labels_reproduce_the_synthetic_reference_exactly(derived: Config) -> None:
-    """The synthetic reference was made with etl.derive on the ETL's training block; deriving in the
-    ETL gives the same codes on every cell the reference labels (it also labels the cell the
-    synthetic reference leaves unlabelled)."""
+def test_derived_labels_are_the_trailing_mean_categories_of_the_raw_variable(derived: Config) -> None:
+    """The ETL's derived labels are `etl.derive` applied to each stored cell's raw series as written
+    (float32), fitted on the store's training block: the right cells, days and block. Every land
+    cell is labelled, the one the synthetic reference leaves unlabelled too."""
     run_etl(derived)
     ds = open_store(derived)
-    reference = xr.open_dataset(derived.path(derived.data.raw_dir) / REFERENCE_FILE, mask_and_scale=False)
-    expected = reference.drought_category.sel(lat=ds.lat, lon=ds.lon).transpose("cell", "time").values
-    labelled = (expected != MISSING).any(axis=1)
-    assert labelled.sum() == ds.sizes["cell"] - 1
-    np.testing.assert_array_equal(ds["category"].values[labelled], expected[labelled])
-    assert (ds["category"].values[~labelled][:, LABEL_WINDOW["daily"] :] != MISSING).all()
+    model = xr.open_dataset(derived.path(derived.data.raw_dir) / MODEL_FILE)
+    soil = model.soil_moisture.sel(lat=ds.lat, lon=ds.lon).transpose("cell", "time").values.astype(np.float32)
+    train = blocks_from_attrs(ds.attrs)["train"]
+    spec = TransformSpec(season_window=int(ds.attrs["season_window"]), period=int(ds.attrs["season_period"]))
+    season = timeaxis.season_index(ds.time, "daily")
+    expected = derived_codes(soil, season, slice(train.start, train.stop), window=7, spec=spec)
+    np.testing.assert_array_equal(ds["category"].values, expected)
+    assert (ds["category"].values[:, 7:] != MISSING).all()
     assert ds.attrs["labels"]["derived_from"] == "soil_moisture"
 
 

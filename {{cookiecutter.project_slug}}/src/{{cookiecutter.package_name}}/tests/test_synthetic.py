@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from ..etl.categories import CATEGORIES, MISSING
-from ..synthetic import MODEL_FILE, REFERENCE_FILE, SIZES, generate, write_synthetic
+from ..synthetic import MODEL_FILE, REFERENCE_FILE, SIZES, generate, label_scales, labels, write_synthetic
 
 VARIABLES = ["soil_moisture", "snow_water_equivalent"]
 
@@ -59,3 +59,25 @@ def test_write_refuses_to_overwrite_unless_asked(tmp_path) -> None:
         write_synthetic(tmp_path, VARIABLES, SIZES["tiny"])
     write_synthetic(tmp_path, VARIABLES, SIZES["tiny"], overwrite=True)
     assert not list(tmp_path.glob(".*tmp*")), "no temporary files left behind"
+
+
+def test_a_label_needs_the_whole_lookback_and_nothing_older() -> None:
+    """Drying 30 days after the training period changes the labels of the days whose lookback
+    window holds them (up to a whole lookback later, when they are the window's oldest days),
+    and no label before them or beyond the lookback."""
+    lookback, train_steps = 60, 700
+    assert label_scales(180) == (30, 90, 180) and label_scales(6) == (1, 3, 6)
+    model, _ = generate(VARIABLES, SIZES["tiny"], train_steps=train_steps, lookback=lookback)
+    soil = model.soil_moisture.values.reshape(model.sizes["time"], -1)
+    land = np.isfinite(soil).all(axis=0)
+    soil = soil[:, land]
+    start, stop = 800, 830
+    drier = soil.copy()
+    drier[start:stop] *= 0.6
+    kwargs = {"lookback": lookback, "time_step": "daily", "train_steps": train_steps}
+    before = labels(soil, model.time, **kwargs)
+    after = labels(drier, model.time, **kwargs)
+    changed = (before != after).any(axis=1)
+    assert not changed[:start].any() and not changed[stop + lookback - 1 :].any()
+    late = slice(stop + lookback // 2, stop + lookback - 1)  # the dry days are in the window's older half
+    assert changed[late].any() and (after[start:stop] >= before[start:stop]).all()  # drier, never wetter

@@ -9,8 +9,12 @@ the results folder (and, when the folder is new, a `.gitignore` that keeps it ou
 * `summary.json`: settings, per-epoch history, loader throughput, for the
   validation and test splits accuracy, macro-F1, per-class report and confusion
   matrix (scikit-learn), and beside them the baselines of the same test windows
-  (`baselines`: majority class, logistic regression on window means);
-* `history.csv`, `classification_report.txt`, `loss.png`, `confusion_matrix.png`.
+  (`baselines`: majority, last_step, logistic and gbm, see train/baselines.py: accuracy,
+  macro-F1 and the F1 of each category);
+* `history.csv`, `classification_report.txt`, `loss.png`, `confusion_matrix.png`;
+* where the model is right: `test_by_cell.csv` and `accuracy_map.png` (test accuracy of each
+  grid cell on a lat/lon map), `test_series.png` (observed and predicted categories over the
+  test period of the worst, median and best cell).
 
 Each step stays on the device: losses and predictions are accumulated there and
 read once per epoch, so the loop never waits for the GPU between steps.
@@ -24,15 +28,14 @@ Under `torchrun` (`train.distributed`) every rank runs this same function: each
 trains DistributedDataParallel on its own share of every epoch's windows and
 evaluates its share of each split; the loss sums are all-reduced and rank 0, which
 gathers the predicted codes, computes the metrics, decides early stopping for all
-(its loop state is broadcast), and alone prints and writes checkpoints and results.
+(its loop state is broadcast), and alone prints and writes checkpoints and results (it
+alone evaluates the test split, in store order, for the baselines and the maps).
 `train.batch_size` is per rank: an optimizer step sees `world_size` times as many
 windows. A resumed run must have the world size of the run that wrote the checkpoint.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import time
@@ -41,19 +44,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from labzarr.atomic import atomic_write, write_text
 from labzarr.errors import StudyError
 from labzarr.remote import StoreSource
 from labzarr.train import checkpoints
+from labzarr.train.classifiers import class_weights
 from labzarr.train.distributed import Ranks, seed_everything, start
 from labzarr.train.epochs import check_in_step, gather_codes, mean_loss, rank_report, run_epoch
+from labzarr.train.features import collect, mean_steps, window_features
 from labzarr.train.loader import LoaderStats, Series
+from labzarr.train.metrics import classification_metrics, scores
+from labzarr.train.results import ignore_in_git, write_cell_results, write_results
 from labzarr.train.threads import apply_threads
+from labzarr.train.where import coordinates, window_places
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..etl.categories import CATEGORIES, N_CLASSES
-from .baselines import FIT_SAMPLES, baselines, scores, window_means
+from .baselines import FIT_SAMPLES, baselines, cell_modes, last_step_codes
 from .data import make_loader
 from .models import REGISTRY, build_model
 
@@ -65,84 +72,6 @@ CHECKPOINT_VERSION = 3  # 2: windows cut on read from the series store; 3: the m
 
 class TrainError(StudyError):
     """Training cannot start or continue."""
-
-
-def class_weights(labels: np.ndarray, mode: str, n_classes: int = N_CLASSES) -> torch.Tensor:
-    """Loss weights for imbalanced categories: 'balanced' (n / (k * count)), its square root
-    'sqrt' (gentler, keeps accuracy), or 'none'. Absent classes get weight 1."""
-    valid = labels[labels >= 0]
-    counts = np.bincount(valid, minlength=n_classes).astype(np.float64)
-    weights = np.ones(n_classes)
-    present = counts > 0
-    if mode != "none" and present.any():
-        balanced = counts[present].sum() / (present.sum() * counts[present])
-        weights[present] = balanced if mode == "balanced" else np.sqrt(balanced)
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class report and confusion matrix (scikit-learn)."""
-    from sklearn.metrics import classification_report, confusion_matrix
-
-    labels = list(range(N_CLASSES))
-    return {
-        "samples": len(y_true),
-        **scores(y_true, y_pred),
-        "per_class": classification_report(
-            y_true, y_pred, labels=labels, target_names=list(CATEGORIES), zero_division=0, output_dict=True
-        ),
-        "report": classification_report(
-            y_true, y_pred, labels=labels, target_names=list(CATEGORIES), zero_division=0
-        ),
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
-
-
-def plot_history(history: list[dict[str, Any]], path: Path) -> None:
-    """Training and validation loss per epoch (PNG). Uses Figure directly: no pyplot
-    backend switch, so it is safe inside a notebook."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
-    ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
-    ax.set(xlabel="epoch", ylabel="weighted cross-entropy", title="Loss")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-
-
-def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
-    """Row-normalised confusion matrix over the 11 categories (PNG), counts in the cells."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    counts = np.asarray(matrix, dtype=float)
-    rows = counts.sum(axis=1, keepdims=True)
-    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    fig = Figure(figsize=(7, 6), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, label="share of true class")
-    ticks = range(len(CATEGORIES))
-    ax.set_xticks(ticks, CATEGORIES)
-    ax.set_yticks(ticks, CATEGORIES)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    for i in ticks:
-        for j in ticks:
-            if counts[i, j]:
-                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if share[i, j] > 0.5 else "black")  # fmt: skip
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _model_settings(cfg: Config, series: Series) -> dict[str, Any]:
@@ -204,16 +133,52 @@ def _evaluate(
     done = run_epoch(model, loader, loss_fn, ranks.device)
     loss = mean_loss(ranks, done)
     codes = gather_codes(ranks, done)
-    return None if codes is None else {"loss": loss, **classification_metrics(*codes)}
+    return None if codes is None else {"loss": loss, **classification_metrics(*codes, CATEGORIES)}
 
 
-def _baselines(cfg: Config, series: Series, majority: int) -> dict[str, dict[str, Any]]:
-    """The majority class and a logistic regression on window means, scored on the test windows."""
+def _test_pass(
+    cfg: Config, series: Series, model: nn.Module, loss_fn: nn.Module, device: torch.device, progress: bool
+) -> dict[str, Any]:
+    """The test split in this process alone, in store order: the model's loss, metrics and codes,
+    and each window's cell, end step and engineered features (for the baselines and the maps)."""
+    loader = make_loader(cfg, series, "test", shuffle=False, progress=progress)
+    steps = mean_steps(cfg.etl.time_step, cfg.etl.time_lookback)
+    features: list[torch.Tensor] = []
+
+    def tapped() -> Any:
+        for xb, yb in loader:
+            features.append(window_features(xb, steps))
+            yield xb, yb
+
+    done = run_epoch(model, tapped(), loss_fn, device)
+    cells, ends = window_places(series, "test", cfg.etl.time_lookback, cfg.train.sample_stride)
+    if len(cells) != done.count:
+        raise TrainError(f"the test loader yielded {done.count} windows, its split has {len(cells)}: a bug")
+    metrics = classification_metrics(done.y_true, done.y_pred, CATEGORIES)
+    return {
+        "metrics": {"loss": float(done.loss_sum) / done.count, **metrics}, "y": done.y_true.astype(np.int64),
+        "pred": done.y_pred.astype(np.int64), "cells": cells, "ends": ends,
+        "features": torch.cat(features).cpu().numpy(),
+    }  # fmt: skip
+
+
+def _baselines(
+    cfg: Config, series: Series, test: dict[str, Any], majority: int, weights: torch.Tensor
+) -> dict[str, dict[str, Any]]:
+    """Every baseline (`baselines.py`) scored on the test windows of `test` (`_test_pass`)."""
     fit_loader = make_loader(cfg, series, "train", shuffle=True, progress=False)  # its own epoch counter
-    test_loader = make_loader(cfg, series, "test", shuffle=False, progress=False)
-    return baselines(
-        window_means(fit_loader, FIT_SAMPLES), window_means(test_loader), majority, seed=cfg.train.seed
+    fit = collect(fit_loader, mean_steps(cfg.etl.time_step, cfg.etl.time_lookback), FIT_SAMPLES)
+    train_block = series.blocks["train"]
+    modes = cell_modes(series.labels, slice(train_block.start, train_block.stop), majority)
+    data = cfg.data
+    derived = data.reference_kind == "derived" and data.derive_from in series.features
+    last = test["features"][:, series.features.index(data.derive_from)] if derived else None  # "last" first
+    codes, rule = last_step_codes(last, str(series.attrs.get("transform", "")), test["cells"], modes)
+    out = baselines(
+        fit, test["features"], test["y"], codes, majority, class_weights=weights.numpy(), seed=cfg.train.seed
     )
+    out["last_step"]["rule"] = rule
+    return out
 
 
 def train(
@@ -261,22 +226,6 @@ def train(
         ranks.stop()
 
 
-GITIGNORE = """\
-# Written by the study's training: a results folder (checkpoints, metrics, plots) stays out of git,
-# whatever its name. Delete this file to commit the folder.
-*
-"""
-
-
-def ignore_in_git(out: Path) -> None:
-    """Write `out/.gitignore` (ignore everything) when `out` is a new or empty folder: the results
-    folder of this run. A folder that holds other files (`--out .`) is left as it is."""
-    if out.is_dir() and any(out.iterdir()):
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / ".gitignore", GITIGNORE)
-
-
 def _quiet(message: str) -> None:
     """What ranks other than 0 print: nothing (rank 0 speaks for the group)."""
 
@@ -306,9 +255,9 @@ def _train(
         train_loader = make_loader(cfg, series, "train", progress=progress, **share)
         valid_loader = make_loader(cfg, series, "valid", shuffle=False, progress=progress, **share)
         settings = _model_settings(cfg, series)
-        train_labels = train_loader.labels()
-        weights = class_weights(train_labels, t.class_weights)
-        majority = int(np.bincount(train_labels, minlength=N_CLASSES).argmax())
+        label_counts = train_loader.label_counts(N_CLASSES)  # not np.bincount: int64 per window
+        weights = class_weights(label_counts, t.class_weights)
+        majority = int(label_counts.argmax())
 
         net = build_model(
             t.model, t.model_options, series.n_features, N_CLASSES, time_lookback=cfg.etl.time_lookback
@@ -409,10 +358,13 @@ def _train(
             state = ranks.broadcast(state)  # every rank goes on, or stops, with rank 0
 
         net.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
-        results = {s: _evaluate(cfg, series, s, net, loss_fn, ranks, progress) for s in ("valid", "test")}
-        if not ranks.is_main:
+        valid = _evaluate(cfg, series, "valid", net, loss_fn, ranks, progress)
+        if valid is None:  # not rank 0: the test split and the baselines are rank 0's alone
             return None
-        reference = _baselines(cfg, series, majority)
+        test = _test_pass(cfg, series, net, loss_fn, dev, progress)
+        results = {"valid": valid, "test": test["metrics"]}
+        reference = _baselines(cfg, series, test, majority, weights)
+        lat, lon, time_axis = coordinates(series)
     finally:
         series.close()
 
@@ -427,14 +379,15 @@ def _train(
         "best_epoch": state["best_epoch"],
         "stopped_early": state["stopped_early"],
         "class_weights": [round(float(w), 6) for w in weights],
-        "train_samples": len(train_labels),
+        "train_samples": int(label_counts.sum()),
         "series": {"cells": series.n_cells, "days": series.n_time, "resident": series.resident},
         "history": state["history"],
         "loader": loader_stats,
         **{split: _public(m) for split, m in results.items()},
         "baselines": reference,
     }
-    write_results(out, summary, results)
+    write_results(out, summary, results, CATEGORIES)
+    write_cell_results(out, test, lat, lon, time_axis, series.n_cells, CATEGORIES)
     say(
         f"test: accuracy {summary['test']['accuracy']:.3f}, macro-F1 {summary['test']['macro_f1']:.3f} | "
         + " | ".join(f"{name} {b['accuracy']:.3f}, {b['macro_f1']:.3f}" for name, b in reference.items())
@@ -445,24 +398,3 @@ def _train(
 def _public(metrics: dict[str, Any]) -> dict[str, Any]:
     """Metrics without the plain-text report (it goes to its own file)."""
     return {k: v for k, v in metrics.items() if k != "report"}
-
-
-def write_results(out: Path, summary: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
-    """summary.json, history.csv, classification_report.txt and the PNG plots."""
-    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-
-    def history_csv(tmp: Path) -> None:
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(summary["history"][0]))
-            writer.writeheader()
-            writer.writerows(summary["history"])
-
-    if summary["history"]:
-        atomic_write(out / "history.csv", history_csv)
-        plot_history(summary["history"], out / "loss.png")
-    write_text(
-        out / "classification_report.txt", "\n".join(f"== {s} ==\n{m['report']}" for s, m in results.items())
-    )
-    plot_confusion(
-        results["test"]["confusion_matrix"], "Confusion matrix (test)", out / "confusion_matrix.png"
-    )

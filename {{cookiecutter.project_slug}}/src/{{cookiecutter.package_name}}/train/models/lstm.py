@@ -1,12 +1,14 @@
 """The LSTM baseline: a stacked LSTM over the lookback window, classifying the last time step.
 
 `train.model = "lstm"`; its options (`[train.model_options]`) are the keyword
-arguments of `LSTMClassifier`: hidden_size, num_layers, dropout.
+arguments of `LSTMClassifier`: hidden_size, num_layers, dropout. Its gate biases are
+chrono-initialised for memories up to the lookback (`labzarr.train.init.chrono_init`).
 """
 
 from __future__ import annotations
 
 import torch
+from labzarr.train.init import chrono_init
 from torch import nn
 
 from ...etl.categories import N_CLASSES
@@ -17,7 +19,7 @@ class LSTMClassifier(nn.Module):
 
     def __init__(
         self, n_features: int, n_classes: int = N_CLASSES, *, hidden_size: int = 64, num_layers: int = 1,
-        dropout: float = 0.0,
+        dropout: float = 0.0, time_lookback: int | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.lstm = nn.LSTM(
@@ -27,6 +29,8 @@ class LSTMClassifier(nn.Module):
             batch_first=True,
             dropout=dropout if num_layers > 1 else 0.0,
         )
+        if time_lookback:
+            chrono_init(self.lstm, time_lookback)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, n_classes)
 
