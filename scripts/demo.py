@@ -78,7 +78,7 @@ def epochs_note(used: int, configured: int, how: str) -> str:
     return f"{count(used, 'epoch')} ({how}; study.toml: train.epochs = {configured})"
 
 
-def step_titles(size: str, epochs: int, notebook_epochs: int | None) -> list[str]:
+def step_titles(size: str, epochs: int | None, notebook_epochs: int | None) -> list[str]:
     """The demo's steps, in order (no notebook step when `notebook_epochs` is None): the one list
     their numbers come from."""
     titles = [
@@ -87,7 +87,7 @@ def step_titles(size: str, epochs: int, notebook_epochs: int | None) -> list[str
         f"synthetic inputs ({size})",
         "ETL: validate, quantiles, categories, the series store (zarr)",
         "read over HTTP as Colab does (fsspec mapper, xr.open_zarr)",
-        f"train {count(epochs, 'epoch')} over HTTP",
+        f"train {count(epochs, 'epoch') if epochs else 'as study.toml says'} over HTTP",
     ]
     if notebook_epochs is not None:
         titles.append(f"execute the Colab notebook in a Colab-like kernel ({count(notebook_epochs, 'epoch')})")
@@ -151,9 +151,12 @@ def execute_notebook(study: Path, workdir: Path, env: dict[str, str]) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=TEMPLATE / "demo-output", help="output folder (replaced)")
-    # Fewer epochs than the study's own default (train.epochs of its study.toml) to stay fast; the demo
-    # passes them as overrides (--epochs, STUDY_EPOCHS) and its output says so beside study.toml's value.
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs of the CLI run (default: 3)")
+    # The CLI run trains as study.toml says (train.epochs of train.windows_per_epoch windows each);
+    # the notebook run fewer epochs to stay fast. An override (--epochs, STUDY_EPOCHS) is printed
+    # beside study.toml's value.
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="training epochs of the CLI run (default: train.epochs of study.toml)"
+    )
     parser.add_argument(
         "--notebook-epochs", type=int, default=1, help="training epochs of the notebook run (default: 1)"
     )
@@ -213,9 +216,10 @@ def main() -> int:
             print(f"      {speed['mb_per_s']:.1f} MB/s, {speed['cells_per_s']:,.0f} cell series/s")
         with steps.step():
             configured = config["epochs"]  # train.epochs of the study's study.toml
-            print(f"      {epochs_note(args.epochs, configured, 'the demo passes --epochs')}")
+            print(f"      {epochs_note(args.epochs or configured, configured, 'the demo passes --epochs')}")
             results = out / "results"
-            cli_live("train", "--url", url, "--epochs", str(args.epochs), "--out", str(results), env=env)
+            override = ["--epochs", str(args.epochs)] if args.epochs else []
+            cli_live("train", "--url", url, *override, "--out", str(results), env=env)
             summary = json.loads((results / "summary.json").read_text())
         if not args.skip_notebook:
             with steps.step():
@@ -238,9 +242,11 @@ def main() -> int:
     print(f"study            {study}")
     print(f"store            {store} ({folder_size(store) / 1e6:.1f} MB)")
     print(f"throughput       {speed['mb_per_s']:.1f} MB/s, {speed['cells_per_s']:,.0f} cell series/s (loopback)")
+    per_epoch = summary["settings"]["windows_per_epoch"] or summary["train_samples"]
+    per_epoch = min(per_epoch, summary["train_samples"])
     print(
-        f"training         {summary['epochs_run']} of {epochs_note(args.epochs, configured, 'demo --epochs')} "
-        f"on {summary['device']}, {summary['train_samples']:,} windows per epoch, "
+        f"training         {summary['epochs_run']} of {epochs_note(args.epochs or configured, configured, 'demo --epochs')} "
+        f"on {summary['device']}, {per_epoch:,} of {summary['train_samples']:,} training windows per epoch, "
         f"{steps.times[steps.titles[5]]:.0f} s"
     )
     threads = summary["threads"]  # the study's CLI chose them (labzarr.train.threads): say which and why
