@@ -244,8 +244,9 @@ def main() -> int:
     print(f"throughput       {speed['mb_per_s']:.1f} MB/s, {speed['cells_per_s']:,.0f} cell series/s (loopback)")
     per_epoch = summary["settings"]["windows_per_epoch"] or summary["train_samples"]
     per_epoch = min(per_epoch, summary["train_samples"])
+    planned = epochs_note(args.epochs or configured, configured, "demo --epochs")
     print(
-        f"training         {summary['epochs_run']} of {epochs_note(args.epochs or configured, configured, 'demo --epochs')} "
+        f"training         {summary['epochs_run']} of {planned} "
         f"on {summary['device']}, {per_epoch:,} of {summary['train_samples']:,} training windows per epoch, "
         f"{steps.times[steps.titles[5]]:.0f} s"
     )
