@@ -52,6 +52,8 @@ from labzarr.store_format import (
     MISSING,
     TIME,
     TIME_FILL,
+    series_fill_values,
+    series_layout,
     store_name,
 )
 from labzarr.testing.faultserver import FaultServer
@@ -439,15 +441,9 @@ def write_full_layout(root: Path, name: str, zarr_format: int) -> Path:
     common: dict[str, Any] = {"zarr_format": zarr_format, "dim": CELL, "chunk": 4, "coords": (LAT, LON),
                               "time_units": "days since 2000-01-01"}  # fmt: skip
     series = ArrayGroup(
-        layout={
-            name: (CELL, TIME, FEATURE),
-            LABELS: (CELL, TIME),
-            COMPLETE: (CELL, TIME),
-            LAT: (CELL,),
-            LON: (CELL,),
-        },
+        layout=series_layout(name),
         static=features.assign_coords({TIME: dates}),
-        fill_values={name: np.float32(np.nan), LABELS: np.int8(MISSING), TIME: TIME_FILL},
+        fill_values=series_fill_values(name),
         **common,
     )
     climatology = ArrayGroup(

@@ -74,6 +74,23 @@ def store_name(dataset_name: str) -> str:
     return f"{dataset_name}{STORE_SUFFIX}"
 
 
+def series_layout(dataset_name: str) -> dict[str, tuple[str, ...]]:
+    """The dims of each array of the series group, as the table above says (one definition for
+    the study's ETL and the test stores)."""
+    return {
+        dataset_name: (CELL, TIME, FEATURE),
+        LABELS: (CELL, TIME),
+        COMPLETE: (CELL, TIME),
+        LAT: (CELL,),
+        LON: (CELL,),
+    }
+
+
+def series_fill_values(dataset_name: str) -> dict[str, Any]:
+    """The fill values of the series group the defaults of `invalid_fill` would not give."""
+    return {dataset_name: np.float32(np.nan), LABELS: np.int8(MISSING), TIME: TIME_FILL}
+
+
 def invalid_fill(dtype: Any, *, time: bool = False) -> Any:
     """The fill value an array of `dtype` gets unless its writer names one: a value no stored
     value takes, so that a chunk that is not there never reads as data.

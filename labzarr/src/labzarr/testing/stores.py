@@ -30,7 +30,8 @@ from ..store_format import (
     LON,
     MISSING,
     TIME,
-    TIME_FILL,
+    series_fill_values,
+    series_layout,
     split_attrs,
     split_blocks,
     store_name,
@@ -101,18 +102,12 @@ def write_series_store(
         path,
         dim=CELL,
         chunk=chunk_cells,
-        layout={
-            dataset_name: (CELL, TIME, FEATURE),
-            LABELS: (CELL, TIME),
-            COMPLETE: (CELL, TIME),
-            LAT: (CELL,),
-            LON: (CELL,),
-        },
+        layout=series_layout(dataset_name),
         coords=(LAT, LON),
         static=xr.Dataset(
             coords={TIME: dates, FEATURE: np.array([f"f{i}" for i in range(n_features)], dtype=object)}
         ),
-        fill_values={dataset_name: np.float32(np.nan), LABELS: np.int8(MISSING), TIME: TIME_FILL},
+        fill_values=series_fill_values(dataset_name),
         zarr_format=zarr_format,
         time_units="days since 2000-01-01",
     )

@@ -79,8 +79,9 @@ from labzarr.store_format import (
     MISSING,
     SPLITS,
     TIME,
-    TIME_FILL,
     SplitBlock,
+    series_fill_values,
+    series_layout,
     split_attrs,
     valid_pairs,
     window_ends,
@@ -220,15 +221,9 @@ def _groups(cfg: Config, inputs: Inputs, plan: _Plan) -> dict[str, ArrayGroup]:
     features = xr.Dataset(coords={FEATURE: np.array(inputs.features, dtype=object)})
     series = ArrayGroup(
         chunk=etl.chunk_cells,
-        layout={
-            name: (CELL, TIME, FEATURE),
-            LABELS: (CELL, TIME),
-            COMPLETE: (CELL, TIME),
-            LAT: (CELL,),
-            LON: (CELL,),
-        },
+        layout=series_layout(name),
         static=features.assign_coords({TIME: plan.time_values}),
-        fill_values={name: np.float32(np.nan), LABELS: np.int8(MISSING), TIME: TIME_FILL},
+        fill_values=series_fill_values(name),
         **common,
     )
     climatology = ArrayGroup(
