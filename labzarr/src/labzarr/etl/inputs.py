@@ -300,8 +300,8 @@ def read_parts(parts: Sequence[Part], time: timeaxis.TimeIndex, lat: np.ndarray,
     the input and variable that fail; an infinite value one naming its variable, cell and dates."""
     try:
         values = [np.asarray(a) for a in dask.compute(*[part.data for part in parts])]
-    except (EtlInputError, MemoryError):
-        raise
+    except (EtlInputError, MemoryError, FileNotFoundError, PermissionError):
+        raise  # a file gone or unreadable since it was opened is no damage: its own error says which
     except Exception:  # any reader failure: find the input it comes from (this path only)
         for part in parts:
             try:
