@@ -16,8 +16,8 @@ import pytest
 
 from .conftest import FAST_CONTEXT, REQUIRE_ALL, bake, install_study, run
 
-# The scale-out tests (dask, S3, torchrun) read the store's format and features, not the auth mode:
-# they run on the Zarr v3 bake (and the default one, test_study_suite.py), not again on this one.
+# The scale-out tests (dask, S3) write the store's format and features, not the auth mode: they run
+# on the Zarr v3 bake (and the default one, test_study_suite.py), not again on the Zarr v2 one.
 SCALEOUT = {"zarr3-three-variables-basic-auth"}
 MATRIX: dict[str, dict[str, Any]] = {
     "zarr3-three-variables-basic-auth": {
@@ -46,5 +46,7 @@ def test_a_study_of_other_answers_passes_its_own_tests(name: str, tmp_path: Path
     python = install_study(study, tmp_path)
     pytest_cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     passed(run(pytest_cmd, cwd=study, timeout=900), skips_allowed=not REQUIRE_ALL)
-    if name in SCALEOUT:  # the ETL on dask, S3 via SeaweedFS, torchrun, as the study's CI runs them
-        passed(run([*pytest_cmd, "-m", "scaleout"], cwd=study, timeout=900), skips_allowed=False)
+    if name in SCALEOUT:  # the ETL on dask and S3 via SeaweedFS write the store's format; torchrun
+        # reads the store as the loader does, format-blind, and runs on the default bake only (39 s)
+        scaleout = [*pytest_cmd, "-m", "scaleout", "-k", "not torchrun"]
+        passed(run(scaleout, cwd=study, timeout=900), skips_allowed=False)
