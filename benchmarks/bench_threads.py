@@ -4,7 +4,7 @@ Prints figures; asserts nothing (speed goals are not tests).
 
     .venv/bin/python benchmarks/bench_threads.py [--steps 10] [--repeat 3]
 
-The step is the study's default: an LSTM (train.model_options of study.toml: hidden 64, 1 layer)
+The step is the study's default: an LSTM (train.model_options of study.toml: hidden 32, 1 layer)
 and a linear head over windows of `time_lookback` steps (cookiecutter.json: 180) of 2 features,
 batch `train.batch_size` (256), 11 classes, Adam and cross-entropy; random data (the step's cost
 does not depend on the values). Each setting runs in a fresh process (libgomp reads its

@@ -111,7 +111,7 @@ def validate(a: dict) -> list[str]:
     )
     if not (re.fullmatch(index_requirement, source) or re.fullmatch(git_requirement, source)):
         errors.append(
-            f"labzarr_source: {source!r} is not a requirement of the library; allowed: labzarr>=1.0,<2 (a "
+            f"labzarr_source: {source!r} is not a requirement of the library; allowed: labzarr>=1.1,<2 (a "
             "package index) or labzarr @ git+https://github.com/OWNER/REPO@TAG#subdirectory=labzarr "
             "(no credentials in the URL)."
         )

@@ -131,7 +131,7 @@ def test_a_library_release_reaches_a_study_by_a_version_bump(fast_study: tuple[P
         pyproject.write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject.read_text()))
         return _wheel(copy, tmp_path / f"wheels-{version}")
 
-    run([*pip, release("1.0.0")])
+    run([*pip, release("1.1.0")])
     run([*pip, "--no-build-isolation", "-e", study])
     package = study.name
     work = tmp_path / "work"
@@ -139,14 +139,14 @@ def test_a_library_release_reaches_a_study_by_a_version_bump(fast_study: tuple[P
     config = work / "study.toml"
     shutil.copy(study / "study.toml", config)
     probe = "import labzarr, importlib; importlib.import_module(f'{}.train.loop'); print(labzarr.__version__)"
-    assert run([python, "-c", probe.replace("{}", package)]).stdout.split()[-1] == "1.0.0"
-
-    run([*pip, release("1.1.0")])  # the bump: `pip install -U` within labzarr>=1.0,<2
     assert run([python, "-c", probe.replace("{}", package)]).stdout.split()[-1] == "1.1.0"
+
+    run([*pip, release("1.2.0")])  # the bump: `pip install -U` within labzarr>=1.1,<2
+    assert run([python, "-c", probe.replace("{}", package)]).stdout.split()[-1] == "1.2.0"
     run([python, "-m", package, "--config", config, "synth", "--size", "tiny"], cwd=work)
     run([python, "-m", package, "--config", config, "etl"], cwd=work, timeout=300)
     stored = json.loads((work / "data" / "zarr" / "columbia_gridcells.zarr" / ".zattrs").read_text())
-    assert stored["provenance"]["labzarr_version"] == "1.1.0", "the store records the library that wrote it"
+    assert stored["provenance"]["labzarr_version"] == "1.2.0", "the store records the library that wrote it"
 
     refused = run([sys.executable, "-m", "pip", "--python", python, "install", "--dry-run", "--no-index",
                    "--no-build-isolation",
