@@ -16,6 +16,7 @@ import torch
 
 CLASSIFIERS = ("logistic", "gbm")
 CLASS_WEIGHTS = ("balanced", "sqrt", "none")
+MIN_BINS, MAX_BINS, SAMPLES_PER_BIN = 32, 255, 80  # gradient boosting's histogram bins (gbm_bins)
 
 
 def class_weights(counts: np.ndarray, mode: str) -> torch.Tensor:
@@ -34,8 +35,16 @@ def class_weights(counts: np.ndarray, mode: str) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def make(name: str, seed: int = 0) -> Any:
-    """An unfitted scikit-learn pipeline (standardise, then classify) named in CLASSIFIERS."""
+def gbm_bins(n_samples: int) -> int:
+    """Histogram bins per feature for gradient boosting: up to scikit-learn's 255, but about
+    SAMPLES_PER_BIN fitting windows per bin at least (finer bins of a small sample only split on
+    noise, and each costs a weighted-percentile pass when the samples carry class weights)."""
+    return int(np.clip(n_samples // SAMPLES_PER_BIN, MIN_BINS, MAX_BINS))
+
+
+def make(name: str, seed: int = 0, n_samples: int = 0) -> Any:
+    """An unfitted scikit-learn pipeline (standardise, then classify) named in CLASSIFIERS, for
+    `n_samples` fitting windows (0: unknown, the most bins)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -47,7 +56,11 @@ def make(name: str, seed: int = 0) -> Any:
         # Stops when 10 % of the fitting windows held out stop improving: as good as 100 rounds on
         # the demo's features (82 rounds), 5 rounds instead of 100 on a tiny test store.
         model = HistGradientBoostingClassifier(
-            max_iter=200, early_stopping=True, n_iter_no_change=5, random_state=seed
+            max_iter=200,
+            max_bins=gbm_bins(n_samples) if n_samples else MAX_BINS,
+            early_stopping=True,
+            n_iter_no_change=5,
+            random_state=seed,
         )
     else:
         raise ValueError(f"unknown classifier {name!r}; allowed: {', '.join(CLASSIFIERS)}")
@@ -65,7 +78,7 @@ def fit_predict(
     """Fit classifier `name` on (features, labels) `train`, weighting each sample by the weight of
     its class (`class_weights[label]`), and predict the classes of `x_test`."""
     x, y = train
-    model = make(name, seed)
+    model = make(name, seed, n_samples=len(y))
     weight = None if class_weights is None else np.asarray(class_weights, dtype=np.float64)[y]
     step = model.steps[-1][0]
     model.fit(x, y, **({f"{step}__sample_weight": weight} if weight is not None else {}))
