@@ -20,8 +20,8 @@ def window_places(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The cell (store order) and end step of each window of `split`, in the order an unshuffled
     single-rank loader yields them."""
-    pairs = np.asarray(series.pairs(split, lookback, stride), dtype=np.int64)
-    return pairs // series.n_time, pairs % series.n_time
+    cells, ends = np.divmod(series.pairs(split, lookback, stride), series.n_time)
+    return cells.astype(np.int32), ends.astype(np.int32)  # 8 bytes a window, not 16
 
 
 def coordinates(series: Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -31,12 +31,9 @@ def coordinates(series: Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     group = series.remote.open_group()
     time = group["time"]
-    attrs = dict(time.attrs)
-    decoded = xr.coding.times.decode_cf_datetime(
-        np.asarray(time[:]), attrs["units"], attrs.get("calendar", "standard")
-    )
+    encoded = xr.Dataset({"time": ("time", np.asarray(time[:]), dict(time.attrs))})
     return (
         np.asarray(group["lat"][:], dtype=np.float64),
         np.asarray(group["lon"][:], dtype=np.float64),
-        decoded,
+        xr.decode_cf(encoded)["time"].values,
     )

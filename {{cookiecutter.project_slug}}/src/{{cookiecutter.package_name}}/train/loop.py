@@ -42,7 +42,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from labzarr.errors import StudyError
 from labzarr.remote import StoreSource
@@ -156,8 +155,8 @@ def _test_pass(
         raise TrainError(f"the test loader yielded {done.count} windows, its split has {len(cells)}: a bug")
     metrics = classification_metrics(done.y_true, done.y_pred, CATEGORIES)
     return {
-        "metrics": {"loss": float(done.loss_sum) / done.count, **metrics}, "y": done.y_true.astype(np.int64),
-        "pred": done.y_pred.astype(np.int64), "cells": cells, "ends": ends,
+        "metrics": {"loss": float(done.loss_sum) / done.count, **metrics}, "y": done.y_true,
+        "pred": done.y_pred, "cells": cells, "ends": ends,
         "features": torch.cat(features).cpu().numpy(),
     }  # fmt: skip
 
