@@ -40,7 +40,7 @@ WAIT_POLICY = "passive"
 # kernel) inheriting the policy's choice then records it as the policy's, not as a user's.
 POLICY_MARK = "LABZARR_WAIT_POLICY"
 # A recurrent model below this many parameters runs on one thread: its step is a chain of small
-# regions, one per time step (the default LSTM, hidden 64: 18k parameters). Measured on a shared
+# regions, one per time step (the default LSTM, hidden 32: 5k parameters). Measured on a shared
 # 2-core machine (load 3-7; benchmarks/bench_threads.py and the same step at other sizes), one
 # thread against two passive ones: hidden 64 0.43-0.48 s against 0.43-0.47 s per step, hidden
 # 128 0.47-0.54 s against 0.39-0.41 s, hidden 256 (266k) 2.5-3.0 s against 2.9-3.3 s, hidden 512
