@@ -16,9 +16,8 @@ import numpy as np
 from ..store_format import MISSING
 
 WORK_BYTES = 8 * 2**20  # scratch of the per-block computations (about 4x this at the peak: sums, masks)
-FEISTEL_ROUNDS = (
-    4  # Luby-Rackoff: 4 rounds of a pseudo-random function give a strong pseudo-random permutation
-)
+# Luby-Rackoff: 4 rounds of a pseudo-random function give a strong pseudo-random permutation
+FEISTEL_ROUNDS = 4
 
 
 class WindowIndex:
