@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from labzarr.train.classifiers import CLASSIFIERS, class_weights, fit_predict
-from labzarr.train.features import collect, feature_names, mean_steps, window_features
+from labzarr.train.classifiers import CLASSIFIERS, Baselines, class_weights, fit, fitted
+from labzarr.train.features import collect, feature_names, mean_steps, tap, window_features
 from labzarr.train.init import chrono_init
 from labzarr.train.metrics import accuracy_by_group, baseline_scores, classification_metrics
 from labzarr.train.plots import grid_of, plot_cell_map, plot_class_series
@@ -46,6 +46,31 @@ def test_collect_stops_at_the_cap() -> None:
     assert x.shape == (6, 3) and y.tolist() == [0, 0, 0, 0, 1, 1]
 
 
+def test_a_tap_hands_on_the_features_a_chunk_at_a_time_and_passes_the_batches_through() -> None:
+    """What the test pass feeds the baselines with: every window once, in order, never more than a
+    chunk plus one batch held; the batches reach the model unchanged."""
+    batches = [(torch.ones(4, 6, 1) * i, torch.full((4,), i)) for i in range(5)]
+    handed: list[tuple[np.ndarray, int]] = []
+    passed = list(tap(iter(batches), (2,), 6, lambda x, first: handed.append((x, first))))
+    assert passed == batches
+    assert [(len(x), first) for x, first in handed] == [(8, 0), (8, 8), (4, 16)]
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in handed]), collect(iter(batches), (2,))[0])
+
+
+def test_baselines_predict_as_the_windows_stream_by_and_score_them_all() -> None:
+    train, (x_test, y_test) = imbalanced(2000, 0), imbalanced(500, 1)
+    cells = np.arange(len(y_test)) % 7
+    baselines = Baselines({"cell": lambda x, c: c % 3, **fitted(train, class_weights=np.ones(11), seed=0)})
+    for part in np.array_split(np.arange(len(y_test)), 4):
+        baselines.predict(x_test[part], cells[part])
+    names = [str(i) for i in range(11)]
+    scores = baselines.scores(y_test, names)
+    assert list(scores) == ["cell", *CLASSIFIERS]
+    assert scores["cell"] == baseline_scores(y_test, cells % 3, names)
+    whole = fit("gbm", train, class_weights=np.ones(11), seed=0).predict(x_test)
+    assert scores["gbm"] == baseline_scores(y_test, whole, names)
+
+
 def imbalanced(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Mostly class 5; classes 0 and 10 at the tails of a noisy signal (how drought categories are)."""
     rng = np.random.default_rng(seed)
@@ -65,12 +90,16 @@ def test_class_weighted_baselines_do_not_fall_back_to_the_majority(name: str) ->
     train, (x_test, _) = imbalanced(3000, 0), imbalanced(1000, 1)
     counts = np.bincount(train[1], minlength=11)
     weights = np.where(counts > 0, counts.sum() / (3 * np.maximum(counts, 1)), 1.0)
-    weighted = fit_predict(name, train, x_test, class_weights=weights, seed=0)
-    assert set(np.unique(weighted)) == {0, 5, 10}
+    weighted = fit(name, train, class_weights=weights, seed=0)
+    assert set(np.unique(weighted.predict(x_test))) == {0, 5, 10}
+    np.testing.assert_array_equal(  # chunk by chunk, as the test pass predicts, or all at once
+        np.concatenate([weighted.predict(part) for part in np.array_split(x_test, 7)]),
+        weighted.predict(x_test),
+    )
     if name == "logistic":
-        assert set(np.unique(fit_predict(name, train, x_test, seed=0))) == {5}
+        assert set(np.unique(fit(name, train, seed=0).predict(x_test))) == {5}
     with pytest.raises(ValueError, match="unknown classifier 'svm'"):
-        fit_predict("svm", train, x_test)
+        fit("svm", train)
 
 
 def test_scores_per_class_and_per_group() -> None:

@@ -1,5 +1,6 @@
-"""Class weights for imbalanced classes, and the feature-based baseline classifiers
-(scikit-learn's logistic regression and gradient boosting).
+"""Class weights for imbalanced classes, the feature-based baseline classifiers (scikit-learn's
+logistic regression and gradient boosting), and `Baselines`: a study's set of baselines predicting
+a split chunk by chunk and scored on it.
 
 Both are fitted on standardised window features (`train.features`) with the same class weights as
 the study's model, so rare classes count as much for them as for it: an unweighted logistic
@@ -9,12 +10,17 @@ on a capped, seeded sample of training windows (`max_samples`): a baseline must 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from .metrics import baseline_scores
+
 CLASSIFIERS = ("logistic", "gbm")
+Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (features, cells) of windows -> their codes
 CLASS_WEIGHTS = ("balanced", "sqrt", "none")
 MIN_BINS, MAX_BINS, SAMPLES_PER_BIN = 32, 255, 80  # gradient boosting's histogram bins (gbm_bins)
 
@@ -67,19 +73,44 @@ def make(name: str, seed: int = 0, n_samples: int = 0) -> Any:
     return make_pipeline(StandardScaler(), model)
 
 
-def fit_predict(
-    name: str,
-    train: tuple[np.ndarray, np.ndarray],
-    x_test: np.ndarray,
-    *,
-    class_weights: np.ndarray | None = None,
-    seed: int = 0,
-) -> np.ndarray:
-    """Fit classifier `name` on (features, labels) `train`, weighting each sample by the weight of
-    its class (`class_weights[label]`), and predict the classes of `x_test`."""
+def fit(
+    name: str, train: tuple[np.ndarray, np.ndarray], *, class_weights: np.ndarray | None = None, seed: int = 0
+) -> Any:
+    """Classifier `name` fitted on (features, labels) `train`, each sample weighted by the weight of
+    its class (`class_weights[label]`); its `predict` takes features of any number of windows, so
+    a long test split can be predicted chunk by chunk without holding all its features."""
     x, y = train
     model = make(name, seed, n_samples=len(y))
     weight = None if class_weights is None else np.asarray(class_weights, dtype=np.float64)[y]
     step = model.steps[-1][0]
     model.fit(x, y, **({f"{step}__sample_weight": weight} if weight is not None else {}))
-    return np.asarray(model.predict(x_test))
+    return model
+
+
+def fitted(
+    train: tuple[np.ndarray, np.ndarray], *, class_weights: np.ndarray, seed: int
+) -> dict[str, Predictor]:
+    """Every classifier of CLASSIFIERS fitted on `train`, as a predictor of `Baselines`."""
+    models = {name: fit(name, train, class_weights=class_weights, seed=seed) for name in CLASSIFIERS}
+    return {name: (lambda x, cells, model=model: model.predict(x)) for name, model in models.items()}
+
+
+@dataclass
+class Baselines:
+    """Named predictors, each turning the (features, cells) of a chunk of windows into codes, and
+    the codes (int8) they gave so far: a split is predicted as it streams by (`features.tap`) and
+    scored at the end, its features never held whole."""
+
+    predictors: dict[str, Predictor]
+    codes: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def predict(self, features: np.ndarray, cells: np.ndarray) -> None:
+        """Add every predictor's codes of the next windows."""
+        for name, predictor in self.predictors.items():
+            self.codes.setdefault(name, []).append(np.asarray(predictor(features, cells)).astype(np.int8))
+
+    def scores(self, y_true: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """`metrics.baseline_scores` of every predictor on all the windows predicted, in order."""
+        return {
+            name: baseline_scores(y_true, np.concatenate(parts), names) for name, parts in self.codes.items()
+        }

@@ -4,12 +4,13 @@ A baseline that a sequence model must beat is fairer when it gets the summaries 
 compute by hand. Per input feature of a window: the last value, the means over the last 7, 30 and
 90 days (scaled to the time step: 1 and 3 months for monthly steps; never longer than the window)
 and the trend over the whole window (the least-squares slope per step). They are computed on the
-loader's device, batch by batch, so a baseline costs one pass over the windows it is fitted on.
+loader's device, batch by batch, so a baseline costs one pass over the windows it is fitted on, and
+a pass that scores a model can hand them on a chunk at a time (`tap`) instead of holding them all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -63,3 +64,26 @@ def collect(
     if not out:
         raise ValueError("no windows to compute features of")
     return torch.cat(out)[:max_samples].cpu().numpy(), torch.cat(labels)[:max_samples].cpu().numpy()
+
+
+def tap(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    steps: tuple[int, ...],
+    chunk: int,
+    consume: Callable[[np.ndarray, int], None],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield `batches` unchanged and hand the window features of each run of at least `chunk`
+    windows (and of the rest at the end) to `consume(features, first)`, `first` being the index of
+    the run's first window: at most `chunk` plus one batch of windows' features are held."""
+    pending: list[torch.Tensor] = []
+    first = held = 0
+    for xb, yb in batches:
+        pending.append(window_features(xb, steps))
+        held += len(xb)
+        if held >= chunk:
+            consume(torch.cat(pending).cpu().numpy(), first)
+            pending.clear()
+            first, held = first + held, 0
+        yield xb, yb
+    if pending:
+        consume(torch.cat(pending).cpu().numpy(), first)

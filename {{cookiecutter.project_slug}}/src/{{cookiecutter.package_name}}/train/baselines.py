@@ -11,21 +11,24 @@ A model that does not beat them has not shown anything:
   engineered features of each window (`labzarr.train.features`: per feature the last value,
   the means over the last 7, 30 and 90 days and the trend), fitted with the model's class
   weights on up to `FIT_SAMPLES` random training windows.
+
+They are fitted before the test pass and predict its windows chunk by chunk as it streams by, so
+no more than a chunk of test windows' features is held (at 46,000 cells and three test years, all of
+them would be about 2 GB).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from labzarr.store_format import MISSING
-from labzarr.train.classifiers import CLASSIFIERS, fit_predict
-from labzarr.train.metrics import baseline_scores
+from labzarr.train import classifiers
 
-from ..etl.categories import CATEGORIES, N_CLASSES, percentile_to_code
+from ..etl.categories import N_CLASSES, percentile_to_code
 from ..etl.quantiles import CLIP
 
 FIT_SAMPLES = 20_000  # training windows the feature-based baselines are fitted on (a seeded random subset)
+LAST_VALUE_RULE = "drought category of the last value"
+CELL_MODE_RULE = "the training split's most frequent category of the cell"
 
 
 def percentile_of_feature(values: np.ndarray, transform: str) -> np.ndarray:
@@ -46,36 +49,33 @@ def cell_modes(labels: np.ndarray, block: slice, fallback: int) -> np.ndarray:
     return np.where(counts.sum(axis=1) > 0, counts.argmax(axis=1), fallback)
 
 
-def baselines(
-    fit: tuple[np.ndarray, np.ndarray],
-    x_test: np.ndarray,
-    y_test: np.ndarray,
-    last_step: np.ndarray,
-    majority: int,
-    *,
-    class_weights: np.ndarray,
-    seed: int = 0,
-) -> dict[str, dict[str, Any]]:
-    """Scores (accuracy, macro-F1, per-class F1) of every baseline on the test windows.
-
-    `fit` is (features, labels) of training windows and `x_test` the test windows' features
-    (`labzarr.train.features.collect`); `last_step` the last_step baseline's codes of the test windows.
-    """
-    predictions = {"majority": np.full_like(y_test, majority), "last_step": last_step}
-    for name in CLASSIFIERS:
-        predictions[name] = fit_predict(name, fit, x_test, class_weights=class_weights, seed=seed)
-    out = {name: baseline_scores(y_test, pred, CATEGORIES) for name, pred in predictions.items()}
-    out["majority"]["class"] = int(majority)
-    return out
-
-
 def last_step_codes(
     last: np.ndarray | None, transform: str, cells: np.ndarray, modes: np.ndarray
-) -> tuple[np.ndarray, str]:
-    """The last_step baseline's codes of test windows and how they were made: the drought
-    category of `last` (the windows' last values of the labelled variable) when given, else
-    the mode of each window's cell (`modes[cells]`)."""
+) -> np.ndarray:
+    """The last_step baseline's codes of test windows: the drought category of `last` (the
+    windows' last values of the labelled variable; LAST_VALUE_RULE) when given, else the mode of
+    each window's cell (`modes[cells]`; CELL_MODE_RULE)."""
     if last is None:
-        return modes[cells], "the training split's most frequent category of the cell"
+        return modes[cells]
     codes = percentile_to_code(percentile_of_feature(last, transform)).astype(np.int64)
-    return np.where(codes == MISSING, modes[cells], codes), "drought category of the last value"
+    return np.where(codes == MISSING, modes[cells], codes)
+
+
+def fit_baselines(
+    fit: tuple[np.ndarray, np.ndarray], *, majority: int, modes: np.ndarray, transform: str,
+    last_column: int | None, class_weights: np.ndarray, seed: int,
+) -> classifiers.Baselines:  # fmt: skip
+    """Every baseline, fitted on (features, labels) `fit` of training windows: `modes` are the
+    cells' most frequent training categories (`cell_modes`), `transform` the store's, and
+    `last_column` the window-feature column of the labelled variable's last value, if derived."""
+
+    def last_step(x: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        return last_step_codes(None if last_column is None else x[:, last_column], transform, cells, modes)
+
+    return classifiers.Baselines(
+        {
+            "majority": lambda x, cells: np.full(len(cells), majority),
+            "last_step": last_step,
+            **classifiers.fitted(fit, class_weights=class_weights, seed=seed),
+        }
+    )

@@ -42,14 +42,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from labzarr.errors import StudyError
 from labzarr.remote import StoreSource
 from labzarr.train import checkpoints
-from labzarr.train.classifiers import class_weights
+from labzarr.train.classifiers import Baselines, class_weights
 from labzarr.train.distributed import Ranks, seed_everything, start
 from labzarr.train.epochs import check_in_step, gather_codes, mean_loss, rank_report, run_epoch
-from labzarr.train.features import collect, mean_steps, window_features
+from labzarr.train.features import collect, mean_steps, tap
 from labzarr.train.loader import LoaderStats, Series
 from labzarr.train.metrics import classification_metrics, scores
 from labzarr.train.results import ignore_in_git, write_cell_results, write_results
@@ -59,7 +60,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..etl.categories import CATEGORIES, N_CLASSES
-from .baselines import FIT_SAMPLES, baselines, cell_modes, last_step_codes
+from .baselines import CELL_MODE_RULE, FIT_SAMPLES, LAST_VALUE_RULE, cell_modes, fit_baselines
 from .data import make_loader
 from .models import REGISTRY, build_model
 
@@ -67,6 +68,9 @@ if TYPE_CHECKING:
     from ..config import Config
 
 CHECKPOINT_VERSION = 3  # 2: windows cut on read from the series store; 3: the model chosen in study.toml
+BASELINE_CHUNK = (
+    65_536  # test windows whose engineered features are held at once (10 float32 each for 2 features)
+)
 
 
 class TrainError(StudyError):
@@ -136,48 +140,49 @@ def _evaluate(
 
 
 def _test_pass(
-    cfg: Config, series: Series, model: nn.Module, loss_fn: nn.Module, device: torch.device, progress: bool
-) -> dict[str, Any]:
+    cfg: Config, series: Series, model: nn.Module, loss_fn: nn.Module, device: torch.device, progress: bool,
+    baselines: Baselines,
+) -> dict[str, Any]:  # fmt: skip
     """The test split in this process alone, in store order: the model's loss, metrics and codes,
-    and each window's cell, end step and engineered features (for the baselines and the maps)."""
+    and each window's cell and end step (for the maps); the `baselines` predict the same windows
+    from their engineered features, BASELINE_CHUNK windows at a time."""
     loader = make_loader(cfg, series, "test", shuffle=False, progress=progress)
-    steps = mean_steps(cfg.etl.time_step, cfg.etl.time_lookback)
-    features: list[torch.Tensor] = []
-
-    def tapped() -> Any:
-        for xb, yb in loader:
-            features.append(window_features(xb, steps))
-            yield xb, yb
-
-    done = run_epoch(model, tapped(), loss_fn, device)
     cells, ends = window_places(series, "test", cfg.etl.time_lookback, cfg.train.sample_stride)
+
+    def predict(features: np.ndarray, first: int) -> None:
+        if first + len(features) > len(cells):
+            raise TrainError(f"the test loader yielded more windows than its split's {len(cells)}: a bug")
+        baselines.predict(features, cells[first : first + len(features)])
+
+    steps = mean_steps(cfg.etl.time_step, cfg.etl.time_lookback)
+    done = run_epoch(model, tap(loader, steps, BASELINE_CHUNK, predict), loss_fn, device)
     if len(cells) != done.count:
         raise TrainError(f"the test loader yielded {done.count} windows, its split has {len(cells)}: a bug")
     metrics = classification_metrics(done.y_true, done.y_pred, CATEGORIES)
     return {
         "metrics": {"loss": float(done.loss_sum) / done.count, **metrics}, "y": done.y_true,
         "pred": done.y_pred, "cells": cells, "ends": ends,
-        "features": torch.cat(features).cpu().numpy(),
     }  # fmt: skip
 
 
-def _baselines(
-    cfg: Config, series: Series, test: dict[str, Any], majority: int, weights: torch.Tensor
-) -> dict[str, dict[str, Any]]:
-    """Every baseline (`baselines.py`) scored on the test windows of `test` (`_test_pass`)."""
+def _fit_baselines(cfg: Config, series: Series, majority: int, weights: torch.Tensor) -> Baselines:
+    """Every baseline (`baselines.py`), fitted on training windows, ready to predict the test pass's."""
     fit_loader = make_loader(cfg, series, "train", shuffle=True, progress=False)  # its own epoch counter
     fit = collect(fit_loader, mean_steps(cfg.etl.time_step, cfg.etl.time_lookback), FIT_SAMPLES)
     train_block = series.blocks["train"]
-    modes = cell_modes(series.labels, slice(train_block.start, train_block.stop), majority)
+    return fit_baselines(
+        fit, class_weights=weights.numpy(), seed=cfg.train.seed, majority=majority,
+        modes=cell_modes(series.labels, slice(train_block.start, train_block.stop), majority),
+        transform=str(series.attrs.get("transform", "")), last_column=_labelled_column(cfg, series),
+    )  # fmt: skip
+
+
+def _labelled_column(cfg: Config, series: Series) -> int | None:
+    """The feature the labels are derived from, if the model sees it: its index, which is also its
+    last value's column among the window features (those come first)."""
     data = cfg.data
     derived = data.reference_kind == "derived" and data.derive_from in series.features
-    last = test["features"][:, series.features.index(data.derive_from)] if derived else None  # "last" first
-    codes, rule = last_step_codes(last, str(series.attrs.get("transform", "")), test["cells"], modes)
-    out = baselines(
-        fit, test["features"], test["y"], codes, majority, class_weights=weights.numpy(), seed=cfg.train.seed
-    )
-    out["last_step"]["rule"] = rule
-    return out
+    return series.features.index(data.derive_from) if derived else None
 
 
 def train(
@@ -360,9 +365,14 @@ def _train(
         valid = _evaluate(cfg, series, "valid", net, loss_fn, ranks, progress)
         if valid is None:  # not rank 0: the test split and the baselines are rank 0's alone
             return None
-        test = _test_pass(cfg, series, net, loss_fn, dev, progress)
+        baselines = _fit_baselines(cfg, series, majority, weights)
+        test = _test_pass(cfg, series, net, loss_fn, dev, progress, baselines)
         results = {"valid": valid, "test": test["metrics"]}
-        reference = _baselines(cfg, series, test, majority, weights)
+        reference = baselines.scores(test["y"], CATEGORIES)
+        reference["majority"]["class"] = majority
+        reference["last_step"]["rule"] = (
+            CELL_MODE_RULE if _labelled_column(cfg, series) is None else LAST_VALUE_RULE
+        )
         lat, lon, time_axis = coordinates(series)
     finally:
         series.close()
