@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from .metrics import baseline_scores
 
@@ -23,6 +24,13 @@ CLASSIFIERS = ("logistic", "gbm")
 Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (features, cells) of windows -> their codes
 CLASS_WEIGHTS = ("balanced", "sqrt", "none")
 MIN_BINS, MAX_BINS, SAMPLES_PER_BIN = 32, 255, 80  # gradient boosting's histogram bins (gbm_bins)
+# The classifiers are fitted with OpenMP at one thread. Gradient boosting runs many small parallel
+# regions; with OMP_WAIT_POLICY=passive (train.threads sets it for torch) each wakes sleeping
+# threads, and a fit took 4.7x longer (8.4 s against 1.8 s at 20,000 windows on 2 cores, the same
+# predictions: benchmarks/bench_baselines.py). At the windows a baseline is fitted on, a second
+# thread gained nothing even with spinning waits. Predicting keeps scikit-learn's threads: it is
+# not slowed by passive waits, and one thread took up to 1.8x longer.
+ONE_OPENMP_THREAD = {"limits": 1, "user_api": "openmp"}
 
 
 def class_weights(counts: np.ndarray, mode: str) -> torch.Tensor:
@@ -83,7 +91,8 @@ def fit(
     model = make(name, seed, n_samples=len(y))
     weight = None if class_weights is None else np.asarray(class_weights, dtype=np.float64)[y]
     step = model.steps[-1][0]
-    model.fit(x, y, **({f"{step}__sample_weight": weight} if weight is not None else {}))
+    with threadpool_limits(**ONE_OPENMP_THREAD):
+        model.fit(x, y, **({f"{step}__sample_weight": weight} if weight is not None else {}))
     return model
 
 
