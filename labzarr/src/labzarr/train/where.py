@@ -14,14 +14,21 @@ import numpy as np
 if TYPE_CHECKING:
     from .loader import Series
 
+BLOCK = 2**20  # windows placed at once
+
 
 def window_places(
     series: Series, split: str, lookback: int, stride: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """The cell (store order) and end step of each window of `split`, in the order an unshuffled
-    single-rank loader yields them."""
-    cells, ends = np.divmod(series.pairs(split, lookback, stride), series.n_time)
-    return cells.astype(np.int32), ends.astype(np.int32)  # 8 bytes a window, not 16
+    single-rank loader yields them: int32, 8 bytes a window (computed a block at a time, never
+    the 24 bytes a window of flat int64 indices and their quotient and remainder)."""
+    index = series.index(split, lookback, stride)
+    cells, ends = np.empty(len(index), dtype=np.int32), np.empty(len(index), dtype=np.int32)
+    for i in range(0, len(index), BLOCK):
+        part = slice(i, min(i + BLOCK, len(index)))
+        cells[part], ends[part] = np.divmod(index.flat(np.arange(part.start, part.stop)), series.n_time)
+    return cells, ends
 
 
 def coordinates(series: Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

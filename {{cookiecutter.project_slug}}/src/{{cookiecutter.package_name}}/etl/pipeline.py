@@ -77,10 +77,10 @@ from labzarr.store_format import (
     LAT,
     LON,
     MISSING,
+    SERIES_FILL_VALUES,
     SPLITS,
     TIME,
     SplitBlock,
-    series_fill_values,
     series_layout,
     split_attrs,
     valid_pairs,
@@ -223,7 +223,7 @@ def _groups(cfg: Config, inputs: Inputs, plan: _Plan) -> dict[str, ArrayGroup]:
         chunk=etl.chunk_cells,
         layout=series_layout(name),
         static=features.assign_coords({TIME: plan.time_values}),
-        fill_values=series_fill_values(name),
+        fill_values=SERIES_FILL_VALUES,
         **common,
     )
     climatology = ArrayGroup(

@@ -25,6 +25,7 @@ from labzarr.testing.fixtures import torchrun
 from labzarr.testing.stores import learnable_series, write_series_store
 from labzarr.train.checkpoints import CheckpointError
 from labzarr.train.distributed import state_digest
+from labzarr.train.threads import POLICY_MARK
 
 from ..config import load_config
 from ..train.loop import train
@@ -70,8 +71,11 @@ def learnable_url(config: Path, tmp_path: Path) -> Iterator[str]:
 
 
 def test_torchrun_trains_in_step_reproducibly_and_resumes(
-    config: Path, learnable_url: str, tmp_path: Path
+    config: Path, learnable_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for name in ("OMP_WAIT_POLICY", POLICY_MARK):  # what this test process's policy left for children:
+        monkeypatch.delenv(name, raising=False)  # the ranks' own CLI must set the policy
+
     def train_ranks(out: str, epochs: int) -> tuple[dict, str]:
         cli = ("-m", PACKAGE, "--config", config, "train", "--url", learnable_url, "--out", tmp_path / out)
         done = torchrun(*cli, "--epochs", epochs, cwd=tmp_path)
@@ -83,7 +87,7 @@ def test_torchrun_trains_in_step_reproducibly_and_resumes(
     assert group["world_size"] == RANKS and group["backend"] == "gloo" and group["threads_per_rank"] == 1
     threads = first["threads"]  # the study's policy, not torchrun's own OMP_NUM_THREADS=1
     assert threads["threads_source"] == "policy" and threads["local_ranks"] == RANKS, threads
-    assert threads["wait_policy"] == "passive", threads
+    assert threads["wait_policy"] == "passive" and threads["wait_source"] == "policy", threads  # the CLI's
     last = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
     assert group["state_sha256"] == [state_digest(last["model"], last["optimizer"])] * RANKS, (
         "both ranks end with rank 0's weights and optimizer state"
