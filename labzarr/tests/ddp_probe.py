@@ -80,6 +80,8 @@ def main(argv: list[str]) -> None:
         reports = ranks.gather(report)
         if ranks.is_main:
             (Path(out) / "report.json").write_text(json.dumps(reports))
+        if ranks.distributed:  # leave together: once, a rank that left while rank 0 still wrote aborted
+            torch.distributed.barrier()
     finally:
         ranks.stop()
 
